@@ -3,7 +3,7 @@ GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/qtfs/qtfs/pkg/version.Version=$(VERSION)
 BIN       := bin
-CMDS      := qtfs-server qtfs-client rexec
+CMDS      := qtfs-server qtfs-client
 PROTO     := proto/qtfs/v1/qtfs.proto
 
 .PHONY: help build test e2e lint proto check-proto demo bench deps clean
@@ -18,8 +18,8 @@ build: ## build the binaries into bin/
 deps: ## install the system packages the tests and the demo need (Debian)
 	./scripts/deps.sh
 
-test: deps ## all tests: unit, contract, real FUSE mounts and e2e (as root)
-	$(GO) test -race -count=1 ./...
+test: deps lint check-proto ## everything CI runs: lint, generated code, all tests (unit, contract, FUSE mounts, e2e)
+	$(GO) test -race -count=1 -timeout 40m ./...
 
 e2e: deps ## only the end-to-end tests with the real binaries
 	$(GO) test -count=1 -v ./test/e2e/...

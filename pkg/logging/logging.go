@@ -15,6 +15,22 @@ import (
 // "info", "warn", "error"). format is "json", "console" or "auto" (console
 // when stderr is a terminal, JSON otherwise, which journald keeps whole).
 func New(level, format string) (*zap.Logger, error) {
+	return NewTo(level, format, "stderr")
+}
+
+// NewTo is New writing to dest: "stderr" or a file path (appended to).
+func NewTo(level, format, dest string) (*zap.Logger, error) {
+	out := zapcore.Lock(os.Stderr)
+	if dest != "stderr" {
+		f, err := os.OpenFile(dest, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o640)
+		if err != nil {
+			return nil, fmt.Errorf("log file: %w", err)
+		}
+		out = zapcore.Lock(f)
+		if format == "" || format == "auto" {
+			format = "json"
+		}
+	}
 	var lvl zapcore.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
@@ -37,6 +53,6 @@ func New(level, format string) (*zap.Logger, error) {
 	default:
 		return nil, fmt.Errorf("log format %q: want auto, json or console", format)
 	}
-	core := zapcore.NewCore(enc, zapcore.Lock(os.Stderr), lvl)
-	return zap.New(core, zap.ErrorOutput(zapcore.Lock(os.Stderr))), nil
+	core := zapcore.NewCore(enc, out, lvl)
+	return zap.New(core, zap.ErrorOutput(out)), nil
 }

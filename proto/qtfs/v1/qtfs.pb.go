@@ -3969,6 +3969,620 @@ func (x *SetlkRequest) GetFlock() bool {
 	return false
 }
 
+type ExecRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ExecRequest_Start
+	//	*ExecRequest_Stdin
+	//	*ExecRequest_StdinEof
+	//	*ExecRequest_Signal
+	//	*ExecRequest_Resize
+	Msg           isExecRequest_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecRequest) Reset() {
+	*x = ExecRequest{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecRequest) ProtoMessage() {}
+
+func (x *ExecRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
+func (*ExecRequest) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *ExecRequest) GetMsg() isExecRequest_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetStart() *ExecStart {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecRequest_Start); ok {
+			return x.Start
+		}
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetStdin() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecRequest_Stdin); ok {
+			return x.Stdin
+		}
+	}
+	return nil
+}
+
+func (x *ExecRequest) GetStdinEof() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecRequest_StdinEof); ok {
+			return x.StdinEof
+		}
+	}
+	return false
+}
+
+func (x *ExecRequest) GetSignal() uint32 {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecRequest_Signal); ok {
+			return x.Signal
+		}
+	}
+	return 0
+}
+
+func (x *ExecRequest) GetResize() *WindowSize {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecRequest_Resize); ok {
+			return x.Resize
+		}
+	}
+	return nil
+}
+
+type isExecRequest_Msg interface {
+	isExecRequest_Msg()
+}
+
+type ExecRequest_Start struct {
+	Start *ExecStart `protobuf:"bytes,1,opt,name=start,proto3,oneof"`
+}
+
+type ExecRequest_Stdin struct {
+	// Bytes for the process's stdin (or the pty).
+	Stdin []byte `protobuf:"bytes,2,opt,name=stdin,proto3,oneof"`
+}
+
+type ExecRequest_StdinEof struct {
+	// No more stdin: the server closes the process's stdin.
+	StdinEof bool `protobuf:"varint,3,opt,name=stdin_eof,json=stdinEof,proto3,oneof"`
+}
+
+type ExecRequest_Signal struct {
+	// A signal number to deliver to the process (SIGINT, SIGTERM, ...).
+	Signal uint32 `protobuf:"varint,4,opt,name=signal,proto3,oneof"`
+}
+
+type ExecRequest_Resize struct {
+	// The local terminal changed size (-t only).
+	Resize *WindowSize `protobuf:"bytes,5,opt,name=resize,proto3,oneof"`
+}
+
+func (*ExecRequest_Start) isExecRequest_Msg() {}
+
+func (*ExecRequest_Stdin) isExecRequest_Msg() {}
+
+func (*ExecRequest_StdinEof) isExecRequest_Msg() {}
+
+func (*ExecRequest_Signal) isExecRequest_Msg() {}
+
+func (*ExecRequest_Resize) isExecRequest_Msg() {}
+
+type ExecStart struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The binary: an absolute host path or a name looked up in the server's
+	// PATH. It must resolve to an allow-listed absolute path.
+	Binary []byte `protobuf:"bytes,1,opt,name=binary,proto3" json:"binary,omitempty"`
+	// argv[1:]; argv[0] is the binary's name as the caller invoked it.
+	Args  [][]byte `protobuf:"bytes,2,rep,name=args,proto3" json:"args,omitempty"`
+	Argv0 []byte   `protobuf:"bytes,3,opt,name=argv0,proto3" json:"argv0,omitempty"`
+	// KEY=VALUE strings of the caller; the server filters them by policy.
+	Env [][]byte `protobuf:"bytes,4,rep,name=env,proto3" json:"env,omitempty"`
+	// The caller's working directory (the same path on the host).
+	Cwd []byte `protobuf:"bytes,5,opt,name=cwd,proto3" json:"cwd,omitempty"`
+	// Allocate a pty on the host (stdin, stdout and stderr all on it).
+	Tty    bool        `protobuf:"varint,6,opt,name=tty,proto3" json:"tty,omitempty"`
+	Window *WindowSize `protobuf:"bytes,7,opt,name=window,proto3" json:"window,omitempty"`
+	// Regular files the caller holds open at fd >= 3, reopened on the host.
+	Files         []*ExecFile `protobuf:"bytes,8,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecStart) Reset() {
+	*x = ExecStart{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecStart) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecStart) ProtoMessage() {}
+
+func (x *ExecStart) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
+func (*ExecStart) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{54}
+}
+
+func (x *ExecStart) GetBinary() []byte {
+	if x != nil {
+		return x.Binary
+	}
+	return nil
+}
+
+func (x *ExecStart) GetArgs() [][]byte {
+	if x != nil {
+		return x.Args
+	}
+	return nil
+}
+
+func (x *ExecStart) GetArgv0() []byte {
+	if x != nil {
+		return x.Argv0
+	}
+	return nil
+}
+
+func (x *ExecStart) GetEnv() [][]byte {
+	if x != nil {
+		return x.Env
+	}
+	return nil
+}
+
+func (x *ExecStart) GetCwd() []byte {
+	if x != nil {
+		return x.Cwd
+	}
+	return nil
+}
+
+func (x *ExecStart) GetTty() bool {
+	if x != nil {
+		return x.Tty
+	}
+	return false
+}
+
+func (x *ExecStart) GetWindow() *WindowSize {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *ExecStart) GetFiles() []*ExecFile {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+type WindowSize struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Rows          uint32                 `protobuf:"varint,1,opt,name=rows,proto3" json:"rows,omitempty"`
+	Cols          uint32                 `protobuf:"varint,2,opt,name=cols,proto3" json:"cols,omitempty"`
+	XPixels       uint32                 `protobuf:"varint,3,opt,name=x_pixels,json=xPixels,proto3" json:"x_pixels,omitempty"`
+	YPixels       uint32                 `protobuf:"varint,4,opt,name=y_pixels,json=yPixels,proto3" json:"y_pixels,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WindowSize) Reset() {
+	*x = WindowSize{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WindowSize) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WindowSize) ProtoMessage() {}
+
+func (x *WindowSize) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
+func (*WindowSize) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *WindowSize) GetRows() uint32 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
+func (x *WindowSize) GetCols() uint32 {
+	if x != nil {
+		return x.Cols
+	}
+	return 0
+}
+
+func (x *WindowSize) GetXPixels() uint32 {
+	if x != nil {
+		return x.XPixels
+	}
+	return 0
+}
+
+func (x *WindowSize) GetYPixels() uint32 {
+	if x != nil {
+		return x.YPixels
+	}
+	return 0
+}
+
+type ExecFile struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The fd number in the caller, and so in the host process.
+	Fd uint32 `protobuf:"varint,1,opt,name=fd,proto3" json:"fd,omitempty"`
+	// The absolute path the caller's file has (the same on the host).
+	Path []byte `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	// open(2) flags as the caller has them (O_CREAT, O_EXCL and O_TRUNC are
+	// dropped: the file exists).
+	Flags uint32 `protobuf:"varint,3,opt,name=flags,proto3" json:"flags,omitempty"`
+	// The caller's file offset.
+	Offset        int64 `protobuf:"varint,4,opt,name=offset,proto3" json:"offset,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecFile) Reset() {
+	*x = ExecFile{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecFile) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecFile) ProtoMessage() {}
+
+func (x *ExecFile) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecFile.ProtoReflect.Descriptor instead.
+func (*ExecFile) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *ExecFile) GetFd() uint32 {
+	if x != nil {
+		return x.Fd
+	}
+	return 0
+}
+
+func (x *ExecFile) GetPath() []byte {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *ExecFile) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *ExecFile) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+type ExecResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*ExecResponse_Started
+	//	*ExecResponse_Stdout
+	//	*ExecResponse_Stderr
+	//	*ExecResponse_Exit
+	Msg           isExecResponse_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecResponse) Reset() {
+	*x = ExecResponse{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecResponse) ProtoMessage() {}
+
+func (x *ExecResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
+func (*ExecResponse) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *ExecResponse) GetMsg() isExecResponse_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetStarted() *ExecStarted {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetStdout() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecResponse_Stdout); ok {
+			return x.Stdout
+		}
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetStderr() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecResponse_Stderr); ok {
+			return x.Stderr
+		}
+	}
+	return nil
+}
+
+func (x *ExecResponse) GetExit() *ExecExit {
+	if x != nil {
+		if x, ok := x.Msg.(*ExecResponse_Exit); ok {
+			return x.Exit
+		}
+	}
+	return nil
+}
+
+type isExecResponse_Msg interface {
+	isExecResponse_Msg()
+}
+
+type ExecResponse_Started struct {
+	Started *ExecStarted `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
+}
+
+type ExecResponse_Stdout struct {
+	Stdout []byte `protobuf:"bytes,2,opt,name=stdout,proto3,oneof"`
+}
+
+type ExecResponse_Stderr struct {
+	Stderr []byte `protobuf:"bytes,3,opt,name=stderr,proto3,oneof"`
+}
+
+type ExecResponse_Exit struct {
+	Exit *ExecExit `protobuf:"bytes,4,opt,name=exit,proto3,oneof"`
+}
+
+func (*ExecResponse_Started) isExecResponse_Msg() {}
+
+func (*ExecResponse_Stdout) isExecResponse_Msg() {}
+
+func (*ExecResponse_Stderr) isExecResponse_Msg() {}
+
+func (*ExecResponse_Exit) isExecResponse_Msg() {}
+
+type ExecStarted struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host pid of the process.
+	Pid uint32 `protobuf:"varint,1,opt,name=pid,proto3" json:"pid,omitempty"`
+	// The absolute host path that ran.
+	Path          []byte `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecStarted) Reset() {
+	*x = ExecStarted{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecStarted) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecStarted) ProtoMessage() {}
+
+func (x *ExecStarted) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
+func (*ExecStarted) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *ExecStarted) GetPid() uint32 {
+	if x != nil {
+		return x.Pid
+	}
+	return 0
+}
+
+func (x *ExecStarted) GetPath() []byte {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+type ExecExit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The exit code as a shell reports it: the status, or 128+signal.
+	Code int32 `protobuf:"varint,1,opt,name=code,proto3" json:"code,omitempty"`
+	// The signal that ended the process, 0 if it exited.
+	Signal uint32 `protobuf:"varint,2,opt,name=signal,proto3" json:"signal,omitempty"`
+	// Why the process could not start or run, for the user (then code is
+	// 126 for not allowed, 127 for not found).
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExecExit) Reset() {
+	*x = ExecExit{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExecExit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExecExit) ProtoMessage() {}
+
+func (x *ExecExit) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
+func (*ExecExit) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *ExecExit) GetCode() int32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *ExecExit) GetSignal() uint32 {
+	if x != nil {
+		return x.Signal
+	}
+	return 0
+}
+
+func (x *ExecExit) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_qtfs_v1_qtfs_proto protoreflect.FileDescriptor
 
 const file_qtfs_v1_qtfs_proto_rawDesc = "" +
@@ -4261,7 +4875,47 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x05owner\x18\x02 \x01(\x04R\x05owner\x12!\n" +
 	"\x04lock\x18\x03 \x01(\v2\r.qtfs.v1.LockR\x04lock\x12\x12\n" +
 	"\x04wait\x18\x04 \x01(\bR\x04wait\x12\x14\n" +
-	"\x05flock\x18\x05 \x01(\bR\x05flock*m\n" +
+	"\x05flock\x18\x05 \x01(\bR\x05flock\"\xc0\x01\n" +
+	"\vExecRequest\x12*\n" +
+	"\x05start\x18\x01 \x01(\v2\x12.qtfs.v1.ExecStartH\x00R\x05start\x12\x16\n" +
+	"\x05stdin\x18\x02 \x01(\fH\x00R\x05stdin\x12\x1d\n" +
+	"\tstdin_eof\x18\x03 \x01(\bH\x00R\bstdinEof\x12\x18\n" +
+	"\x06signal\x18\x04 \x01(\rH\x00R\x06signal\x12-\n" +
+	"\x06resize\x18\x05 \x01(\v2\x13.qtfs.v1.WindowSizeH\x00R\x06resizeB\x05\n" +
+	"\x03msg\"\xd9\x01\n" +
+	"\tExecStart\x12\x16\n" +
+	"\x06binary\x18\x01 \x01(\fR\x06binary\x12\x12\n" +
+	"\x04args\x18\x02 \x03(\fR\x04args\x12\x14\n" +
+	"\x05argv0\x18\x03 \x01(\fR\x05argv0\x12\x10\n" +
+	"\x03env\x18\x04 \x03(\fR\x03env\x12\x10\n" +
+	"\x03cwd\x18\x05 \x01(\fR\x03cwd\x12\x10\n" +
+	"\x03tty\x18\x06 \x01(\bR\x03tty\x12+\n" +
+	"\x06window\x18\a \x01(\v2\x13.qtfs.v1.WindowSizeR\x06window\x12'\n" +
+	"\x05files\x18\b \x03(\v2\x11.qtfs.v1.ExecFileR\x05files\"j\n" +
+	"\n" +
+	"WindowSize\x12\x12\n" +
+	"\x04rows\x18\x01 \x01(\rR\x04rows\x12\x12\n" +
+	"\x04cols\x18\x02 \x01(\rR\x04cols\x12\x19\n" +
+	"\bx_pixels\x18\x03 \x01(\rR\axPixels\x12\x19\n" +
+	"\by_pixels\x18\x04 \x01(\rR\ayPixels\"\\\n" +
+	"\bExecFile\x12\x0e\n" +
+	"\x02fd\x18\x01 \x01(\rR\x02fd\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\fR\x04path\x12\x14\n" +
+	"\x05flags\x18\x03 \x01(\rR\x05flags\x12\x16\n" +
+	"\x06offset\x18\x04 \x01(\x03R\x06offset\"\xa4\x01\n" +
+	"\fExecResponse\x120\n" +
+	"\astarted\x18\x01 \x01(\v2\x14.qtfs.v1.ExecStartedH\x00R\astarted\x12\x18\n" +
+	"\x06stdout\x18\x02 \x01(\fH\x00R\x06stdout\x12\x18\n" +
+	"\x06stderr\x18\x03 \x01(\fH\x00R\x06stderr\x12'\n" +
+	"\x04exit\x18\x04 \x01(\v2\x11.qtfs.v1.ExecExitH\x00R\x04exitB\x05\n" +
+	"\x03msg\"3\n" +
+	"\vExecStarted\x12\x10\n" +
+	"\x03pid\x18\x01 \x01(\rR\x03pid\x12\x12\n" +
+	"\x04path\x18\x02 \x01(\fR\x04path\"L\n" +
+	"\bExecExit\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
+	"\x06signal\x18\x02 \x01(\rR\x06signal\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error*m\n" +
 	"\aFeature\x12\x17\n" +
 	"\x13FEATURE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18FEATURE_OPEN_READ_INLINE\x10\x01\x12\x18\n" +
@@ -4316,7 +4970,9 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x05Lseek\x12\x15.qtfs.v1.LseekRequest\x1a\x16.qtfs.v1.LseekResponse\x12N\n" +
 	"\rCopyFileRange\x12\x1d.qtfs.v1.CopyFileRangeRequest\x1a\x1e.qtfs.v1.CopyFileRangeResponse\x126\n" +
 	"\x05Getlk\x12\x15.qtfs.v1.GetlkRequest\x1a\x16.qtfs.v1.GetlkResponse\x126\n" +
-	"\x05Setlk\x12\x15.qtfs.v1.SetlkRequest\x1a\x16.qtfs.v1.ErrnoResponseB+Z)github.com/qtfs/qtfs/proto/qtfs/v1;qtfsv1b\x06proto3"
+	"\x05Setlk\x12\x15.qtfs.v1.SetlkRequest\x1a\x16.qtfs.v1.ErrnoResponse2>\n" +
+	"\x04Exec\x126\n" +
+	"\x03Run\x12\x14.qtfs.v1.ExecRequest\x1a\x15.qtfs.v1.ExecResponse(\x010\x01B+Z)github.com/qtfs/qtfs/proto/qtfs/v1;qtfsv1b\x06proto3"
 
 var (
 	file_qtfs_v1_qtfs_proto_rawDescOnce sync.Once
@@ -4331,7 +4987,7 @@ func file_qtfs_v1_qtfs_proto_rawDescGZIP() []byte {
 }
 
 var file_qtfs_v1_qtfs_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
+var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
 var file_qtfs_v1_qtfs_proto_goTypes = []any{
 	(Feature)(0),                  // 0: qtfs.v1.Feature
 	(FsKind)(0),                   // 1: qtfs.v1.FsKind
@@ -4389,6 +5045,13 @@ var file_qtfs_v1_qtfs_proto_goTypes = []any{
 	(*GetlkRequest)(nil),          // 53: qtfs.v1.GetlkRequest
 	(*GetlkResponse)(nil),         // 54: qtfs.v1.GetlkResponse
 	(*SetlkRequest)(nil),          // 55: qtfs.v1.SetlkRequest
+	(*ExecRequest)(nil),           // 56: qtfs.v1.ExecRequest
+	(*ExecStart)(nil),             // 57: qtfs.v1.ExecStart
+	(*WindowSize)(nil),            // 58: qtfs.v1.WindowSize
+	(*ExecFile)(nil),              // 59: qtfs.v1.ExecFile
+	(*ExecResponse)(nil),          // 60: qtfs.v1.ExecResponse
+	(*ExecStarted)(nil),           // 61: qtfs.v1.ExecStarted
+	(*ExecExit)(nil),              // 62: qtfs.v1.ExecExit
 }
 var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	0,  // 0: qtfs.v1.HandshakeRequest.features:type_name -> qtfs.v1.Feature
@@ -4425,73 +5088,81 @@ var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	52, // 31: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
 	52, // 32: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
 	52, // 33: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
-	3,  // 34: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
-	6,  // 35: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
-	13, // 36: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
-	14, // 37: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
-	15, // 38: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
-	16, // 39: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
-	18, // 40: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
-	19, // 41: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
-	20, // 42: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
-	21, // 43: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
-	22, // 44: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
-	23, // 45: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
-	24, // 46: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
-	25, // 47: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
-	27, // 48: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
-	29, // 49: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
-	31, // 50: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
-	33, // 51: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
-	34, // 52: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
-	35, // 53: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
-	36, // 54: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
-	39, // 55: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
-	41, // 56: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
-	43, // 57: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
-	44, // 58: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
-	46, // 59: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
-	47, // 60: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
-	48, // 61: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
-	50, // 62: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
-	53, // 63: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
-	55, // 64: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
-	4,  // 65: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
-	7,  // 66: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
-	11, // 67: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
-	12, // 68: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
-	12, // 69: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
-	17, // 70: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
-	11, // 71: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
-	11, // 72: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
-	11, // 73: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
-	10, // 74: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
-	10, // 75: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
-	10, // 76: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
-	11, // 77: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
-	26, // 78: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
-	28, // 79: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
-	30, // 80: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
-	32, // 81: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
-	10, // 82: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
-	10, // 83: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
-	10, // 84: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
-	38, // 85: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
-	40, // 86: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
-	42, // 87: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
-	10, // 88: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
-	45, // 89: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
-	10, // 90: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
-	10, // 91: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
-	49, // 92: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
-	51, // 93: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
-	54, // 94: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
-	10, // 95: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
-	65, // [65:96] is the sub-list for method output_type
-	34, // [34:65] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	57, // 34: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
+	58, // 35: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
+	58, // 36: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
+	59, // 37: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
+	61, // 38: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
+	62, // 39: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
+	3,  // 40: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
+	6,  // 41: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
+	13, // 42: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
+	14, // 43: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
+	15, // 44: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
+	16, // 45: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
+	18, // 46: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
+	19, // 47: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
+	20, // 48: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
+	21, // 49: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
+	22, // 50: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
+	23, // 51: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
+	24, // 52: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
+	25, // 53: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
+	27, // 54: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
+	29, // 55: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
+	31, // 56: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
+	33, // 57: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
+	34, // 58: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
+	35, // 59: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
+	36, // 60: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
+	39, // 61: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
+	41, // 62: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
+	43, // 63: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
+	44, // 64: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
+	46, // 65: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
+	47, // 66: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
+	48, // 67: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
+	50, // 68: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
+	53, // 69: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
+	55, // 70: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
+	56, // 71: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
+	4,  // 72: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
+	7,  // 73: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
+	11, // 74: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
+	12, // 75: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
+	12, // 76: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
+	17, // 77: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
+	11, // 78: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
+	11, // 79: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
+	11, // 80: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
+	10, // 81: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
+	10, // 82: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
+	10, // 83: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
+	11, // 84: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
+	26, // 85: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
+	28, // 86: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
+	30, // 87: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
+	32, // 88: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
+	10, // 89: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
+	10, // 90: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
+	10, // 91: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
+	38, // 92: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
+	40, // 93: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
+	42, // 94: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
+	10, // 95: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
+	45, // 96: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
+	10, // 97: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
+	10, // 98: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
+	49, // 99: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
+	51, // 100: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
+	54, // 101: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
+	10, // 102: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
+	60, // 103: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
+	72, // [72:104] is the sub-list for method output_type
+	40, // [40:72] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_qtfs_v1_qtfs_proto_init() }
@@ -4499,15 +5170,28 @@ func file_qtfs_v1_qtfs_proto_init() {
 	if File_qtfs_v1_qtfs_proto != nil {
 		return
 	}
+	file_qtfs_v1_qtfs_proto_msgTypes[53].OneofWrappers = []any{
+		(*ExecRequest_Start)(nil),
+		(*ExecRequest_Stdin)(nil),
+		(*ExecRequest_StdinEof)(nil),
+		(*ExecRequest_Signal)(nil),
+		(*ExecRequest_Resize)(nil),
+	}
+	file_qtfs_v1_qtfs_proto_msgTypes[57].OneofWrappers = []any{
+		(*ExecResponse_Started)(nil),
+		(*ExecResponse_Stdout)(nil),
+		(*ExecResponse_Stderr)(nil),
+		(*ExecResponse_Exit)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qtfs_v1_qtfs_proto_rawDesc), len(file_qtfs_v1_qtfs_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   53,
+			NumMessages:   60,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_qtfs_v1_qtfs_proto_goTypes,
 		DependencyIndexes: file_qtfs_v1_qtfs_proto_depIdxs,

@@ -1358,3 +1358,117 @@ var FileSystem_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "qtfs/v1/qtfs.proto",
 }
+
+const (
+	Exec_Run_FullMethodName = "/qtfs.v1.Exec/Run"
+)
+
+// ExecClient is the client API for Exec service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Exec runs allow-listed host binaries for rexec. It is off unless the
+// server was given --exec-allow.
+type ExecClient interface {
+	// Run starts one process and carries its life: the first client message
+	// is `start`, then stdin data, stdin EOF, signals and window sizes; the
+	// server answers `started` (or `exit` when it could not start), then
+	// stdout and stderr data, and last `exit`. When the stream ends before
+	// `exit` (rexec died, the connection dropped), the server kills the
+	// process unless it detached on purpose.
+	Run(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecRequest, ExecResponse], error)
+}
+
+type execClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewExecClient(cc grpc.ClientConnInterface) ExecClient {
+	return &execClient{cc}
+}
+
+func (c *execClient) Run(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ExecRequest, ExecResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Exec_ServiceDesc.Streams[0], Exec_Run_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ExecRequest, ExecResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Exec_RunClient = grpc.BidiStreamingClient[ExecRequest, ExecResponse]
+
+// ExecServer is the server API for Exec service.
+// All implementations must embed UnimplementedExecServer
+// for forward compatibility.
+//
+// Exec runs allow-listed host binaries for rexec. It is off unless the
+// server was given --exec-allow.
+type ExecServer interface {
+	// Run starts one process and carries its life: the first client message
+	// is `start`, then stdin data, stdin EOF, signals and window sizes; the
+	// server answers `started` (or `exit` when it could not start), then
+	// stdout and stderr data, and last `exit`. When the stream ends before
+	// `exit` (rexec died, the connection dropped), the server kills the
+	// process unless it detached on purpose.
+	Run(grpc.BidiStreamingServer[ExecRequest, ExecResponse]) error
+	mustEmbedUnimplementedExecServer()
+}
+
+// UnimplementedExecServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedExecServer struct{}
+
+func (UnimplementedExecServer) Run(grpc.BidiStreamingServer[ExecRequest, ExecResponse]) error {
+	return status.Error(codes.Unimplemented, "method Run not implemented")
+}
+func (UnimplementedExecServer) mustEmbedUnimplementedExecServer() {}
+func (UnimplementedExecServer) testEmbeddedByValue()              {}
+
+// UnsafeExecServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to ExecServer will
+// result in compilation errors.
+type UnsafeExecServer interface {
+	mustEmbedUnimplementedExecServer()
+}
+
+func RegisterExecServer(s grpc.ServiceRegistrar, srv ExecServer) {
+	// If the following call panics, it indicates UnimplementedExecServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Exec_ServiceDesc, srv)
+}
+
+func _Exec_Run_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(ExecServer).Run(&grpc.GenericServerStream[ExecRequest, ExecResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Exec_RunServer = grpc.BidiStreamingServer[ExecRequest, ExecResponse]
+
+// Exec_ServiceDesc is the grpc.ServiceDesc for Exec service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Exec_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "qtfs.v1.Exec",
+	HandlerType: (*ExecServer)(nil),
+	Methods:     []grpc.MethodDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Run",
+			Handler:       _Exec_Run_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
+	Metadata: "qtfs/v1/qtfs.proto",
+}

@@ -1,0 +1,45 @@
+// Package transport carries qtfs's gRPC connections: it parses transport
+// URIs, listens and dials by URI, authenticates peers, and holds the gRPC
+// options both sides share.
+//
+// Three transports exist, named by URI:
+//
+//	tcp://HOST:PORT    TLS 1.3 with client certificates (mutual TLS), or plain
+//	                   TCP when Security.Insecure says so explicitly
+//	unix:///PATH       a unix socket; peers are checked by SO_PEERCRED uid
+//	vsock://CID:PORT   AF_VSOCK; peers are checked by context id
+//
+// A bare "host" or "host:port" means tcp; the port defaults to DefaultPort.
+//
+// A server builds one grpc.Server with one ServerCredentials object and
+// serves every listener from Listen on it. That object looks at each
+// accepted connection: a TCP connection gets TLS (or nothing, when
+// Insecure), a unix connection gets its peer uid checked, a vsock
+// connection its peer CID. PeerIdentity turns the resulting AuthInfo into a
+// short string for logs. A client calls Dial, which returns only once the
+// first connection is ready (or with an error naming the URI and the
+// reason); later reconnects are gRPC's.
+//
+// Invariants:
+//   - Plain TCP without TLS happens only with Security.Insecure on both
+//     sides, and only on loopback unless InsecureNonLoopback is set too;
+//     Validate refuses anything else, Listen and Dial call Validate, and the
+//     handshakes check the peer address again.
+//   - TLS is 1.3 or later. A server with TLS always requires and verifies
+//     client certificates against CAFile.
+//   - A connection whose kind the server cannot tell (not tcp, unix or
+//     vsock), or whose peer cannot be checked, is refused: the credentials
+//     fail closed.
+//   - A refused connection is closed by the credentials, gracefully (the
+//     peer reads our TLS alert, or EOF, rather than a reset), never by gRPC:
+//     ServerHandshake hands it back as credentials.ErrConnDispatched.
+//   - Listen never removes a file that is not a socket, nor a socket that
+//     a live server still answers on.
+//   - Every handshake refusal on the server is logged (when a logger is
+//     given) and counted (when a Registerer is given); no metric label holds
+//     an address or a path.
+//
+// Lock order: the package holds one lock, dialState.mu (the last error seen
+// while Dial waits for its first connection); nothing is called while it is
+// held.
+package transport
