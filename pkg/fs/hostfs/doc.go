@@ -1,0 +1,55 @@
+// Package hostfs is the host side of the qtfs filesystem: the implementation
+// of the qtfs.v1 FileSystem service over a set of exported host directories.
+//
+// A Server holds the exports (one O_PATH directory fd each, opened at New).
+// Every gRPC connection is bound to a connection state by the stats.Handler
+// that ServerOptions installs; Handshake creates the connection's session,
+// which owns the mounts (O_PATH root fds beneath an export) and the open
+// file handles of that peer. The connection ending, a second Handshake on
+// the same connection, or Server.Close release everything the session owns.
+// DirectClient gives the same behaviour in process, without gRPC.
+//
+// Invariants:
+//   - Every path and name from the wire is checked with fs.ValidPath /
+//     fs.ValidName before any system call; refusals are logged and counted
+//     in qtfs_server_refusals_total.
+//   - Resolution never leaves a mount root: directories are opened with
+//     openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS|RESOLVE_NO_MAGICLINKS) from
+//     the mount's root fd and the last name is acted on with *at calls that
+//     do not follow symlinks (AT_SYMLINK_NOFOLLOW, O_NOFOLLOW, or an O_PATH
+//     fd reached through /proc/self/fd, which names that exact inode). The
+//     server never follows a symlink: a symlink inside a request path gives
+//     ELOOP. Host sub-mounts beneath a mount root are crossed.
+//   - Path operations run with the caller's fsuid, fsgid and supplementary
+//     groups, set on a locked OS thread and restored before the thread is
+//     unlocked. A thread whose identity could not be restored stays locked,
+//     so the Go runtime discards it when its goroutine ends.
+//     Operations on an open handle run with the server's identity: the
+//     permission check happened when the handle was opened.
+//   - Read-only exports refuse every change with EROFS.
+//   - A filesystem failure is an errno in the reply, never a gRPC status.
+//     gRPC statuses are FAILED_PRECONDITION (no Handshake on this connection,
+//     or the server is closed), INVALID_ARGUMENT (bad Handshake) and INTERNAL
+//     (a handler panicked; the panic is recovered and logged).
+//   - Mount ids and handle ids are per session and never reused within it.
+//     An unknown handle is EBADF, an unknown mount ESTALE.
+//   - Mounts and handles are reference counted: the table holds one
+//     reference and every operation in flight holds one, so a Release or a
+//     session end racing an operation never lets a file descriptor number be
+//     reused under that operation. The fd is closed when the last reference
+//     goes.
+//   - Sizes are bounded: data per Read/Write by Options.MaxMessageBytes,
+//     xattr values and lists by 64 KiB, entries per Readdir by 4096 and by
+//     the reply size, mounts and handles per session by fixed limits.
+//
+// Lock order (a lock may be taken while holding the ones before it):
+//
+//	Server.mu (read for operations that use an export fd, write in Close)
+//	  → connState.mu
+//	    → session.mu
+//
+// handle.dirMu (serialises Readdir on one directory handle) is taken with
+// none of the others held. No lock is held across a blocking wait (Setlk).
+//
+// The package is Linux only (openat2, Linux 5.6 or later).
+package hostfs

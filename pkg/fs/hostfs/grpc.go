@@ -1,0 +1,96 @@
+package hostfs
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/stats"
+	"google.golang.org/grpc/status"
+
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// servicePrefix is the prefix of the FileSystem service's full method names.
+var servicePrefix = "/" + qtfsv1.FileSystem_ServiceDesc.ServiceName + "/"
+
+// slowOp is the duration above which an operation is logged at warn.
+const slowOp = time.Second
+
+// ServerOptions returns the options the grpc.Server serving s must be built
+// with: a stats.Handler that binds a session to each connection (and
+// releases it when the connection ends), a unary interceptor that counts,
+// times and logs FileSystem calls and turns a handler panic into INTERNAL,
+// and message size limits that fit Options.MaxMessageBytes of data.
+func (s *Server) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.StatsHandler(connBinder{s: s}),
+		grpc.ChainUnaryInterceptor(s.intercept),
+		grpc.MaxRecvMsgSize(s.maxData + messageMargin),
+		grpc.MaxSendMsgSize(s.maxData + messageMargin),
+	}
+}
+
+// connBinder is the stats.Handler that ties sessions to connections.
+type connBinder struct{ s *Server }
+
+func (b connBinder) TagConn(ctx context.Context, info *stats.ConnTagInfo) context.Context {
+	peer := ""
+	if info != nil && info.RemoteAddr != nil {
+		peer = info.RemoteAddr.Network() + ":" + info.RemoteAddr.String()
+	}
+	return withConn(ctx, b.s.newConn(peer))
+}
+
+func (b connBinder) HandleConn(ctx context.Context, st stats.ConnStats) {
+	if _, ok := st.(*stats.ConnEnd); !ok {
+		return
+	}
+	if cs := connFrom(ctx); cs != nil && cs.server == b.s {
+		b.s.endConn(cs)
+	}
+}
+
+func (connBinder) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+
+func (connBinder) HandleRPC(context.Context, stats.RPCStats) {}
+
+// errnoReply is what every FileSystem reply has.
+type errnoReply interface{ GetErrno() int32 }
+
+// intercept wraps every FileSystem call: metrics, logs, panic recovery.
+// Calls of other services pass through untouched.
+func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo,
+	handler grpc.UnaryHandler) (resp any, err error) {
+	if !strings.HasPrefix(info.FullMethod, servicePrefix) {
+		return handler(ctx, req)
+	}
+	op := info.FullMethod[len(servicePrefix):]
+	start := time.Now()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("hostfs: handler panic", zap.String("op", op), zap.Any("panic", r), zap.Stack("stack"))
+			resp, err = nil, status.Errorf(codes.Internal, "hostfs: %s: internal error", op)
+		}
+		d := time.Since(start)
+		label := "OK"
+		var errno int32
+		if err != nil {
+			label = "grpc_" + status.Code(err).String()
+		} else if r, ok := resp.(errnoReply); ok && r.GetErrno() != 0 {
+			errno = r.GetErrno()
+			label = errnoName(errno)
+		}
+		s.met.op(op, label, d)
+		if d > slowOp {
+			s.log.Warn("slow operation", zap.String("op", op), zap.Duration("took", d),
+				zap.Int32("errno", errno), zap.Error(err))
+		} else if ce := s.log.Check(zap.DebugLevel, "op"); ce != nil {
+			ce.Write(zap.String("op", op), zap.Duration("took", d), zap.Int32("errno", errno), zap.Error(err))
+		}
+	}()
+	return handler(ctx, req)
+}

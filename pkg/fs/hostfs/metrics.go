@@ -1,0 +1,83 @@
+package hostfs
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the server's Prometheus collectors. They exist even when no
+// Registerer was given (then nobody gathers them).
+type metrics struct {
+	ops      *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	bytes    *prometheus.CounterVec
+	refusals *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
+	m := &metrics{
+		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qtfs_server_ops_total",
+			Help: "FileSystem operations served, by operation and result (OK, an errno name, or grpc_<code>).",
+		}, []string{"op", "errno"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "qtfs_server_op_duration_seconds",
+			Help:    "Time to serve one FileSystem operation, by operation.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 4, 10),
+		}, []string{"op"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qtfs_server_bytes_total",
+			Help: "File data moved by Read and Write (and Open's inline read), by direction.",
+		}, []string{"direction"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qtfs_server_refusals_total",
+			Help: "Requests refused by policy or validation (read-only export, bad path or name, symlink in a path, limits), by reason.",
+		}, []string{"reason"}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	cs := []prometheus.Collector{
+		m.ops, m.duration, m.bytes, m.refusals,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "qtfs_server_open_handles",
+			Help: "File and directory handles open across all sessions.",
+		}, func() float64 { return float64(s.OpenHandles()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "qtfs_server_sessions",
+			Help: "Live FileSystem sessions (connections that completed Handshake).",
+		}, func() float64 { return float64(s.Sessions()) }),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				err = fmt.Errorf("already registered (one hostfs.Server per Registerer): %w", err)
+			}
+			return nil, fmt.Errorf("hostfs: metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) op(op, result string, d time.Duration) {
+	m.ops.WithLabelValues(op, result).Inc()
+	m.duration.WithLabelValues(op).Observe(d.Seconds())
+}
+
+func (m *metrics) refusal(reason string) { m.refusals.WithLabelValues(reason).Inc() }
+
+func (m *metrics) read(n int) {
+	if n > 0 {
+		m.bytes.WithLabelValues("read").Add(float64(n))
+	}
+}
+
+func (m *metrics) wrote(n int) {
+	if n > 0 {
+		m.bytes.WithLabelValues("write").Add(float64(n))
+	}
+}
