@@ -85,7 +85,7 @@ func (src Source) Load(set *flag.FlagSet, args []string, dst any) (string, []str
 	markFresh(set)
 	set.VisitAll(func(f *flag.Flag) {
 		v, ok := os.LookupEnv(EnvName(f.Name))
-		if !ok || f.Name == configFlag || envErr != nil {
+		if !ok || f.Name == configFlag || commandOnly[f.Name] || envErr != nil {
 			return
 		}
 		if _, isList := f.Value.(*StringList); isList {
@@ -120,6 +120,10 @@ func (src Source) Load(set *flag.FlagSet, args []string, dst any) (string, []str
 		args = rest[1:]
 	}
 }
+
+// commandOnly are flags that ask for an action rather than name a
+// setting; the environment never sets them.
+var commandOnly = map[string]bool{"version": true, "help": true, "h": true}
 
 func markFresh(set *flag.FlagSet) {
 	set.VisitAll(func(f *flag.Flag) {

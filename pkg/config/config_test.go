@@ -127,3 +127,16 @@ func TestLoadInterleaved(t *testing.T) {
 		})
 	}
 }
+
+func TestVersionFlagNotFromEnvironment(t *testing.T) {
+	t.Setenv("QTFS_VERSION", "1.2.3")
+	var s settings
+	set := newSet(&s)
+	v := set.Bool("version", false, "print the version")
+	if _, _, err := (Source{ConfigFlag: "config"}).Load(set, nil, &s); err != nil {
+		t.Fatalf("QTFS_VERSION in the environment broke start-up: %v", err)
+	}
+	if *v {
+		t.Fatal("--version set from the environment")
+	}
+}

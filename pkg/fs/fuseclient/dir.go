@@ -1,0 +1,175 @@
+package fuseclient
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"go.uber.org/zap"
+
+	qfs "github.com/qtfs/qtfs/pkg/fs"
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// readdirBatch is how many entries one Readdir RPC asks for.
+const readdirBatch = 1024
+
+// dirHandle is a directory open on the server. go-fuse serialises
+// Readdirent, Lookup and Seekdir of one handle (it holds the handle's
+// lock around them), so the stream state needs no lock of its own.
+type dirHandle struct {
+	m *mountFS
+	h uint64
+	n *node
+
+	// batch holds the entries of the last Readdir RPC; next is the
+	// index of the next one to hand out.
+	batch []*qtfsv1.DirEntry
+	next  int
+	// off is the server's cookie to resume after: that of the last entry
+	// received, 0 at the start.
+	off uint64
+	eof bool
+	// dots is how many of "." and ".." were handed out. The server never
+	// lists them; the kernel sees "." at offset 1, ".." at 2 and the
+	// server's entries at their cookie + dotsOffset.
+	dots int
+}
+
+// dotsOffset shifts the server's cookies (d_off, at most 2^63-1) past the
+// offsets of "." and "..".
+const dotsOffset = 2
+
+var (
+	_ fs.FileReaddirenter = (*dirHandle)(nil)
+	_ fs.FileLookuper     = (*dirHandle)(nil)
+	_ fs.FileSeekdirer    = (*dirHandle)(nil)
+	_ fs.FileReleasedirer = (*dirHandle)(nil)
+	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
+	_ fs.FileGetattrer    = (*dirHandle)(nil)
+)
+
+func (m *mountFS) newDirHandle(h uint64, n *node) *dirHandle {
+	m.sess.metrics.openHandles.Inc()
+	return &dirHandle{m: m, h: h, n: n}
+}
+
+func (d *dirHandle) handleID() uint64 { return d.h }
+
+// fill fetches the next batch of entries, with attributes.
+func (d *dirHandle) fill() syscall.Errno {
+	m := d.m
+	resp, e := call(m.sess, m.timeout, "Readdir", m.sess.client.Readdir, &qtfsv1.ReaddirRequest{
+		Handle: d.h, Offset: d.off, MaxEntries: readdirBatch, Plus: true,
+	})
+	if e != 0 {
+		return e
+	}
+	entries := resp.GetEntries()
+	if len(entries) > readdirBatch {
+		m.log.Warn("qtfs readdir reply larger than asked", zap.Int("entries", len(entries)))
+		return syscall.EIO
+	}
+	d.batch, d.next = d.batch[:0], 0
+	for _, de := range entries {
+		name := de.GetName()
+		if string(name) == "." || string(name) == ".." {
+			continue // handed out by Readdirent itself
+		}
+		if e := qfs.ValidName(name); e != 0 {
+			m.log.Warn("qtfs readdir entry with an invalid name dropped", zap.ByteString("name", name))
+			continue
+		}
+		d.batch = append(d.batch, de)
+	}
+	if len(entries) > 0 {
+		d.off = entries[len(entries)-1].GetOffset()
+	}
+	d.eof = resp.GetEof() || len(entries) == 0
+	return 0
+}
+
+// Readdirent hands out the next entry, fetching a batch when needed; nil
+// at the end of the directory.
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if d.dots < 2 {
+		d.dots++
+		if d.dots == 1 {
+			return &fuse.DirEntry{Name: ".", Mode: syscall.S_IFDIR, Ino: d.n.StableAttr().Ino, Off: 1}, 0
+		}
+		ino := d.n.StableAttr().Ino
+		if _, parent := d.n.Parent(); parent != nil {
+			ino = parent.StableAttr().Ino
+		}
+		return &fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: ino, Off: 2}, 0
+	}
+	for d.next >= len(d.batch) {
+		if d.eof {
+			return nil, 0
+		}
+		if e := d.fill(); e != 0 {
+			return nil, e
+		}
+	}
+	de := d.batch[d.next]
+	d.next++
+	out := &fuse.DirEntry{Name: string(de.GetName()), Off: de.GetOffset() + dotsOffset}
+	if a := de.GetAttr(); a != nil {
+		out.Mode = a.GetMode() & syscall.S_IFMT
+		out.Ino = d.m.inos.ino(a.GetDev(), a.GetIno())
+	} else {
+		out.Mode = de.GetType() & syscall.S_IFMT
+		out.Ino = d.m.inos.ino(d.m.rootDev, de.GetIno())
+	}
+	return out, 0
+}
+
+// Lookup answers READDIRPLUS for an entry Readdirent handed out, from the
+// attributes that came with it: no RPC. An entry whose attributes the
+// server could not read is listed without them.
+func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	var a *qtfsv1.Attr
+	for i := d.next - 1; i >= 0 && i < len(d.batch); i-- {
+		if string(d.batch[i].GetName()) == name {
+			a = d.batch[i].GetAttr()
+			break
+		}
+	}
+	if a == nil {
+		return nil, syscall.ENOENT
+	}
+	return d.n.newChild(ctx, a, out)
+}
+
+// Seekdir restarts the stream after the entry at kernel offset off (0:
+// the start, 1: after ".", 2: after "..").
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.batch, d.next, d.eof = d.batch[:0], 0, false
+	if off < dotsOffset {
+		d.dots, d.off = int(off), 0
+	} else {
+		d.dots, d.off = 2, off-dotsOffset
+	}
+	return 0
+}
+
+// Releasedir closes the directory on the server.
+func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
+	m := d.m
+	m.sess.metrics.openHandles.Dec()
+	call(m.sess, m.timeout, "Release", m.sess.client.Release, &qtfsv1.ReleaseRequest{Handle: d.h})
+}
+
+// Fsyncdir is fsync(2) of the directory.
+func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	m := d.m
+	_, e := call(m.sess, m.timeout, "Fsync", m.sess.client.Fsync,
+		&qtfsv1.FsyncRequest{Handle: d.h, Datasync: flags&1 != 0})
+	return e
+}
+
+// Getattr is fstat(2) of the open directory.
+func (d *dirHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	return d.n.getattr(ctx, d.h, out)
+}

@@ -1,0 +1,61 @@
+// Package fuseclient is the DPU side of the qtfs filesystem: go-fuse v2
+// nodes that serve a FUSE mount by calling the FileSystem service of a
+// qtfs-server (qtfsv1.FileSystemClient).
+//
+// A Session is one handshaken gRPC connection. Mount asks the server for a
+// mount id rooted at a host path (an export or a directory beneath one) and
+// mounts a go-fuse tree whose every operation becomes one RPC (a Read or a
+// Write larger than the server's message limit becomes a few).
+//
+// How requests are built:
+//   - A node knows no path of its own: it asks go-fuse for its current path
+//     from the mount root (Inode.Parent, walked up to the root) on each
+//     operation. A node that is in no directory any more (unlinked) has no
+//     path; operations on it use an open handle when there is one and fail
+//     with ENOENT otherwise. When the host removed or replaced the file
+//     behind a path (within the attribute timeout), Getattr and Open answer
+//     ESTALE, on which the kernel looks the name up again.
+//   - Every request that acts for a process carries its uid, gid, pid and
+//     supplementary groups (read from /proc/<pid>/status, cached briefly).
+//   - The kernel applies the umask before it sends MKDIR, MKNOD and CREATE
+//     (go-fuse never negotiates FUSE_DONT_MASK), so the umask sent is 0.
+//   - Each RPC runs under its own deadline (MountOptions.OpTimeout) and is
+//     not cancelled by FUSE interrupts: Go programs receive a preemption
+//     signal every few milliseconds, and every signal interrupts the FUSE
+//     request it is blocked in. The one exception is a blocking lock wait
+//     (Setlkw), which waits as long as the lock is held and ends when the
+//     caller is interrupted or the connection fails.
+//   - A filesystem error is the errno of the reply. A gRPC error is a
+//     transport or session failure; Session.rpcErrno is the one place that
+//     turns it into an errno (EIO, or EINTR for an interrupted lock wait).
+//     ENOSYS from the wire becomes EOPNOTSUPP: the kernel would otherwise
+//     disable the operation for the whole mount.
+//
+// Invariants:
+//   - Inode numbers are stable for the life of a mount and unique per host
+//     (dev, ino): files of the mount root's filesystem keep their host
+//     number; other filesystems get a per-device prefix; numbers that do
+//     not fit get a number from a table. Hard links therefore share one
+//     inode, which go-fuse deduplicates.
+//   - READDIRPLUS is fed from the batched Readdir RPC with attributes:
+//     listing a directory never costs one Lookup RPC per entry.
+//   - Reads and writes move at most min(1 MiB, server limit) per RPC.
+//   - Names and attributes from the wire are checked before use: an entry
+//     with an invalid name is dropped, an errno out of range is EIO.
+//
+// Cache policies (CachePolicy): auto keeps attributes and entries for one
+// second and the page cache while a file's mtime and size hold; none
+// caches nothing and opens files with direct I/O (the default on proc,
+// sysfs and cgroup mounts, whose files report a size that is not their
+// content's, and where each write(2) must reach the host as one write);
+// strict keeps everything for an hour.
+//
+// Lock order: node.mu and fileHandle.mu are leaves (no other lock is taken
+// while one is held, and no RPC is made under them); the Session, ino
+// table and groups cache locks are leaves too. A directory handle has no
+// lock: go-fuse holds its own lock of the handle around Readdirent, Lookup
+// and Seekdir, the only RPC made under a go-fuse lock.
+//
+// Metrics (qtfs_client_*) count from the start and are exported once
+// Session.RegisterMetrics is called.
+package fuseclient

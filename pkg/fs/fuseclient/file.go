@@ -1,0 +1,293 @@
+package fuseclient
+
+import (
+	"context"
+	"math"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// fileHandle is a file open on the server.
+type fileHandle struct {
+	m *mountFS
+	h uint64
+	// n is the node the file was opened on.
+	n *node
+
+	mu sync.Mutex
+	// inline holds the bytes the Open RPC read at offset 0; reads that
+	// go on from where the previous one stopped are served from it, once.
+	inline    []byte
+	inlinePos int64
+	inlineEOF bool
+	hasInline bool
+}
+
+var (
+	_ fs.FileReader    = (*fileHandle)(nil)
+	_ fs.FileWriter    = (*fileHandle)(nil)
+	_ fs.FileFlusher   = (*fileHandle)(nil)
+	_ fs.FileFsyncer   = (*fileHandle)(nil)
+	_ fs.FileReleaser  = (*fileHandle)(nil)
+	_ fs.FileGetattrer = (*fileHandle)(nil)
+	_ fs.FileSetattrer = (*fileHandle)(nil)
+	_ fs.FileAllocater = (*fileHandle)(nil)
+	_ fs.FileLseeker   = (*fileHandle)(nil)
+	_ fs.FileGetlker   = (*fileHandle)(nil)
+	_ fs.FileSetlker   = (*fileHandle)(nil)
+	_ fs.FileSetlkwer  = (*fileHandle)(nil)
+)
+
+func (m *mountFS) newFileHandle(h uint64, n *node) *fileHandle {
+	m.sess.metrics.openHandles.Inc()
+	return &fileHandle{m: m, h: h, n: n}
+}
+
+func (f *fileHandle) handleID() uint64 { return f.h }
+
+func (f *fileHandle) setInline(data []byte, eof bool) {
+	f.mu.Lock()
+	f.inline, f.inlinePos, f.inlineEOF, f.hasInline = data, 0, eof, true
+	f.mu.Unlock()
+}
+
+// takeInline serves a read from the Open RPC's bytes when it continues
+// where the previous read stopped. Any other read, a read past them, or
+// a write drops them: a file read again from the start is read afresh.
+func (f *fileHandle) takeInline(off int64, size int) ([]byte, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.hasInline {
+		return nil, false
+	}
+	if off != f.inlinePos {
+		f.dropInlineLocked()
+		return nil, false
+	}
+	if off < int64(len(f.inline)) {
+		end := min(int64(len(f.inline)), off+int64(size))
+		out := f.inline[off:end]
+		f.inlinePos = end
+		return out, true
+	}
+	eof := f.inlineEOF
+	f.dropInlineLocked()
+	if eof {
+		return nil, true
+	}
+	return nil, false
+}
+
+func (f *fileHandle) dropInlineLocked() {
+	f.inline, f.hasInline = nil, false
+}
+
+// Read reads at off, in RPCs of at most the session's chunk size.
+func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if data, ok := f.takeInline(off, len(dest)); ok {
+		return fuse.ReadResultData(data), 0
+	}
+	m := f.m
+	chunk := m.sess.chunk
+	if len(dest) <= chunk {
+		resp, e := call(m.sess, m.timeout, "Read", m.sess.client.Read,
+			&qtfsv1.ReadRequest{Handle: f.h, Offset: off, Size: uint32(len(dest))})
+		if e != 0 {
+			return nil, e
+		}
+		if len(resp.GetData()) > len(dest) {
+			return nil, syscall.EIO
+		}
+		m.sess.metrics.readBytes.Add(float64(len(resp.GetData())))
+		return fuse.ReadResultData(resp.GetData()), 0
+	}
+	n := 0
+	for n < len(dest) {
+		want := min(chunk, len(dest)-n)
+		resp, e := call(m.sess, m.timeout, "Read", m.sess.client.Read,
+			&qtfsv1.ReadRequest{Handle: f.h, Offset: off + int64(n), Size: uint32(want)})
+		if e != 0 {
+			if n > 0 {
+				break
+			}
+			return nil, e
+		}
+		got := resp.GetData()
+		if len(got) > want {
+			return nil, syscall.EIO
+		}
+		n += copy(dest[n:], got)
+		m.sess.metrics.readBytes.Add(float64(len(got)))
+		if len(got) < want {
+			break
+		}
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// Write writes data at off, in RPCs of at most the session's chunk size.
+// It returns once the host's writes returned.
+func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
+	f.mu.Lock()
+	f.dropInlineLocked()
+	f.mu.Unlock()
+	m := f.m
+	n := 0
+	for n < len(data) || len(data) == 0 {
+		want := min(m.sess.chunk, len(data)-n)
+		resp, e := call(m.sess, m.timeout, "Write", m.sess.client.Write,
+			&qtfsv1.WriteRequest{Handle: f.h, Offset: off + int64(n), Data: data[n : n+want]})
+		if e != 0 {
+			if n > 0 {
+				break
+			}
+			return 0, e
+		}
+		w := int(resp.GetWritten())
+		if w > want {
+			return 0, syscall.EIO
+		}
+		n += w
+		m.sess.metrics.writtenBytes.Add(float64(w))
+		if w < want || len(data) == 0 {
+			break
+		}
+	}
+	return uint32(n), 0
+}
+
+// Flush is called on each close(2) of a descriptor of the file.
+func (f *fileHandle) Flush(ctx context.Context) syscall.Errno {
+	m := f.m
+	_, e := call(m.sess, m.timeout, "Flush", m.sess.client.Flush, &qtfsv1.FlushRequest{Handle: f.h})
+	return e
+}
+
+// Fsync reaches the host's fsync(2), or fdatasync(2) when flags say so.
+func (f *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
+	m := f.m
+	_, e := call(m.sess, m.timeout, "Fsync", m.sess.client.Fsync,
+		&qtfsv1.FsyncRequest{Handle: f.h, Datasync: flags&1 != 0})
+	return e
+}
+
+// Release closes the file on the server.
+func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
+	m := f.m
+	m.sess.metrics.openHandles.Dec()
+	_, e := call(m.sess, m.timeout, "Release", m.sess.client.Release, &qtfsv1.ReleaseRequest{Handle: f.h})
+	return e
+}
+
+// Getattr is fstat(2): it works once the file is unlinked.
+func (f *fileHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
+	return f.n.getattr(ctx, f.h, out)
+}
+
+// Setattr is ftruncate(2), fchmod(2), fchown(2) and futimens(3).
+func (f *fileHandle) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	return f.n.setattr(ctx, f.h, in, out)
+}
+
+// Allocate is fallocate(2).
+func (f *fileHandle) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
+	if off > math.MaxInt64 || size > math.MaxInt64 {
+		return syscall.EFBIG
+	}
+	m := f.m
+	_, e := call(m.sess, m.timeout, "Fallocate", m.sess.client.Fallocate,
+		&qtfsv1.FallocateRequest{Handle: f.h, Mode: mode, Offset: int64(off), Length: int64(size)})
+	return e
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE; the kernel handles the others.
+func (f *fileHandle) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
+	if off > math.MaxInt64 {
+		return 0, syscall.ENXIO
+	}
+	m := f.m
+	resp, e := call(m.sess, m.timeout, "Lseek", m.sess.client.Lseek,
+		&qtfsv1.LseekRequest{Handle: f.h, Offset: int64(off), Whence: whence})
+	if e != 0 {
+		return 0, e
+	}
+	if resp.GetOffset() < 0 {
+		return 0, syscall.EIO
+	}
+	return uint64(resp.GetOffset()), 0
+}
+
+// lockEOF is the kernel's "to end of file" (OFFSET_MAX); the wire says
+// math.MaxUint64.
+const lockEOF = math.MaxInt64
+
+func lockToWire(lk *fuse.FileLock) *qtfsv1.Lock {
+	end := lk.End
+	if end >= lockEOF {
+		end = math.MaxUint64
+	}
+	return &qtfsv1.Lock{Start: min(lk.Start, lockEOF), End: end, Type: lk.Typ}
+}
+
+// lockFromWire converts a lock of a reply; the kernel fails the call with
+// EIO on any lock it cannot represent, so such a lock is EIO here.
+func lockFromWire(l *qtfsv1.Lock, out *fuse.FileLock) syscall.Errno {
+	if l == nil {
+		return syscall.EIO
+	}
+	switch l.GetType() {
+	case syscall.F_UNLCK:
+		*out = fuse.FileLock{Typ: syscall.F_UNLCK}
+		return 0
+	case syscall.F_RDLCK, syscall.F_WRLCK:
+	default:
+		return syscall.EIO
+	}
+	end := l.GetEnd()
+	if end > lockEOF {
+		end = lockEOF
+	}
+	if l.GetStart() > end {
+		return syscall.EIO
+	}
+	// The holder's pid is a host pid, or a DPU pid the host cannot vouch
+	// for: report none.
+	*out = fuse.FileLock{Start: l.GetStart(), End: end, Typ: l.GetType()}
+	return 0
+}
+
+// Getlk tests for a lock that would conflict with lk.
+func (f *fileHandle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
+	m := f.m
+	resp, e := call(m.sess, m.timeout, "Getlk", m.sess.client.Getlk,
+		&qtfsv1.GetlkRequest{Handle: f.h, Owner: owner, Lock: lockToWire(lk)})
+	if e != 0 {
+		return e
+	}
+	return lockFromWire(resp.GetLock(), out)
+}
+
+// Setlk takes or releases a record lock, or a flock(2) lock, without
+// waiting.
+func (f *fileHandle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	m := f.m
+	_, e := call(m.sess, m.timeout, "Setlk", m.sess.client.Setlk, &qtfsv1.SetlkRequest{
+		Handle: f.h, Owner: owner, Lock: lockToWire(lk), Flock: flags&fuse.LK_FLOCK != 0,
+	})
+	return e
+}
+
+// Setlkw waits for a lock as long as it is held elsewhere: it has no
+// deadline and ends with EINTR when the caller is interrupted.
+func (f *fileHandle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
+	m := f.m
+	_, e := callCtx(ctx, m.sess, "Setlkw", m.sess.client.Setlk, &qtfsv1.SetlkRequest{
+		Handle: f.h, Owner: owner, Lock: lockToWire(lk), Wait: true, Flock: flags&fuse.LK_FLOCK != 0,
+	})
+	return e
+}

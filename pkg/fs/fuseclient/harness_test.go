@@ -1,0 +1,451 @@
+package fuseclient_test
+
+// The FUSE tests never touch a mount from the process that serves it. The
+// test binary re-executes itself as a child (QTFS_TEST_SERVE=1) that runs a
+// hostfs server and this package's client over a unix socket, mounts, says
+// "ready" on stdout, answers "stats" and "reset" lines on stdin (the
+// server-side count of each RPC), and unmounts on SIGTERM or stdin EOF.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+)
+
+const (
+	envServe    = "QTFS_TEST_SERVE"
+	envExport   = "QTFS_TEST_EXPORT"
+	envMount    = "QTFS_TEST_MOUNTPOINT"
+	envRemote   = "QTFS_TEST_REMOTE"
+	envCache    = "QTFS_TEST_CACHE"
+	envReadOnly = "QTFS_TEST_READONLY"
+	envAllow    = "QTFS_TEST_ALLOW_OTHER"
+	envTimeout  = "QTFS_TEST_OP_TIMEOUT"
+	envStall    = "QTFS_TEST_STALL"
+	envLogLevel = "QTFS_TEST_LOGLEVEL"
+	// envDebug set to 1 traces every FUSE request of the child (with
+	// QTFS_TEST_LOGLEVEL=info or debug).
+	envDebug = "QTFS_TEST_FUSE_DEBUG"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv(envServe) == "1" {
+		if err := serve(); err != nil {
+			fmt.Fprintln(os.Stderr, "serve:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// rpcCounter counts the FileSystem RPCs the child's server receives, and
+// stalls those named in stall until their caller gives up.
+type rpcCounter struct {
+	mu     sync.Mutex
+	counts map[string]int
+	stall  string
+}
+
+func (c *rpcCounter) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	op := info.FullMethod[strings.LastIndexByte(info.FullMethod, '/')+1:]
+	c.mu.Lock()
+	c.counts[op]++
+	c.mu.Unlock()
+	if op == c.stall {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return h(ctx, req)
+}
+
+// serve is the child: server, client and mount, until SIGTERM or stdin EOF.
+func serve() error {
+	level := zapcore.WarnLevel
+	if l := os.Getenv(envLogLevel); l != "" {
+		if err := level.Set(l); err != nil {
+			return err
+		}
+	}
+	log := zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(zap.NewDevelopmentEncoderConfig()),
+		zapcore.Lock(os.Stderr), level))
+	defer log.Sync()
+
+	srv, err := hostfs.New(hostfs.Options{
+		Exports:    []hostfs.Export{{Path: os.Getenv(envExport)}},
+		Logger:     log.Named("hostfs"),
+		ServerName: "hostfs-test",
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	counter := &rpcCounter{counts: map[string]int{}, stall: os.Getenv(envStall)}
+	g := grpc.NewServer(append(srv.ServerOptions(), grpc.ChainUnaryInterceptor(counter.intercept))...)
+	srv.Register(g)
+	sockDir, err := os.MkdirTemp("", "qtfs-fuseclient-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(sockDir)
+	sock := filepath.Join(sockDir, "s")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		return err
+	}
+	go g.Serve(ln)
+	defer g.Stop()
+
+	cc, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sess, err := fuseclient.NewSession(ctx, cc, "fuseclient-test", log.Named("client"))
+	if err != nil {
+		return err
+	}
+	policy := fuseclient.CacheDefault
+	if c := os.Getenv(envCache); c != "" {
+		if policy, err = fuseclient.ParseCachePolicy(c); err != nil {
+			return err
+		}
+	}
+	remote := os.Getenv(envRemote)
+	if remote == "" {
+		remote = os.Getenv(envExport)
+	}
+	var opTimeout time.Duration
+	if v := os.Getenv(envTimeout); v != "" {
+		if opTimeout, err = time.ParseDuration(v); err != nil {
+			return err
+		}
+	}
+	mnt := os.Getenv(envMount)
+	server, err := fuseclient.Mount(ctx, sess, mnt, fuseclient.MountOptions{
+		RemotePath: remote,
+		Cache:      policy,
+		ReadOnly:   os.Getenv(envReadOnly) == "1",
+		AllowOther: os.Getenv(envAllow) == "1",
+		FsName:     "qtfs:test:" + remote,
+		OpTimeout:  opTimeout,
+		Debug:      os.Getenv(envDebug) == "1",
+		Logger:     log.Named("mount"),
+	})
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	lines := make(chan string)
+	go func() {
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	fmt.Println("ready")
+loop:
+	for {
+		select {
+		case <-sigs:
+			break loop
+		case l, ok := <-lines:
+			if !ok {
+				break loop
+			}
+			switch l {
+			case "stats":
+				counter.mu.Lock()
+				b, _ := json.Marshal(counter.counts)
+				counter.mu.Unlock()
+				fmt.Println(string(b))
+			case "reset":
+				counter.mu.Lock()
+				clear(counter.counts)
+				counter.mu.Unlock()
+				fmt.Println("ok")
+			}
+		}
+	}
+	var uerr error
+	for i := 0; i < 50; i++ {
+		if uerr = server.Unmount(); uerr == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return uerr
+}
+
+// syncBuffer collects the child's stderr.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// mountCfg describes one test mount.
+type mountCfg struct {
+	// export is the exported host directory; a new temporary one when "".
+	export string
+	// sub, when set, mounts this directory beneath the export.
+	sub      string
+	cache    string
+	readOnly bool
+	// allowOther lets other users than root use the mount.
+	allowOther bool
+	// opTimeout is the mount's RPC deadline ("" for the default).
+	opTimeout string
+	// stall names an RPC the server never answers.
+	stall string
+}
+
+// testMount is a mount served by a child process.
+type testMount struct {
+	t      *testing.T
+	export string // host path of the export
+	dir    string // host path of the mounted directory
+	mnt    string // the mountpoint
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	lines  chan string
+	stderr *syncBuffer
+	done   chan struct{}
+	mu     sync.Mutex
+	exited bool
+}
+
+// requireFUSE skips the test when it cannot mount.
+func requireFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: FUSE mount tests mount directly and need root (run the tests as root, e.g. sudo go test)")
+	}
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("skipped: /dev/fuse cannot be opened (%v): load the fuse module (modprobe fuse) or give the container /dev/fuse", err)
+	}
+	f.Close()
+}
+
+// startMount starts a child serving a mount and waits until it answers.
+func startMount(t *testing.T, cfg mountCfg) *testMount {
+	t.Helper()
+	requireFUSE(t)
+	export := cfg.export
+	if export == "" {
+		export = t.TempDir()
+	}
+	dir := export
+	if cfg.sub != "" {
+		dir = filepath.Join(export, cfg.sub)
+	}
+	tm := &testMount{
+		t:      t,
+		export: export,
+		dir:    dir,
+		mnt:    t.TempDir(),
+		lines:  make(chan string, 16),
+		stderr: &syncBuffer{},
+		done:   make(chan struct{}),
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(),
+		envServe+"=1",
+		envExport+"="+export,
+		envRemote+"="+dir,
+		envMount+"="+tm.mnt,
+		envCache+"="+cfg.cache,
+	)
+	if cfg.readOnly {
+		cmd.Env = append(cmd.Env, envReadOnly+"=1")
+	}
+	if cfg.allowOther {
+		cmd.Env = append(cmd.Env, envAllow+"=1")
+	}
+	cmd.Env = append(cmd.Env, envTimeout+"="+cfg.opTimeout, envStall+"="+cfg.stall)
+	cmd.Stderr = tm.stderr
+	if tm.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	tm.cmd = cmd
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			tm.lines <- sc.Text()
+		}
+		close(tm.lines)
+	}()
+	go func() {
+		cmd.Wait()
+		close(tm.done)
+	}()
+	t.Cleanup(tm.stop)
+	select {
+	case l, ok := <-tm.lines:
+		if !ok || l != "ready" {
+			t.Fatalf("child did not mount (got %q): %s", l, tm.stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("child did not mount within 30s: %s", tm.stderr.String())
+	}
+	return tm
+}
+
+// path returns name inside the mount.
+func (tm *testMount) path(name ...string) string {
+	return filepath.Join(append([]string{tm.mnt}, name...)...)
+}
+
+// host returns name inside the mounted host directory.
+func (tm *testMount) host(name ...string) string {
+	return filepath.Join(append([]string{tm.dir}, name...)...)
+}
+
+// request sends a control line to the child and returns its answer.
+func (tm *testMount) request(line string) string {
+	tm.t.Helper()
+	if _, err := fmt.Fprintln(tm.stdin, line); err != nil {
+		tm.t.Fatalf("control %q: %v", line, err)
+	}
+	select {
+	case l, ok := <-tm.lines:
+		if !ok {
+			tm.t.Fatalf("control %q: child exited: %s", line, tm.stderr.String())
+		}
+		return l
+	case <-time.After(10 * time.Second):
+		tm.t.Fatalf("control %q: no answer", line)
+	}
+	return ""
+}
+
+// resetStats zeroes the server-side RPC counts.
+func (tm *testMount) resetStats() {
+	tm.t.Helper()
+	if got := tm.request("reset"); got != "ok" {
+		tm.t.Fatalf("reset: got %q", got)
+	}
+}
+
+// stats returns the server-side RPC counts since the last reset.
+func (tm *testMount) stats() map[string]int {
+	tm.t.Helper()
+	var m map[string]int
+	if err := json.Unmarshal([]byte(tm.request("stats")), &m); err != nil {
+		tm.t.Fatalf("stats: %v", err)
+	}
+	return m
+}
+
+// stop unmounts: SIGTERM to the child, which unmounts and exits; a
+// detached unmount when it did not.
+func (tm *testMount) stop() {
+	tm.mu.Lock()
+	defer tm.mu.Unlock()
+	if tm.exited {
+		return
+	}
+	tm.exited = true
+	_ = tm.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-tm.done:
+	case <-time.After(20 * time.Second):
+		tm.t.Errorf("child %d did not exit after SIGTERM; killing it", tm.cmd.Process.Pid)
+		_ = tm.cmd.Process.Kill()
+		<-tm.done
+	}
+	if mounted(tm.mnt) {
+		tm.t.Errorf("%s still mounted after the child exited; detaching it", tm.mnt)
+		_ = syscall.Unmount(tm.mnt, syscall.MNT_DETACH)
+	}
+	if tm.t.Failed() {
+		tm.t.Logf("child stderr:\n%s", tm.stderr.String())
+	}
+}
+
+// mounted reports whether a mount sits on dir, from /proc/self/mountinfo.
+func mounted(dir string) bool {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 5 && f[4] == dir {
+			return true
+		}
+	}
+	return false
+}
+
+// mountOptions returns the options of the mount on dir and its type.
+func mountOptions(dir string) (opts, fstype string, err error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", "", err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 10 || f[4] != dir {
+			continue
+		}
+		for i, x := range f {
+			if x == "-" && i+1 < len(f) {
+				opts, fstype = f[5], f[i+1]
+			}
+		}
+	}
+	if fstype == "" {
+		return "", "", errors.New("not mounted")
+	}
+	return opts, fstype, nil
+}

@@ -1,0 +1,278 @@
+package fuseclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"go.uber.org/zap"
+
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// DefaultOpTimeout is the deadline of each RPC when MountOptions.OpTimeout
+// is zero.
+const DefaultOpTimeout = 60 * time.Second
+
+// readInlineSize is how much of a file a direct-I/O open asks to be read
+// in the Open RPC itself (most /proc and /sys files fit).
+const readInlineSize = 64 << 10
+
+// maxBackground is how many asynchronous requests (readahead, direct I/O)
+// the kernel keeps in flight.
+const maxBackground = 64
+
+// MountOptions configure one mount.
+type MountOptions struct {
+	// RemotePath is the absolute host path to mount: an export or a
+	// directory beneath one.
+	RemotePath string
+	// Cache is the cache policy; CacheDefault picks one from the kind of
+	// filesystem RemotePath lies on.
+	Cache CachePolicy
+	// ReadOnly mounts read-only (MS_RDONLY). A read-only export is
+	// mounted read-only whatever this says.
+	ReadOnly bool
+	// AllowOther lets users other than the mounting one use the mount.
+	AllowOther bool
+	// Debug logs every FUSE request and reply (go-fuse debug output).
+	Debug bool
+	// FsName is the source shown in /proc/mounts ("qtfs:host:/srv");
+	// "qtfs:"+RemotePath when empty.
+	FsName string
+	// Logger receives the mount's logs; the session's when nil.
+	Logger *zap.Logger
+	// OpTimeout is the deadline of each RPC; DefaultOpTimeout when zero.
+	OpTimeout time.Duration
+}
+
+// mountFS is the state one mount's nodes share.
+type mountFS struct {
+	sess    *Session
+	log     *zap.Logger
+	id      uint64
+	remote  string
+	kind    qtfsv1.FsKind
+	policy  CachePolicy
+	cache   cacheParams
+	timeout time.Duration
+	rootDev uint64
+	inos    *inoMap
+	groups  *groupsCache
+	root    *node
+	// directIO opens every file with FOPEN_DIRECT_IO (policy none, or a
+	// proc, sysfs or cgroup filesystem whatever the policy).
+	directIO bool
+	// readInline is how many bytes a read-only open asks the Open RPC to
+	// read (proc, sysfs and cgroup files only).
+	readInline uint32
+}
+
+// Mount mounts opts.RemotePath of sess's server on mountpoint and serves
+// it until it is unmounted (fuse.Server.Unmount, or umount(8)). It
+// returns once the mount answers. As root it mounts directly; otherwise
+// through fusermount3.
+func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOptions) (*fuse.Server, error) {
+	if sess == nil {
+		return nil, errors.New("qtfs-client: mount: no session")
+	}
+	if !path.IsAbs(opts.RemotePath) {
+		return nil, fmt.Errorf("qtfs-client: mount %q: remote path must be absolute", opts.RemotePath)
+	}
+	remote := path.Clean(opts.RemotePath)
+	log := opts.Logger
+	if log == nil {
+		log = sess.log
+	}
+	log = log.With(zap.String("remote", remote), zap.String("mountpoint", mountpoint))
+	timeout := opts.OpTimeout
+	if timeout <= 0 {
+		timeout = DefaultOpTimeout
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+
+	resp, e := callCtx(ctx, sess, "Mount", sess.client.Mount, &qtfsv1.MountRequest{
+		Path:   []byte(remote),
+		Caller: &qtfsv1.Caller{Uid: uint32(os.Geteuid()), Gid: uint32(os.Getegid()), Pid: uint32(os.Getpid())},
+	})
+	if e != 0 {
+		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, e)
+	}
+	rootAttr := resp.GetRoot()
+	if rootAttr == nil || rootAttr.GetMode()&syscall.S_IFMT != syscall.S_IFDIR {
+		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, syscall.ENOTDIR)
+	}
+
+	policy := opts.Cache.resolve(resp.GetFsKind())
+	m := &mountFS{
+		sess:     sess,
+		log:      log,
+		id:       resp.GetMount(),
+		remote:   remote,
+		kind:     resp.GetFsKind(),
+		policy:   policy,
+		cache:    policy.params(),
+		timeout:  timeout,
+		rootDev:  rootAttr.GetDev(),
+		inos:     newInoMap(rootAttr.GetDev()),
+		groups:   newGroupsCache("/proc"),
+		directIO: policy == CacheNone || specialKind(resp.GetFsKind()),
+	}
+	// Reading in the open call changes atime: only where that means nothing.
+	if specialKind(m.kind) && sess.hasFeature(qtfsv1.Feature_FEATURE_OPEN_READ_INLINE) {
+		m.readInline = uint32(min(readInlineSize, sess.chunk))
+	}
+	m.root = &node{m: m}
+	readOnly := opts.ReadOnly || resp.GetReadOnly()
+
+	fsName := opts.FsName
+	if fsName == "" {
+		fsName = "qtfs:" + remote
+	}
+	// fusermount splits its options at commas.
+	fsName = strings.ReplaceAll(fsName, ",", "_")
+
+	mountOpts := []string{"default_permissions"}
+	flags := uintptr(syscall.MS_NOSUID | syscall.MS_NODEV)
+	if readOnly {
+		mountOpts = append(mountOpts, "ro")
+		flags |= syscall.MS_RDONLY
+	}
+	// go-fuse's own output: the request trace when Debug is asked for
+	// (shown at info, since it was asked for), otherwise details.
+	fuseLevel := zap.DebugLevel
+	if opts.Debug {
+		fuseLevel = zap.InfoLevel
+	}
+	stdLog, err := zap.NewStdLogAt(log.Named("fuse"), fuseLevel)
+	if err != nil {
+		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, err)
+	}
+	diagLog, err := zap.NewStdLogAt(log.Named("fuse"), zap.WarnLevel)
+	if err != nil {
+		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, err)
+	}
+	rootIno := m.inos.ino(rootAttr.GetDev(), rootAttr.GetIno())
+	fsOpts := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:       opts.AllowOther,
+			Options:          mountOpts,
+			MaxBackground:    maxBackground,
+			MaxWrite:         maxChunk,
+			MaxReadAhead:     maxChunk,
+			FsName:           fsName,
+			Name:             fsSubtype,
+			Debug:            opts.Debug,
+			Logger:           stdLog,
+			EnableLocks:      sess.hasFeature(qtfsv1.Feature_FEATURE_LOCKS),
+			DirectMount:      os.Geteuid() == 0,
+			DirectMountFlags: flags,
+			PanicHandler: func(r any) fuse.Status {
+				log.Error("qtfs-client: FUSE handler panic", zap.Any("panic", r), zap.StackSkip("stack", 1))
+				return fuse.EIO
+			},
+			// No FUSE_HANDLE_KILLPRIV(_V2): the server writes through
+			// handles with its own identity, so the host would not
+			// clear set-id bits on a write; the kernel here does.
+		},
+		EntryTimeout:    &m.cache.entry,
+		AttrTimeout:     &m.cache.attr,
+		NullPermissions: true,
+		RootStableAttr:  &fs.StableAttr{Ino: rootIno},
+		Logger:          diagLog,
+	}
+	if m.cache.negative > 0 {
+		fsOpts.NegativeTimeout = &m.cache.negative
+	}
+	server, err := fs.Mount(mountpoint, m.root, fsOpts)
+	if err != nil {
+		return nil, fmt.Errorf("qtfs-client: mount %s on %s: %w", remote, mountpoint, err)
+	}
+	sess.addMount(m.id)
+	go func() {
+		server.Wait()
+		sess.removeMount(m.id)
+		log.Info("qtfs unmounted")
+	}()
+	if !m.directIO {
+		m.raiseReadahead(mountpoint)
+	}
+	log.Info("qtfs mounted", zap.Uint64("mount", m.id), zap.Stringer("cache", policy),
+		zap.Stringer("fs_kind", m.kind), zap.Bool("read_only", readOnly))
+	return server, nil
+}
+
+// raiseReadahead lets the kernel read ahead up to max_write on this
+// mount (its default is 128 KiB), through the mount's backing device. The
+// device number comes from /proc/self/mountinfo: this process serves the
+// mount and does not touch it. It is an optimisation: a failure is logged
+// at debug and ignored.
+func (m *mountFS) raiseReadahead(mountpoint string) {
+	dev, err := mountDevice(mountpoint)
+	if err != nil {
+		m.log.Debug("readahead: find the mount's device", zap.Error(err))
+		return
+	}
+	p := "/sys/class/bdi/" + dev + "/read_ahead_kb"
+	if err := os.WriteFile(p, []byte(strconv.Itoa(maxChunk>>10)), 0); err != nil {
+		m.log.Debug("readahead: raise", zap.String("file", p), zap.Error(err))
+	}
+}
+
+// mountDevice returns the "major:minor" of the last mount on mountpoint.
+func mountDevice(mountpoint string) (string, error) {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return "", err
+	}
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	dev := ""
+	for _, line := range strings.Split(string(data), "\n") {
+		// id parent major:minor root mountpoint options ... - type source
+		f := strings.Fields(line)
+		if len(f) < 5 || unescapeMountinfo(f[4]) != abs {
+			continue
+		}
+		dev = f[2]
+	}
+	if dev == "" {
+		return "", fmt.Errorf("no mount on %s", abs)
+	}
+	return dev, nil
+}
+
+// unescapeMountinfo undoes the octal escapes (\040 for a space) of
+// /proc/self/mountinfo.
+func unescapeMountinfo(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}

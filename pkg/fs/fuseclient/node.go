@@ -1,0 +1,629 @@
+package fuseclient
+
+import (
+	"context"
+	"math"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+
+	qfs "github.com/qtfs/qtfs/pkg/fs"
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// xattrSizeMax is the largest extended attribute value or list
+// (XATTR_SIZE_MAX).
+const xattrSizeMax = 64 << 10
+
+// maxCopy bounds one CopyFileRange RPC (the kernel's reply is 32 bits).
+const maxCopy = 1 << 30
+
+// fmodeExec is the kernel's FMODE_EXEC, set in the flags of an open for
+// execve(2); it is no open(2) flag.
+const fmodeExec = fuse.FMODE_EXEC
+
+// node is one file, directory or other object of a mount.
+type node struct {
+	fs.Inode
+	m *mountFS
+
+	mu sync.Mutex
+	// opened says mtime and size hold what the previous open saw
+	// (policy auto keeps the page cache while they do not change).
+	opened    bool
+	openMtime int64
+	openNsec  uint32
+	openSize  int64
+}
+
+var (
+	_ fs.NodeLookuper       = (*node)(nil)
+	_ fs.NodeGetattrer      = (*node)(nil)
+	_ fs.NodeSetattrer      = (*node)(nil)
+	_ fs.NodeReadlinker     = (*node)(nil)
+	_ fs.NodeSymlinker      = (*node)(nil)
+	_ fs.NodeMknoder        = (*node)(nil)
+	_ fs.NodeMkdirer        = (*node)(nil)
+	_ fs.NodeUnlinker       = (*node)(nil)
+	_ fs.NodeRmdirer        = (*node)(nil)
+	_ fs.NodeRenamer        = (*node)(nil)
+	_ fs.NodeLinker         = (*node)(nil)
+	_ fs.NodeOpener         = (*node)(nil)
+	_ fs.NodeCreater        = (*node)(nil)
+	_ fs.NodeOpendirHandler = (*node)(nil)
+	_ fs.NodeStatfser       = (*node)(nil)
+	_ fs.NodeGetxattrer     = (*node)(nil)
+	_ fs.NodeSetxattrer     = (*node)(nil)
+	_ fs.NodeListxattrer    = (*node)(nil)
+	_ fs.NodeRemovexattrer  = (*node)(nil)
+	_ fs.NodeCopyFileRanger = (*node)(nil)
+)
+
+// handle is an open file or directory of the server.
+type handle interface {
+	handleID() uint64
+}
+
+// path returns the node's path from the mount root as the wire carries
+// it, or ENOENT when the node is in no directory (it was unlinked).
+func (n *node) path() ([]byte, syscall.Errno) {
+	root := n.m.root.EmbeddedInode()
+	var names []string
+	size := 0
+	for p := n.EmbeddedInode(); p != root; {
+		name, parent := p.Parent()
+		if parent == nil {
+			return nil, syscall.ENOENT
+		}
+		names = append(names, name)
+		size += len(name) + 1
+		if size > qfs.PathMax+1 {
+			return nil, syscall.ENAMETOOLONG
+		}
+		p = parent
+	}
+	if len(names) == 0 {
+		return nil, 0
+	}
+	out := make([]byte, 0, size-1)
+	for i := len(names) - 1; i >= 0; i-- {
+		out = append(out, names[i]...)
+		if i > 0 {
+			out = append(out, '/')
+		}
+	}
+	return out, 0
+}
+
+// child returns the path of name in directory n.
+func (n *node) child(name string) (dir, bname []byte, errno syscall.Errno) {
+	bname = []byte(name)
+	if e := qfs.ValidName(bname); e != 0 {
+		return nil, nil, e
+	}
+	dir, errno = n.path()
+	return dir, bname, errno
+}
+
+// fillAttr converts a wire Attr, with the mount's inode number.
+func (m *mountFS) fillAttr(out *fuse.Attr, a *qtfsv1.Attr) {
+	out.Ino = m.inos.ino(a.GetDev(), a.GetIno())
+	out.Size = uint64(max(a.GetSize(), 0))
+	out.Blocks = uint64(max(a.GetBlocks(), 0))
+	out.Atime = uint64(a.GetAtimeSec())
+	out.Atimensec = min(a.GetAtimeNsec(), 999999999)
+	out.Mtime = uint64(a.GetMtimeSec())
+	out.Mtimensec = min(a.GetMtimeNsec(), 999999999)
+	out.Ctime = uint64(a.GetCtimeSec())
+	out.Ctimensec = min(a.GetCtimeNsec(), 999999999)
+	out.Mode = a.GetMode()
+	out.Nlink = a.GetNlink()
+	out.Uid = a.GetUid()
+	out.Gid = a.GetGid()
+	// The host's dev_t and the kernel's 32-bit encoding agree for every
+	// major below 4096 and minor below 2^20.
+	out.Rdev = uint32(a.GetRdev())
+	out.Blksize = a.GetBlksize()
+}
+
+// newChild makes (or finds, for a hard link) the node of a reply's
+// attributes and fills out.
+func (n *node) newChild(ctx context.Context, a *qtfsv1.Attr, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if a == nil {
+		return nil, syscall.EIO
+	}
+	n.m.fillAttr(&out.Attr, a)
+	ch := n.NewInode(ctx, &node{m: n.m}, fs.StableAttr{Mode: a.GetMode() & syscall.S_IFMT, Ino: out.Attr.Ino})
+	return ch, 0
+}
+
+// Lookup finds name in the directory, with its attributes, in one RPC.
+func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	dir, bname, e := n.child(name)
+	if e != 0 {
+		return nil, e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Lookup", m.sess.client.Lookup,
+		&qtfsv1.LookupRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname})
+	if e != 0 {
+		return nil, e
+	}
+	return n.newChild(ctx, resp.GetAttr(), out)
+}
+
+// getattr stats the node, through h when it is open (which also works
+// once the node is unlinked).
+func (n *node) getattr(ctx context.Context, h uint64, out *fuse.AttrOut) syscall.Errno {
+	p, e := n.path()
+	if e != 0 && h == 0 {
+		return e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Getattr", m.sess.client.Getattr,
+		&qtfsv1.GetattrRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Handle: h})
+	if e == syscall.ENOENT && h == 0 && n != m.root {
+		// The inode's path is gone (removed or renamed on the host):
+		// the inode is stale. stat(2) retries with a fresh lookup.
+		return syscall.ESTALE
+	}
+	if e != 0 {
+		return e
+	}
+	if resp.GetAttr() == nil {
+		return syscall.EIO
+	}
+	m.fillAttr(&out.Attr, resp.GetAttr())
+	if h == 0 && n != m.root && out.Attr.Ino != n.StableAttr().Ino {
+		// The path names another file now (renamed over on the host):
+		// this inode is stale. stat(2) retries with a fresh lookup.
+		return syscall.ESTALE
+	}
+	return 0
+}
+
+// Getattr answers stat(2); go-fuse passes an open handle of the node when
+// it has one.
+func (n *node) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	var h uint64
+	if fh, ok := f.(handle); ok {
+		h = fh.handleID()
+	}
+	return n.getattr(ctx, h, out)
+}
+
+// Setattr answers chmod, chown, truncate and utimes, on the open handle
+// when the kernel names one.
+func (n *node) Setattr(ctx context.Context, f fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	var h uint64
+	if fh, ok := f.(handle); ok {
+		h = fh.handleID()
+	}
+	return n.setattr(ctx, h, in, out)
+}
+
+func (n *node) setattr(ctx context.Context, h uint64, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	p, e := n.path()
+	if e != 0 && h == 0 {
+		return e
+	}
+	m := n.m
+	req := &qtfsv1.SetattrRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Handle: h}
+	var valid qtfsv1.SetattrValid
+	if mode, ok := in.GetMode(); ok {
+		valid |= qtfsv1.SetattrValid_SETATTR_VALID_MODE
+		req.Mode = mode
+	}
+	if uid, ok := in.GetUID(); ok {
+		valid |= qtfsv1.SetattrValid_SETATTR_VALID_UID
+		req.Uid = uid
+	}
+	if gid, ok := in.GetGID(); ok {
+		valid |= qtfsv1.SetattrValid_SETATTR_VALID_GID
+		req.Gid = gid
+	}
+	if size, ok := in.GetSize(); ok {
+		if size > math.MaxInt64 {
+			return syscall.EFBIG
+		}
+		valid |= qtfsv1.SetattrValid_SETATTR_VALID_SIZE
+		req.Size = int64(size)
+	}
+	switch {
+	case in.Valid&fuse.FATTR_ATIME_NOW != 0:
+		valid |= qtfsv1.SetattrValid_SETATTR_VALID_ATIME_NOW
+	case in.Valid&fuse.FATTR_ATIME != 0:
+		valid |= qtfsv1.SetattrValid_SETATTR_VALID_ATIME
+		req.AtimeSec, req.AtimeNsec = int64(in.Atime), in.Atimensec
+	}
+	switch {
+	case in.Valid&fuse.FATTR_MTIME_NOW != 0:
+		valid |= qtfsv1.SetattrValid_SETATTR_VALID_MTIME_NOW
+	case in.Valid&fuse.FATTR_MTIME != 0:
+		valid |= qtfsv1.SetattrValid_SETATTR_VALID_MTIME
+		req.MtimeSec, req.MtimeNsec = int64(in.Mtime), in.Mtimensec
+	}
+	if valid == 0 {
+		// Nothing the host must change (a lock owner, a ctime, a
+		// set-id clearing the host does itself): report the attributes.
+		return n.getattr(ctx, h, out)
+	}
+	req.Valid = uint32(valid)
+	resp, e := call(m.sess, m.timeout, "Setattr", m.sess.client.Setattr, req)
+	if e != 0 {
+		return e
+	}
+	if resp.GetAttr() == nil {
+		return syscall.EIO
+	}
+	m.fillAttr(&out.Attr, resp.GetAttr())
+	return 0
+}
+
+// Readlink returns the symlink's target; the kernel resolves it.
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	p, e := n.path()
+	if e != 0 {
+		return nil, e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Readlink", m.sess.client.Readlink,
+		&qtfsv1.ReadlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: p})
+	if e != 0 {
+		return nil, e
+	}
+	t := resp.GetTarget()
+	if len(t) == 0 || len(t) > qfs.PathMax {
+		return nil, syscall.EIO
+	}
+	return t, 0
+}
+
+// Symlink creates symlink name pointing to target.
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	dir, bname, e := n.child(name)
+	if e != 0 {
+		return nil, e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Symlink", m.sess.client.Symlink,
+		&qtfsv1.SymlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Target: []byte(target)})
+	if e != 0 {
+		return nil, e
+	}
+	return n.newChild(ctx, resp.GetAttr(), out)
+}
+
+// Mknod creates a fifo, socket, device or regular file. The kernel has
+// applied the umask to mode already.
+func (n *node) Mknod(ctx context.Context, name string, mode, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	dir, bname, e := n.child(name)
+	if e != 0 {
+		return nil, e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Mknod", m.sess.client.Mknod,
+		&qtfsv1.MknodRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Mode: mode, Rdev: uint64(dev)})
+	if e != 0 {
+		return nil, e
+	}
+	return n.newChild(ctx, resp.GetAttr(), out)
+}
+
+// Mkdir creates a directory. The kernel has applied the umask to mode.
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	dir, bname, e := n.child(name)
+	if e != 0 {
+		return nil, e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Mkdir", m.sess.client.Mkdir,
+		&qtfsv1.MkdirRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Mode: mode & 07777})
+	if e != 0 {
+		return nil, e
+	}
+	if resp.GetAttr().GetMode()&syscall.S_IFMT != syscall.S_IFDIR {
+		// go-fuse refuses a directory that is none.
+		return nil, syscall.EIO
+	}
+	return n.newChild(ctx, resp.GetAttr(), out)
+}
+
+// Unlink removes a non-directory.
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	dir, bname, e := n.child(name)
+	if e != 0 {
+		return e
+	}
+	m := n.m
+	_, e = call(m.sess, m.timeout, "Unlink", m.sess.client.Unlink,
+		&qtfsv1.UnlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname})
+	return e
+}
+
+// Rmdir removes an empty directory.
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	dir, bname, e := n.child(name)
+	if e != 0 {
+		return e
+	}
+	m := n.m
+	_, e = call(m.sess, m.timeout, "Rmdir", m.sess.client.Rmdir,
+		&qtfsv1.RmdirRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname})
+	return e
+}
+
+// Rename moves name to newName in newParent, with renameat2 flags.
+func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	np, ok := newParent.(*node)
+	if !ok || np.m != n.m {
+		return syscall.EXDEV
+	}
+	oldDir, oldName, e := n.child(name)
+	if e != 0 {
+		return e
+	}
+	newDir, bnewName, e := np.child(newName)
+	if e != 0 {
+		return e
+	}
+	m := n.m
+	_, e = call(m.sess, m.timeout, "Rename", m.sess.client.Rename, &qtfsv1.RenameRequest{
+		Mount: m.id, Caller: m.caller(ctx),
+		OldPath: oldDir, OldName: oldName, NewPath: newDir, NewName: bnewName, Flags: flags,
+	})
+	return e
+}
+
+// Link makes name in this directory a hard link to target.
+func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	t, ok := target.(*node)
+	if !ok || t.m != n.m {
+		return nil, syscall.EXDEV
+	}
+	tp, e := t.path()
+	if e != 0 {
+		return nil, e
+	}
+	dir, bname, e := n.child(name)
+	if e != 0 {
+		return nil, e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Link", m.sess.client.Link,
+		&qtfsv1.LinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: tp, NewPath: dir, NewName: bname})
+	if e != 0 {
+		return nil, e
+	}
+	return n.newChild(ctx, resp.GetAttr(), out)
+}
+
+// openFlags removes from the kernel's open flags what must not reach the
+// host: creation (Open never creates), O_DIRECT (the mount does direct
+// I/O itself; the host's O_DIRECT would want aligned buffers) and
+// FMODE_EXEC.
+func openFlags(flags uint32) uint32 {
+	return flags &^ (syscall.O_CREAT | syscall.O_EXCL | syscall.O_NOCTTY | syscall.O_DIRECT | fmodeExec)
+}
+
+// fuseOpenFlags chooses the FOPEN_ flags of an open per cache policy and
+// remembers what the open saw.
+func (n *node) fuseOpenFlags(flags uint32, a *qtfsv1.Attr) uint32 {
+	c := n.m.cache
+	n.mu.Lock()
+	same := n.opened && n.openMtime == a.GetMtimeSec() && n.openNsec == a.GetMtimeNsec() && n.openSize == a.GetSize()
+	n.opened = a != nil
+	n.openMtime, n.openNsec, n.openSize = a.GetMtimeSec(), a.GetMtimeNsec(), a.GetSize()
+	n.mu.Unlock()
+	switch {
+	case n.m.directIO || flags&syscall.O_DIRECT != 0:
+		return fuse.FOPEN_DIRECT_IO
+	case c.keepAlways, c.keepIfUnchanged && same:
+		return fuse.FOPEN_KEEP_CACHE
+	}
+	return 0
+}
+
+// Open opens the file on the host.
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	p, e := n.path()
+	if e != 0 {
+		return nil, 0, e
+	}
+	m := n.m
+	req := &qtfsv1.OpenRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Flags: openFlags(flags)}
+	if m.readInline > 0 && flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+		req.ReadInline = m.readInline
+	}
+	resp, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, req)
+	if e != 0 {
+		return nil, 0, e
+	}
+	fh := m.newFileHandle(resp.GetHandle(), n)
+	if a := resp.GetAttr(); a != nil && n != m.root && m.inos.ino(a.GetDev(), a.GetIno()) != n.StableAttr().Ino {
+		// The path names another file now: open(2) retries with a fresh
+		// lookup on ESTALE.
+		fh.Release(ctx)
+		return nil, 0, syscall.ESTALE
+	}
+	if req.ReadInline > 0 && uint32(len(resp.GetInlineData())) <= req.ReadInline {
+		fh.setInline(resp.GetInlineData(), resp.GetInlineEof())
+	}
+	return fh, n.fuseOpenFlags(flags, resp.GetAttr()), 0
+}
+
+// Create creates and opens a regular file in one RPC. The kernel has
+// applied the umask to mode.
+func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	dir, bname, e := n.child(name)
+	if e != 0 {
+		return nil, nil, 0, e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Create", m.sess.client.Create, &qtfsv1.CreateRequest{
+		Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname,
+		Flags: (flags | syscall.O_CREAT) &^ (syscall.O_NOCTTY | syscall.O_DIRECT | fmodeExec), Mode: mode & 07777,
+	})
+	if e != 0 {
+		return nil, nil, 0, e
+	}
+	fh := m.newFileHandle(resp.GetHandle(), nil)
+	ch, e := n.newChild(ctx, resp.GetAttr(), out)
+	if e != 0 {
+		fh.Release(ctx)
+		return nil, nil, 0, e
+	}
+	cn, ok := ch.Operations().(*node)
+	if !ok {
+		fh.Release(ctx)
+		return nil, nil, 0, syscall.EIO
+	}
+	fh.n = cn
+	return ch, fh, cn.fuseOpenFlags(flags, resp.GetAttr()), 0
+}
+
+// OpendirHandle opens the directory on the host; its handle feeds
+// READDIR and READDIRPLUS.
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	p, e := n.path()
+	if e != 0 {
+		return nil, 0, e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, &qtfsv1.OpenRequest{
+		Mount: m.id, Caller: m.caller(ctx), Path: p, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY,
+	})
+	if e != 0 {
+		return nil, 0, e
+	}
+	return m.newDirHandle(resp.GetHandle(), n), 0, 0
+}
+
+// Statfs answers statfs(2) for the filesystem the node lies on.
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	p, e := n.path()
+	if e != 0 {
+		p = nil // an unlinked node: the mount root's filesystem
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Statfs", m.sess.client.Statfs,
+		&qtfsv1.StatfsRequest{Mount: m.id, Caller: m.caller(ctx), Path: p})
+	if e != 0 {
+		return e
+	}
+	*out = fuse.StatfsOut{
+		Blocks:  resp.GetBlocks(),
+		Bfree:   resp.GetBfree(),
+		Bavail:  resp.GetBavail(),
+		Files:   resp.GetFiles(),
+		Ffree:   resp.GetFfree(),
+		Bsize:   resp.GetBsize(),
+		NameLen: resp.GetNamelen(),
+		Frsize:  resp.GetFrsize(),
+	}
+	return 0
+}
+
+// xattrReply copies an extended attribute value or name list into dest
+// (size query when dest is empty).
+func xattrReply(data []byte, size uint32, dest []byte) (uint32, syscall.Errno) {
+	if len(dest) == 0 {
+		return size, 0
+	}
+	if len(data) > len(dest) {
+		return uint32(len(data)), syscall.ERANGE
+	}
+	return uint32(copy(dest, data)), 0
+}
+
+// Getxattr reads one extended attribute (POSIX ACLs included).
+func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	p, e := n.path()
+	if e != 0 {
+		return 0, e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Getxattr", m.sess.client.Getxattr, &qtfsv1.GetxattrRequest{
+		Mount: m.id, Caller: m.caller(ctx), Path: p, Name: []byte(attr), Size: uint32(min(len(dest), xattrSizeMax)),
+	})
+	if e == syscall.ERANGE {
+		return resp.GetSize(), e
+	}
+	if e != 0 {
+		return 0, e
+	}
+	return xattrReply(resp.GetValue(), resp.GetSize(), dest)
+}
+
+// Setxattr writes one extended attribute; flags are XATTR_CREATE or
+// XATTR_REPLACE.
+func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
+	p, e := n.path()
+	if e != 0 {
+		return e
+	}
+	m := n.m
+	_, e = call(m.sess, m.timeout, "Setxattr", m.sess.client.Setxattr, &qtfsv1.SetxattrRequest{
+		Mount: m.id, Caller: m.caller(ctx), Path: p, Name: []byte(attr), Value: data, Flags: flags,
+	})
+	return e
+}
+
+// Listxattr lists the names of the extended attributes, NUL-separated.
+func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	p, e := n.path()
+	if e != 0 {
+		return 0, e
+	}
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "Listxattr", m.sess.client.Listxattr, &qtfsv1.ListxattrRequest{
+		Mount: m.id, Caller: m.caller(ctx), Path: p, Size: uint32(min(len(dest), xattrSizeMax)),
+	})
+	if e == syscall.ERANGE {
+		return resp.GetSize(), e
+	}
+	if e != 0 {
+		return 0, e
+	}
+	return xattrReply(resp.GetNames(), resp.GetSize(), dest)
+}
+
+// Removexattr removes one extended attribute.
+func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
+	p, e := n.path()
+	if e != 0 {
+		return e
+	}
+	m := n.m
+	_, e = call(m.sess, m.timeout, "Removexattr", m.sess.client.Removexattr,
+		&qtfsv1.RemovexattrRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Name: []byte(attr)})
+	return e
+}
+
+// CopyFileRange copies between two open files on the host, without the
+// data crossing the connection.
+func (n *node) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offIn uint64, out *fs.Inode,
+	fhOut fs.FileHandle, offOut uint64, length uint64, flags uint64) (uint32, syscall.Errno) {
+	in, ok1 := fhIn.(*fileHandle)
+	o, ok2 := fhOut.(*fileHandle)
+	if !ok1 || !ok2 || in.m.sess != o.m.sess {
+		return 0, syscall.EXDEV
+	}
+	if offIn > math.MaxInt64 || offOut > math.MaxInt64 || flags > math.MaxUint32 {
+		return 0, syscall.EINVAL
+	}
+	length = min(length, maxCopy)
+	m := n.m
+	resp, e := call(m.sess, m.timeout, "CopyFileRange", m.sess.client.CopyFileRange, &qtfsv1.CopyFileRangeRequest{
+		HandleIn: in.h, OffsetIn: int64(offIn), HandleOut: o.h, OffsetOut: int64(offOut), Length: length, Flags: uint32(flags),
+	})
+	if e != 0 {
+		return 0, e
+	}
+	if resp.GetCopied() > length {
+		return 0, syscall.EIO
+	}
+	return uint32(resp.GetCopied()), 0
+}
