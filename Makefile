@@ -3,7 +3,7 @@ GO        ?= go
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X github.com/qtfs/qtfs/pkg/version.Version=$(VERSION)
 BIN       := bin
-CMDS      := qtfs-server qtfs-client
+CMDS      := qtfs-server qtfs-client rexec
 PROTO     := proto/qtfs/v1/qtfs.proto
 
 .PHONY: help build test e2e lint proto check-proto demo bench deps clean
@@ -40,6 +40,9 @@ check-proto: proto ## fail when the committed generated code is not current
 
 demo: deps build ## loopback demo: a host directory served and mounted on this machine
 	./scripts/demo.sh
+
+bench: build ## measure qtfs against the local disk, go-fuse loopback and sshfs (root; BENCH_QUICK=1: one-minute check)
+	./scripts/bench.sh
 
 clean: ## remove build output
 	rm -rf $(BIN)
