@@ -19,7 +19,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-
 // tlsArgs are the DPU's client TLS flags.
 func (e *env) tlsArgs() []string {
 	return []string{"--tls-cert", e.pki + "/client.pem", "--tls-key", e.pki + "/client-key.pem", "--tls-ca", e.pki + "/ca.pem"}
