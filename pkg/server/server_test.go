@@ -1,0 +1,137 @@
+package server
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/transport"
+)
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestRunServesAndStops starts the daemon as qtfs-server would, checks the
+// health service, a session, the metrics listener, then stops it.
+func TestRunServesAndStops(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "qtfs.sock")
+	metrics := freePort(t)
+	s := Settings{
+		Listen:        []string{"unix://" + sock},
+		Export:        []string{dir + ":ro"},
+		MetricsListen: metrics,
+		LogLevel:      "debug",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var runErr error
+	done := make(chan struct{})
+	go func() { runErr = Run(ctx, s, zaptest.NewLogger(t)); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+
+	u, _ := transport.ParseURI("unix://" + sock)
+	var cc interface{ Close() error }
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	for {
+		c, err := transport.Dial(dctx, u, transport.Security{})
+		if err == nil {
+			cc = c
+			defer c.Close()
+			resp, err := healthpb.NewHealthClient(c).Check(dctx, &healthpb.HealthCheckRequest{})
+			if err != nil {
+				t.Fatalf("health: %v", err)
+			}
+			if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+				t.Fatalf("health: %v", resp.GetStatus())
+			}
+			sess, err := fuseclient.NewSession(dctx, c, "test", zaptest.NewLogger(t))
+			if err != nil {
+				t.Fatalf("session: %v", err)
+			}
+			if ex := sess.Exports(); len(ex) != 1 || string(ex[0].GetPath()) != dir || !ex[0].GetReadOnly() {
+				t.Fatalf("exports: %v", ex)
+			}
+			break
+		}
+		if dctx.Err() != nil {
+			t.Fatalf("dial: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_ = cc
+
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"qtfs_server_sessions 1", "qtfs_server_ops_total", "qtfs_transport_handshakes_total"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "qtfs_") && strings.Contains(line, dir) {
+			t.Errorf("a metric label holds a path: %s", line)
+		}
+	}
+
+	cancel()
+	select {
+	case <-done:
+		if runErr != nil {
+			t.Fatalf("Run: %v", runErr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not stop")
+	}
+}
+
+func TestSettingsErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		s    Settings
+		want string
+	}{
+		{"no export", Settings{Listen: []string{"unix:///tmp/x.sock"}}, "no exports"},
+		{"relative export", Settings{Listen: []string{"unix:///tmp/x.sock"}, Export: []string{"srv"}}, "must be absolute"},
+		{"bad export option", Settings{Listen: []string{"unix:///tmp/x.sock"}, Export: []string{"/srv:rx"}}, "unknown option"},
+		{"export twice", Settings{Listen: []string{"unix:///tmp/x.sock"}, Export: []string{"/srv", "/srv/"}}, "given twice"},
+		{"no listen", Settings{Export: []string{"/srv"}}, "nothing to listen on"},
+		{"plain tcp", Settings{Listen: []string{"tcp://127.0.0.1:1"}, Export: []string{"/srv"}}, "--insecure"},
+		{"plain tcp remote", Settings{Listen: []string{"tcp://0.0.0.0:1"}, Export: []string{"/srv"}, Insecure: true}, "loopback"},
+		{"bad uid", Settings{Listen: []string{"unix:///tmp/x.sock"}, Export: []string{"/srv"}, AllowUID: []string{"root"}}, "not a number"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := tc.s.validate()
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want %q", err, tc.want)
+			}
+		})
+	}
+}
