@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,6 +105,39 @@ func Background(req MountRequest, args []string) error {
 	}
 }
 
+// pprofEnv names a loopback address ("127.0.0.1:6061") on which a mount
+// daemon serves the Go runtime's profiles under /debug/pprof/; unset, it
+// serves none. It is a diagnostic for profiling, not a setting.
+const pprofEnv = "QTFS_PPROF"
+
+// servePprof starts the profile listener pprofEnv asks for, if any; the
+// returned function stops it.
+func servePprof(log *zap.Logger) func() {
+	addr := os.Getenv(pprofEnv)
+	if addr == "" {
+		return func() {}
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		log.Warn("pprof listener", zap.String("addr", addr), zap.Error(err))
+		return func() {}
+	}
+	if ta, ok := l.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+		l.Close()
+		log.Warn("pprof listener refused: not a loopback address", zap.String("addr", addr))
+		return func() {}
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	log.Info("pprof", zap.String("listen", l.Addr().String()))
+	return func() { _ = srv.Close() }
+}
+
 // readyReporter is how a foreground daemon tells its starter how it went.
 type readyReporter struct{ f *os.File }
 
@@ -150,6 +186,7 @@ func Foreground(ctx context.Context, req MountRequest, newLog func(w string) (*z
 		return err
 	}
 	defer log.Sync()
+	defer servePprof(log)()
 
 	mp, err := filepath.Abs(req.Mountpoint)
 	if err != nil {
@@ -188,13 +225,15 @@ func Foreground(ctx context.Context, req MountRequest, newLog func(w string) (*z
 		fsName = uri.String() + ":" + req.Remote.Path
 	}
 	srv, err := fuseclient.Mount(dialCtx, sess, mp, fuseclient.MountOptions{
-		RemotePath: req.Remote.Path,
-		Cache:      req.Flags.Cache,
-		ReadOnly:   req.Flags.ReadOnly,
-		AllowOther: req.Flags.AllowOther,
-		Debug:      req.Flags.Debug,
-		FsName:     fsName,
-		Logger:     log,
+		RemotePath:  req.Remote.Path,
+		Cache:       req.Flags.Cache,
+		ReadOnly:    req.Flags.ReadOnly,
+		AllowOther:  req.Flags.AllowOther,
+		Debug:       req.Flags.Debug,
+		FsName:      fsName,
+		Logger:      log,
+		LocalProc:   req.Flags.LocalProc,
+		OffloadRoot: req.Flags.OffloadRoot,
 	})
 	if err != nil {
 		return fmt.Errorf("mount %s on %s: %w", req.Remote.Path, mp, err)

@@ -115,6 +115,9 @@ type MountFlags struct {
 	AllowOther bool
 	Debug      bool
 	Cache      fuseclient.CachePolicy
+	// LocalProc and OffloadRoot are fuseclient.MountOptions' (proc mounts).
+	LocalProc   string
+	OffloadRoot string
 }
 
 // ParseMountOptions parses a comma-separated -o list.
@@ -139,8 +142,17 @@ func ParseMountOptions(list []string) (MountFlags, error) {
 					return m, fmt.Errorf("-o cache=%s: %w", val, err)
 				}
 				m.Cache = c
+			case (key == "local_proc" || key == "offload_root") && hasVal:
+				if !filepath.IsAbs(val) {
+					return m, fmt.Errorf("-o %s: want an absolute path", o)
+				}
+				if key == "local_proc" {
+					m.LocalProc = filepath.Clean(val)
+				} else {
+					m.OffloadRoot = filepath.Clean(val)
+				}
 			default:
-				return m, fmt.Errorf("-o %s: unknown mount option (known: ro, rw, allow_other, debug, cache=auto|none|strict)", o)
+				return m, fmt.Errorf("-o %s: unknown mount option (known: ro, rw, allow_other, debug, cache=auto|none|strict, local_proc=DIR, offload_root=DIR)", o)
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package fuseclient
 
 import (
 	"context"
+	"strconv"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -35,6 +36,18 @@ type dirHandle struct {
 	// lists them; the kernel sees "." at offset 1, ".." at 2 and the
 	// server's entries at their cookie + dotsOffset.
 	dots int
+
+	// proc is set when the handle lists the root of a proc mount: self
+	// and thread-self are the client's links, and the offloaded DPU
+	// processes (local, a snapshot taken when the listing starts) are
+	// listed after the host's entries, as links, in place of the host's
+	// processes of the same numbers. Local entry i has the kernel offset
+	// localCookieBase+i+1.
+	proc       *procRoot
+	local      []uint32
+	localSet   map[uint32]bool
+	localPhase bool
+	localNext  int
 }
 
 // dotsOffset shifts the server's cookies (d_off, at most 2^63-1) past the
@@ -52,7 +65,51 @@ var (
 
 func (m *mountFS) newDirHandle(h uint64, n *node) *dirHandle {
 	m.sess.metrics.openHandles.Inc()
-	return &dirHandle{m: m, h: h, n: n}
+	d := &dirHandle{m: m, h: h, n: n}
+	if m.proc != nil && n == m.root {
+		d.proc = m.proc
+		d.snapshotLocal()
+	}
+	return d
+}
+
+// snapshotLocal takes the list of offloaded DPU processes a proc root
+// listing shows.
+func (d *dirHandle) snapshotLocal() {
+	d.local = d.proc.localPids()
+	d.localSet = make(map[uint32]bool, len(d.local))
+	for _, pid := range d.local {
+		d.localSet[pid] = true
+	}
+}
+
+// procKind tells which of the proc root's own links a listed name is.
+func (d *dirHandle) procKind(name string) (linkKind, uint32) {
+	switch name {
+	case "self":
+		return linkSelf, 0
+	case "thread-self":
+		return linkThreadSelf, 0
+	}
+	if pid, ok := parsePid(name); ok && d.localSet[pid] {
+		return linkLocalPid, pid
+	}
+	return linkNone, 0
+}
+
+// nextLocal hands out the next offloaded process of a proc root listing.
+func (d *dirHandle) nextLocal() *fuse.DirEntry {
+	if d.localNext >= len(d.local) {
+		return nil
+	}
+	pid := d.local[d.localNext]
+	d.localNext++
+	return &fuse.DirEntry{
+		Name: strconv.FormatUint(uint64(pid), 10),
+		Mode: syscall.S_IFLNK,
+		Ino:  d.m.inos.ino(localDev, linkIno(linkLocalPid, pid)),
+		Off:  localCookieBase + uint64(d.localNext),
+	}
 }
 
 func (d *dirHandle) handleID() uint64 { return d.h }
@@ -104,16 +161,46 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 		}
 		return &fuse.DirEntry{Name: "..", Mode: syscall.S_IFDIR, Ino: ino, Off: 2}, 0
 	}
-	for d.next >= len(d.batch) {
-		if d.eof {
-			return nil, 0
+	for {
+		if d.localPhase {
+			return d.nextLocal(), 0
 		}
-		if e := d.fill(); e != 0 {
-			return nil, e
+		for d.next >= len(d.batch) {
+			if d.eof {
+				if d.proc == nil {
+					return nil, 0
+				}
+				d.localPhase, d.localNext = true, 0
+				return d.nextLocal(), 0
+			}
+			if e := d.fill(); e != 0 {
+				return nil, e
+			}
+		}
+		de := d.batch[d.next]
+		d.next++
+		if d.proc == nil {
+			return d.entry(de), 0
+		}
+		switch kind, pid := d.procKind(string(de.GetName())); kind {
+		case linkNone:
+			return d.entry(de), 0
+		case linkLocalPid:
+			// Listed with the offloaded processes, after the host's.
+			continue
+		default:
+			return &fuse.DirEntry{
+				Name: string(de.GetName()),
+				Mode: syscall.S_IFLNK,
+				Ino:  d.m.inos.ino(localDev, linkIno(kind, pid)),
+				Off:  de.GetOffset() + dotsOffset,
+			}, 0
 		}
 	}
-	de := d.batch[d.next]
-	d.next++
+}
+
+// entry converts a server's directory entry.
+func (d *dirHandle) entry(de *qtfsv1.DirEntry) *fuse.DirEntry {
 	out := &fuse.DirEntry{Name: string(de.GetName()), Off: de.GetOffset() + dotsOffset}
 	if a := de.GetAttr(); a != nil {
 		out.Mode = a.GetMode() & syscall.S_IFMT
@@ -122,13 +209,18 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 		out.Mode = de.GetType() & syscall.S_IFMT
 		out.Ino = d.m.inos.ino(d.m.rootDev, de.GetIno())
 	}
-	return out, 0
+	return out
 }
 
 // Lookup answers READDIRPLUS for an entry Readdirent handed out, from the
 // attributes that came with it: no RPC. An entry whose attributes the
 // server could not read is listed without them.
 func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if d.proc != nil {
+		if kind, pid := d.procKind(name); kind != linkNone {
+			return d.proc.newLink(ctx, d.n, kind, pid, out), 0
+		}
+	}
 	var a *qtfsv1.Attr
 	for i := d.next - 1; i >= 0 && i < len(d.batch); i-- {
 		if string(d.batch[i].GetName()) == name {
@@ -146,6 +238,16 @@ func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 // the start, 1: after ".", 2: after "..").
 func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	d.batch, d.next, d.eof = d.batch[:0], 0, false
+	d.localPhase, d.localNext = false, 0
+	if d.proc != nil && off >= localCookieBase {
+		// Among the offloaded processes, after all of the host's.
+		d.dots, d.eof, d.localPhase = 2, true, true
+		d.localNext = int(min(off-localCookieBase, uint64(len(d.local))))
+		return 0
+	}
+	if d.proc != nil && off == 0 {
+		d.snapshotLocal() // rewinddir(3): a fresh listing
+	}
 	if off < dotsOffset {
 		d.dots, d.off = int(off), 0
 	} else {

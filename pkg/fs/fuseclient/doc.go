@@ -39,20 +39,52 @@
 //     inode, which go-fuse deduplicates.
 //   - READDIRPLUS is fed from the batched Readdir RPC with attributes:
 //     listing a directory never costs one Lookup RPC per entry.
-//   - Reads and writes move at most min(1 MiB, server limit) per RPC.
+//   - Reads and writes move at most min(1 MiB, server limit) per RPC; a
+//     read or write of 512 KiB or more of a cached file goes out as
+//     256 KiB parts at once (file.go), a direct-I/O one as one RPC.
+//   - Cached answers never outlive the mount's entry or attribute timeout
+//     counted from when the server produced them (cache.go: directory
+//     listings, a new file's lack of a capability attribute), and the
+//     client's own changes update or drop them when the server confirms
+//     them.
 //   - Names and attributes from the wire are checked before use: an entry
 //     with an invalid name is dropped, an errno out of range is EIO.
+//   - The links a proc root mount makes itself have inode numbers of a
+//     device of their own (localDev), apart from every host inode.
 //
 // Cache policies (CachePolicy): auto keeps attributes and entries for one
 // second and the page cache while a file's mtime and size hold; none
 // caches nothing and opens files with direct I/O (the default on proc,
 // sysfs and cgroup mounts, whose files report a size that is not their
 // content's, and where each write(2) must reach the host as one write);
-// strict keeps everything for an hour.
+// strict keeps everything for an hour. Under auto and strict a directory
+// looked up often is listed once with attributes and its listing answers
+// LOOKUP, positive and negative, until the entry timeout (cache.go). On
+// proc, sysfs and cgroup mounts a
+// policy given explicitly changes the attribute and entry timeouts only:
+// their files are always opened with direct I/O.
 //
-// Lock order: node.mu and fileHandle.mu are leaves (no other lock is taken
-// while one is held, and no RPC is made under them); the Session, ino
-// table and groups cache locks are leaves too. A directory handle has no
+// Proc, sysfs and cgroup mounts (the server tells the kind of the mount
+// root):
+//   - Each write(2) is one FUSE WRITE of at most max_write bytes (direct
+//     I/O), max_write fits one Write RPC, and the server does one host
+//     write per Write RPC: cgroup files see the writes the caller made,
+//     at the caller's offset, and the host's errno comes back unchanged.
+//   - A read-only open reads the file's head in the Open RPC; close(2)
+//     makes no Flush RPC (these filesystems write nothing back).
+//   - On a mount of the host's proc root (proc.go), self and thread-self
+//     are links into the DPU's own proc (MountOptions.LocalProc) for the
+//     calling thread, the root's links into "self" (mounts, net) point
+//     into the host's pid 1, and, with MountOptions.OffloadRoot set,
+//     /proc/<pid> of a DPU process running in the offload chroot is a link
+//     to LocalProc/<pid> (listings show those after the host's entries).
+//     Magic links (exe, cwd, root, fd/N, ns/*) read back the host's text
+//     and are resolved by the DPU's kernel, never by the server.
+//
+// Lock order: mountFS.listings.mu → node.mu (dropping listings to bound
+// their memory); otherwise node.mu and fileHandle.mu are leaves (no other
+// lock is taken while one is held, and no RPC is made under them); the
+// Session, ino table and groups cache locks are leaves too. A directory handle has no
 // lock: go-fuse holds its own lock of the handle around Readdirent, Lookup
 // and Seekdir, the only RPC made under a go-fuse lock.
 //

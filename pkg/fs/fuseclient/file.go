@@ -18,6 +18,8 @@ type fileHandle struct {
 	h uint64
 	// n is the node the file was opened on.
 	n *node
+	// flags are the open(2) flags of the kernel's open.
+	flags uint32
 
 	mu sync.Mutex
 	// inline holds the bytes the Open RPC read at offset 0; reads that
@@ -43,9 +45,57 @@ var (
 	_ fs.FileSetlkwer  = (*fileHandle)(nil)
 )
 
-func (m *mountFS) newFileHandle(h uint64, n *node) *fileHandle {
+func (m *mountFS) newFileHandle(h uint64, n *node, flags uint32) *fileHandle {
 	m.sess.metrics.openHandles.Inc()
-	return &fileHandle{m: m, h: h, n: n}
+	return &fileHandle{m: m, h: h, n: n, flags: flags}
+}
+
+// Large reads and writes of cached files go out as several RPCs at once:
+// the parts cross the connection, and the host reads or writes them,
+// side by side instead of one after the other. Direct-I/O files (proc,
+// sysfs, cgroup, cache=none) and O_APPEND writes keep one RPC per chunk,
+// in order: there a read or write must reach the host as one call.
+const (
+	// ioPart is the size of one part.
+	ioPart = 256 << 10
+	// ioSplitMin is the smallest read or write that is split.
+	ioSplitMin = 2 * ioPart
+)
+
+// split reports whether a transfer of size bytes goes out in parts, and
+// their size.
+func (f *fileHandle) split(size int, write bool) (int, bool) {
+	m := f.m
+	if size < ioSplitMin || m.directIO || (write && f.flags&syscall.O_APPEND != 0) {
+		return 0, false
+	}
+	return min(ioPart, m.sess.chunk), true
+}
+
+// parallel runs part(i) for i in [0, parts) at once and returns how many
+// of the parts, from the first, fully succeeded, and the error of the
+// first part when it failed.
+func parallel(parts int, part func(i int) (full bool, e syscall.Errno)) (int, syscall.Errno) {
+	full := make([]bool, parts)
+	errs := make([]syscall.Errno, parts)
+	var wg sync.WaitGroup
+	for i := 1; i < parts; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			full[i], errs[i] = part(i)
+		}()
+	}
+	full[0], errs[0] = part(0)
+	wg.Wait()
+	if errs[0] != 0 {
+		return 0, errs[0]
+	}
+	n := 0
+	for n < parts && errs[n] == 0 && full[n] {
+		n++
+	}
+	return n, 0
 }
 
 func (f *fileHandle) handleID() uint64 { return f.h }
@@ -94,6 +144,9 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	}
 	m := f.m
 	chunk := m.sess.chunk
+	if size, ok := f.split(len(dest), false); ok {
+		return f.readParts(dest, off, size)
+	}
 	if len(dest) <= chunk {
 		resp, e := call(m.sess, m.timeout, "Read", m.sess.client.Read,
 			&qtfsv1.ReadRequest{Handle: f.h, Offset: off, Size: uint32(len(dest))})
@@ -130,12 +183,113 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	return fuse.ReadResultData(dest[:n]), 0
 }
 
+// prefix is the bytes the parts moved without a gap: the full parts and
+// the short one after them, which ends the transfer.
+func prefix(moved []int, full int) int {
+	n := 0
+	for i := 0; i < len(moved) && i <= full; i++ {
+		n += moved[i]
+	}
+	return n
+}
+
+// readParts reads len(dest) bytes at off in parts of size bytes, at once.
+// The result ends at the first short part; it hands the parts' own
+// buffers to go-fuse, which writes them to the kernel without joining
+// them first.
+func (f *fileHandle) readParts(dest []byte, off int64, size int) (fuse.ReadResult, syscall.Errno) {
+	m := f.m
+	parts := (len(dest) + size - 1) / size
+	data := make([][]byte, parts)
+	got := make([]int, parts)
+	full, e := parallel(parts, func(i int) (bool, syscall.Errno) {
+		lo := i * size
+		want := min(size, len(dest)-lo)
+		resp, e := call(m.sess, m.timeout, "Read", m.sess.client.Read,
+			&qtfsv1.ReadRequest{Handle: f.h, Offset: off + int64(lo), Size: uint32(want)})
+		if e != 0 {
+			return false, e
+		}
+		if len(resp.GetData()) > want {
+			return false, syscall.EIO
+		}
+		data[i], got[i] = resp.GetData(), len(resp.GetData())
+		m.sess.metrics.readBytes.Add(float64(got[i]))
+		return got[i] == want, 0
+	})
+	if e != 0 {
+		return nil, e
+	}
+	n := min(full+1, parts)
+	return &partsResult{parts: data[:n], size: prefix(got, full)}, 0
+}
+
+// partsResult is the data of a read made of several parts, in order;
+// only the last may be short.
+type partsResult struct {
+	parts [][]byte
+	size  int
+}
+
+func (r *partsResult) Size() int { return r.size }
+
+func (r *partsResult) Done() {}
+
+// Bytes joins the parts into buf (or a new buffer when it is too small).
+func (r *partsResult) Bytes(buf []byte) ([]byte, fuse.Status) {
+	if cap(buf) < r.size {
+		buf = make([]byte, r.size)
+	}
+	buf = buf[:0]
+	for _, p := range r.parts {
+		buf = append(buf, p...)
+	}
+	return buf, fuse.OK
+}
+
+// Slices lets go-fuse write the parts with one writev.
+func (r *partsResult) Slices() ([][]byte, fuse.Status) { return r.parts, fuse.OK }
+
+// writeParts writes data at off in parts of size bytes, at once, and
+// returns how much was written from off on without a gap.
+func (f *fileHandle) writeParts(data []byte, off int64, size int) (uint32, syscall.Errno) {
+	m := f.m
+	parts := (len(data) + size - 1) / size
+	wrote := make([]int, parts)
+	full, e := parallel(parts, func(i int) (bool, syscall.Errno) {
+		lo := i * size
+		want := min(size, len(data)-lo)
+		resp, e := call(m.sess, m.timeout, "Write", m.sess.client.Write,
+			&qtfsv1.WriteRequest{Handle: f.h, Offset: off + int64(lo), Data: data[lo : lo+want]})
+		if e != 0 {
+			return false, e
+		}
+		w := int(resp.GetWritten())
+		if w > want {
+			return false, syscall.EIO
+		}
+		wrote[i] = w
+		m.sess.metrics.writtenBytes.Add(float64(w))
+		return w == want, 0
+	})
+	if e != 0 {
+		return 0, e
+	}
+	return uint32(prefix(wrote, full)), 0
+}
+
 // Write writes data at off, in RPCs of at most the session's chunk size.
 // It returns once the host's writes returned.
 func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
 	f.mu.Lock()
 	f.dropInlineLocked()
 	f.mu.Unlock()
+	if f.n != nil {
+		defer f.n.attrsChanged()
+	}
+	if size, ok := f.split(len(data), true); ok {
+		return f.writeParts(data, off, size)
+	}
 	m := f.m
 	n := 0
 	for n < len(data) || len(data) == 0 {
@@ -161,9 +315,17 @@ func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	return uint32(n), 0
 }
 
-// Flush is called on each close(2) of a descriptor of the file.
+// Flush is called on each close(2) of a descriptor of the file. On proc,
+// sysfs and cgroup mounts it asks nothing of the server: those
+// filesystems keep no data to write back and report nothing at close, and
+// a process scanning /proc saves a round trip per file.
 func (f *fileHandle) Flush(ctx context.Context) syscall.Errno {
 	m := f.m
+	if m.special || f.flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+		// Nor on a read-only file: its close writes nothing back, and
+		// its locks belong to the handle, released with it.
+		return 0
+	}
 	_, e := call(m.sess, m.timeout, "Flush", m.sess.client.Flush, &qtfsv1.FlushRequest{Handle: f.h})
 	return e
 }
@@ -202,6 +364,9 @@ func (f *fileHandle) Allocate(ctx context.Context, off, size uint64, mode uint32
 	m := f.m
 	_, e := call(m.sess, m.timeout, "Fallocate", m.sess.client.Fallocate,
 		&qtfsv1.FallocateRequest{Handle: f.h, Mode: mode, Offset: int64(off), Length: int64(size)})
+	if f.n != nil {
+		f.n.attrsChanged()
+	}
 	return e
 }
 

@@ -45,6 +45,8 @@ const (
 	envTimeout  = "QTFS_TEST_OP_TIMEOUT"
 	envStall    = "QTFS_TEST_STALL"
 	envLogLevel = "QTFS_TEST_LOGLEVEL"
+	envLocal    = "QTFS_TEST_LOCAL_PROC"
+	envOffload  = "QTFS_TEST_OFFLOAD_ROOT"
 	// envDebug set to 1 traces every FUSE request of the child (with
 	// QTFS_TEST_LOGLEVEL=info or debug).
 	envDebug = "QTFS_TEST_FUSE_DEBUG"
@@ -147,14 +149,16 @@ func serve() error {
 	}
 	mnt := os.Getenv(envMount)
 	server, err := fuseclient.Mount(ctx, sess, mnt, fuseclient.MountOptions{
-		RemotePath: remote,
-		Cache:      policy,
-		ReadOnly:   os.Getenv(envReadOnly) == "1",
-		AllowOther: os.Getenv(envAllow) == "1",
-		FsName:     "qtfs:test:" + remote,
-		OpTimeout:  opTimeout,
-		Debug:      os.Getenv(envDebug) == "1",
-		Logger:     log.Named("mount"),
+		RemotePath:  remote,
+		Cache:       policy,
+		ReadOnly:    os.Getenv(envReadOnly) == "1",
+		AllowOther:  os.Getenv(envAllow) == "1",
+		FsName:      "qtfs:test:" + remote,
+		OpTimeout:   opTimeout,
+		Debug:       os.Getenv(envDebug) == "1",
+		Logger:      log.Named("mount"),
+		LocalProc:   os.Getenv(envLocal),
+		OffloadRoot: os.Getenv(envOffload),
 	})
 	if err != nil {
 		return err
@@ -235,6 +239,8 @@ type mountCfg struct {
 	opTimeout string
 	// stall names an RPC the server never answers.
 	stall string
+	// localProc and offloadRoot are the proc options of the mount.
+	localProc, offloadRoot string
 }
 
 // testMount is a mount served by a child process.
@@ -304,7 +310,8 @@ func startMount(t *testing.T, cfg mountCfg) *testMount {
 	if cfg.allowOther {
 		cmd.Env = append(cmd.Env, envAllow+"=1")
 	}
-	cmd.Env = append(cmd.Env, envTimeout+"="+cfg.opTimeout, envStall+"="+cfg.stall)
+	cmd.Env = append(cmd.Env, envTimeout+"="+cfg.opTimeout, envStall+"="+cfg.stall,
+		envLocal+"="+cfg.localProc, envOffload+"="+cfg.offloadRoot)
 	cmd.Stderr = tm.stderr
 	if tm.stdin, err = cmd.StdinPipe(); err != nil {
 		t.Fatal(err)

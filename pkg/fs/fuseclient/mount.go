@@ -53,7 +53,21 @@ type MountOptions struct {
 	Logger *zap.Logger
 	// OpTimeout is the deadline of each RPC; DefaultOpTimeout when zero.
 	OpTimeout time.Duration
+	// LocalProc is where the DPU's own proc is mounted, as the processes
+	// using the mount see it; DefaultLocalProc when empty. On a mount of
+	// the host's proc root, /proc/self and /proc/thread-self are links
+	// into it.
+	LocalProc string
+	// OffloadRoot is the root directory of the offload chroot on the DPU;
+	// empty turns the rule off. On a mount of the host's proc root,
+	// /proc/<pid> of a DPU process whose root is OffloadRoot is a link to
+	// LocalProc/<pid> instead of the host's process of that number.
+	OffloadRoot string
 }
+
+// DefaultLocalProc is MountOptions.LocalProc when it is empty: where the
+// offload chroot mounts the DPU's own proc.
+const DefaultLocalProc = "/local_proc"
 
 // mountFS is the state one mount's nodes share.
 type mountFS struct {
@@ -75,6 +89,13 @@ type mountFS struct {
 	// readInline is how many bytes a read-only open asks the Open RPC to
 	// read (proc, sysfs and cgroup files only).
 	readInline uint32
+	// special is true on proc, sysfs and cgroup mounts.
+	special bool
+	// listings bounds the memory of the directory listings (cache.go).
+	listings listings
+	// proc holds what a mount of the host's proc root answers itself
+	// (nil on every other mount).
+	proc *procRoot
 }
 
 // Mount mounts opts.RemotePath of sess's server on mountpoint and serves
@@ -89,6 +110,10 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		return nil, fmt.Errorf("qtfs-client: mount %q: remote path must be absolute", opts.RemotePath)
 	}
 	remote := path.Clean(opts.RemotePath)
+	localProc, offloadRoot, err := procOptions(opts)
+	if err != nil {
+		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, err)
+	}
 	log := opts.Logger
 	if log == nil {
 		log = sess.log
@@ -130,6 +155,10 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		inos:     newInoMap(rootAttr.GetDev()),
 		groups:   newGroupsCache("/proc"),
 		directIO: policy == CacheNone || specialKind(resp.GetFsKind()),
+		special:  specialKind(resp.GetFsKind()),
+	}
+	if isProcRoot(m.kind, rootAttr) {
+		m.proc = newProcRoot(m, localProc, offloadRoot)
 	}
 	// Reading in the open call changes atime: only where that means nothing.
 	if specialKind(m.kind) && sess.hasFeature(qtfsv1.Feature_FEATURE_OPEN_READ_INLINE) {
@@ -166,18 +195,31 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, err)
 	}
 	rootIno := m.inos.ino(rootAttr.GetDev(), rootAttr.GetIno())
+	// With direct I/O each write(2) reaches the client as one FUSE WRITE
+	// of at most max_write bytes; a max_write the session can carry in one
+	// RPC makes it one host write(2).
+	maxWrite := maxChunk
+	if m.directIO {
+		maxWrite = min(maxChunk, sess.chunk)
+	}
 	fsOpts := &fs.Options{
 		MountOptions: fuse.MountOptions{
-			AllowOther:       opts.AllowOther,
-			Options:          mountOpts,
-			MaxBackground:    maxBackground,
-			MaxWrite:         maxChunk,
-			MaxReadAhead:     maxChunk,
-			FsName:           fsName,
-			Name:             fsSubtype,
-			Debug:            opts.Debug,
-			Logger:           stdLog,
-			EnableLocks:      sess.hasFeature(qtfsv1.Feature_FEATURE_LOCKS),
+			AllowOther:    opts.AllowOther,
+			Options:       mountOpts,
+			MaxBackground: maxBackground,
+			MaxWrite:      maxWrite,
+			MaxReadAhead:  maxChunk,
+			FsName:        fsName,
+			Name:          fsSubtype,
+			Debug:         opts.Debug,
+			Logger:        stdLog,
+			EnableLocks:   sess.hasFeature(qtfsv1.Feature_FEATURE_LOCKS),
+			// A symlink's target never changes (a new target is a new
+			// inode): the kernel may keep it, where it keeps pages.
+			EnableSymlinkCaching: !m.directIO,
+			// Reads answer with bytes, never with a file descriptor to
+			// splice from: go-fuse would try a pipe first on every READ.
+			DisableSplice:    true,
 			DirectMount:      os.Geteuid() == 0,
 			DirectMountFlags: flags,
 			PanicHandler: func(r any) fuse.Status {
@@ -211,7 +253,7 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		m.raiseReadahead(mountpoint)
 	}
 	log.Info("qtfs mounted", zap.Uint64("mount", m.id), zap.Stringer("cache", policy),
-		zap.Stringer("fs_kind", m.kind), zap.Bool("read_only", readOnly))
+		zap.Stringer("fs_kind", m.kind), zap.Bool("read_only", readOnly), zap.Bool("proc_root", m.proc != nil))
 	return server, nil
 }
 

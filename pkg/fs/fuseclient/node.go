@@ -5,6 +5,7 @@ import (
 	"math"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -36,6 +37,11 @@ type node struct {
 	openMtime int64
 	openNsec  uint32
 	openSize  int64
+	// dir is the listing state of a directory (nil until needed).
+	dir *dirState
+	// noCapsUntil: until then the file is known to have no
+	// security.capability attribute (see capsKnownAbsent).
+	noCapsUntil time.Time
 }
 
 var (
@@ -141,13 +147,25 @@ func (n *node) newChild(ctx context.Context, a *qtfsv1.Attr, out *fuse.EntryOut)
 
 // Lookup finds name in the directory, with its attributes, in one RPC.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	m := n.m
+	if m.proc != nil && n == m.root {
+		if ch, ok := m.proc.lookup(ctx, n, name, out); ok {
+			return ch, 0
+		}
+	}
 	dir, bname, e := n.child(name)
 	if e != 0 {
 		return nil, e
 	}
-	m := n.m
+	if ch, e, ok := n.lookupListed(ctx, name, out); ok {
+		return ch, e
+	}
+	caller := m.caller(ctx)
 	resp, e := call(m.sess, m.timeout, "Lookup", m.sess.client.Lookup,
-		&qtfsv1.LookupRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname})
+		&qtfsv1.LookupRequest{Mount: m.id, Caller: caller, Path: dir, Name: bname})
+	if e == 0 || e == syscall.ENOENT {
+		n.missed(caller)
+	}
 	if e != 0 {
 		return nil, e
 	}
@@ -167,6 +185,7 @@ func (n *node) getattr(ctx context.Context, h uint64, out *fuse.AttrOut) syscall
 	if e == syscall.ENOENT && h == 0 && n != m.root {
 		// The inode's path is gone (removed or renamed on the host):
 		// the inode is stale. stat(2) retries with a fresh lookup.
+		n.parentListingWrong()
 		return syscall.ESTALE
 	}
 	if e != 0 {
@@ -179,6 +198,7 @@ func (n *node) getattr(ctx context.Context, h uint64, out *fuse.AttrOut) syscall
 	if h == 0 && n != m.root && out.Attr.Ino != n.StableAttr().Ino {
 		// The path names another file now (renamed over on the host):
 		// this inode is stale. stat(2) retries with a fresh lookup.
+		n.parentListingWrong()
 		return syscall.ESTALE
 	}
 	return 0
@@ -252,6 +272,7 @@ func (n *node) setattr(ctx context.Context, h uint64, in *fuse.SetAttrIn, out *f
 	}
 	req.Valid = uint32(valid)
 	resp, e := call(m.sess, m.timeout, "Setattr", m.sess.client.Setattr, req)
+	n.attrsChanged() // also on failure: a part may have been applied
 	if e != 0 {
 		return e
 	}
@@ -278,6 +299,11 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	if len(t) == 0 || len(t) > qfs.PathMax {
 		return nil, syscall.EIO
 	}
+	if m.proc != nil {
+		if _, parent := n.Parent(); parent == m.root.EmbeddedInode() {
+			t = hostSelfLink(t)
+		}
+	}
 	return t, 0
 }
 
@@ -291,8 +317,10 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	resp, e := call(m.sess, m.timeout, "Symlink", m.sess.client.Symlink,
 		&qtfsv1.SymlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Target: []byte(target)})
 	if e != 0 {
+		n.failedCreate(e)
 		return nil, e
 	}
+	n.entryChanged(name, resp.GetAttr(), false)
 	return n.newChild(ctx, resp.GetAttr(), out)
 }
 
@@ -307,8 +335,10 @@ func (n *node) Mknod(ctx context.Context, name string, mode, dev uint32, out *fu
 	resp, e := call(m.sess, m.timeout, "Mknod", m.sess.client.Mknod,
 		&qtfsv1.MknodRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Mode: mode, Rdev: uint64(dev)})
 	if e != 0 {
+		n.failedCreate(e)
 		return nil, e
 	}
+	n.entryChanged(name, resp.GetAttr(), false)
 	return n.newChild(ctx, resp.GetAttr(), out)
 }
 
@@ -319,16 +349,25 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 		return nil, e
 	}
 	m := n.m
+	sent := time.Now()
 	resp, e := call(m.sess, m.timeout, "Mkdir", m.sess.client.Mkdir,
 		&qtfsv1.MkdirRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Mode: mode & 07777})
 	if e != 0 {
+		n.failedCreate(e)
 		return nil, e
 	}
 	if resp.GetAttr().GetMode()&syscall.S_IFMT != syscall.S_IFDIR {
 		// go-fuse refuses a directory that is none.
+		n.dropListing()
 		return nil, syscall.EIO
 	}
-	return n.newChild(ctx, resp.GetAttr(), out)
+	n.entryChanged(name, resp.GetAttr(), false)
+	ch, e := n.newChild(ctx, resp.GetAttr(), out)
+	if cn, ok := ch.Operations().(*node); ok && e == 0 {
+		// A new directory is empty: its names need no lookups.
+		cn.newDirListing(sent)
+	}
+	return ch, e
 }
 
 // Unlink removes a non-directory.
@@ -340,6 +379,7 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	m := n.m
 	_, e = call(m.sess, m.timeout, "Unlink", m.sess.client.Unlink,
 		&qtfsv1.UnlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname})
+	n.removed(name, e)
 	return e
 }
 
@@ -352,6 +392,7 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	m := n.m
 	_, e = call(m.sess, m.timeout, "Rmdir", m.sess.client.Rmdir,
 		&qtfsv1.RmdirRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname})
+	n.removed(name, e)
 	return e
 }
 
@@ -374,6 +415,12 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		Mount: m.id, Caller: m.caller(ctx),
 		OldPath: oldDir, OldName: oldName, NewPath: newDir, NewName: bnewName, Flags: flags,
 	})
+	// Both directories changed, or may have (a failure after the
+	// move): their listings go.
+	n.dropListing()
+	np.dropListing()
+	n.attrsChanged()
+	np.attrsChanged()
 	return e
 }
 
@@ -395,8 +442,11 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	resp, e := call(m.sess, m.timeout, "Link", m.sess.client.Link,
 		&qtfsv1.LinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: tp, NewPath: dir, NewName: bname})
 	if e != 0 {
+		n.failedCreate(e)
 		return nil, e
 	}
+	t.attrsChanged() // its link count
+	n.entryChanged(name, resp.GetAttr(), false)
 	return n.newChild(ctx, resp.GetAttr(), out)
 }
 
@@ -441,12 +491,16 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if e != 0 {
 		return nil, 0, e
 	}
-	fh := m.newFileHandle(resp.GetHandle(), n)
+	fh := m.newFileHandle(resp.GetHandle(), n, flags)
 	if a := resp.GetAttr(); a != nil && n != m.root && m.inos.ino(a.GetDev(), a.GetIno()) != n.StableAttr().Ino {
 		// The path names another file now: open(2) retries with a fresh
 		// lookup on ESTALE.
 		fh.Release(ctx)
+		n.parentListingWrong()
 		return nil, 0, syscall.ESTALE
+	}
+	if flags&syscall.O_TRUNC != 0 {
+		n.attrsChanged()
 	}
 	if req.ReadInline > 0 && uint32(len(resp.GetInlineData())) <= req.ReadInline {
 		fh.setInline(resp.GetInlineData(), resp.GetInlineEof())
@@ -467,9 +521,11 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 		Flags: (flags | syscall.O_CREAT) &^ (syscall.O_NOCTTY | syscall.O_DIRECT | fmodeExec), Mode: mode & 07777,
 	})
 	if e != 0 {
+		n.failedCreate(e)
 		return nil, nil, 0, e
 	}
-	fh := m.newFileHandle(resp.GetHandle(), nil)
+	n.entryChanged(name, resp.GetAttr(), false)
+	fh := m.newFileHandle(resp.GetHandle(), nil, flags)
 	ch, e := n.newChild(ctx, resp.GetAttr(), out)
 	if e != 0 {
 		fh.Release(ctx)
@@ -481,6 +537,10 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 		return nil, nil, 0, syscall.EIO
 	}
 	fh.n = cn
+	if flags&syscall.O_EXCL != 0 {
+		// The server made this file: it has no capability attribute.
+		cn.capsAbsent()
+	}
 	return ch, fh, cn.fuseOpenFlags(flags, resp.GetAttr()), 0
 }
 
@@ -545,9 +605,16 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 		return 0, e
 	}
 	m := n.m
+	caps := attr == capabilityXattr
+	if caps && n.capsKnownAbsent() {
+		return 0, syscall.ENODATA
+	}
 	resp, e := call(m.sess, m.timeout, "Getxattr", m.sess.client.Getxattr, &qtfsv1.GetxattrRequest{
 		Mount: m.id, Caller: m.caller(ctx), Path: p, Name: []byte(attr), Size: uint32(min(len(dest), xattrSizeMax)),
 	})
+	if caps && e == syscall.ENODATA {
+		n.capsAbsent()
+	}
 	if e == syscall.ERANGE {
 		return resp.GetSize(), e
 	}
@@ -565,9 +632,11 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 		return e
 	}
 	m := n.m
+	n.capsUnknown()
 	_, e = call(m.sess, m.timeout, "Setxattr", m.sess.client.Setxattr, &qtfsv1.SetxattrRequest{
 		Mount: m.id, Caller: m.caller(ctx), Path: p, Name: []byte(attr), Value: data, Flags: flags,
 	})
+	n.attrsChanged()
 	return e
 }
 
@@ -597,8 +666,10 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 		return e
 	}
 	m := n.m
+	n.capsUnknown()
 	_, e = call(m.sess, m.timeout, "Removexattr", m.sess.client.Removexattr,
 		&qtfsv1.RemovexattrRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Name: []byte(attr)})
+	n.attrsChanged()
 	return e
 }
 
@@ -621,6 +692,9 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offIn uint
 	})
 	if e != 0 {
 		return 0, e
+	}
+	if o.n != nil {
+		o.n.attrsChanged()
 	}
 	if resp.GetCopied() > length {
 		return 0, syscall.EIO

@@ -2,6 +2,7 @@ package hostfs
 
 import (
 	"context"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -122,11 +123,11 @@ func (s *Server) Create(ctx context.Context, req *qtfsv1.CreateRequest) (*qtfsv1
 		if e := s.checkWritable(op, m.readOnly); e != 0 {
 			return e
 		}
-		dirfd, err := openDirPath(m.fd, req.GetPath())
+		dirfd, err := m.openDir(req.GetPath())
 		if err != nil {
 			return s.walkErrno(op, req.GetPath(), err)
 		}
-		defer closeFd(dirfd)
+		defer m.closeDir(dirfd)
 		name := string(req.GetName())
 		perm := createMode(dirfd, req.GetMode(), req.GetUmask())
 		// Try to create first, so the server knows whether the file is
@@ -171,7 +172,8 @@ func (s *Server) Create(ctx context.Context, req *qtfsv1.CreateRequest) (*qtfsv1
 	return resp, nil
 }
 
-// Read is one pread(2).
+// Read is one pread(2), or read(2) for files that refuse pread(2) with
+// ESPIPE.
 func (s *Server) Read(ctx context.Context, req *qtfsv1.ReadRequest) (*qtfsv1.ReadResponse, error) {
 	const op = "Read"
 	resp := &qtfsv1.ReadResponse{}
@@ -187,6 +189,14 @@ func (s *Server) Read(ctx context.Context, req *qtfsv1.ReadRequest) (*qtfsv1.Rea
 		}
 		buf := make([]byte, req.GetSize())
 		n, err := unix.Pread(h.fd, buf, req.GetOffset())
+		if err == nil {
+			h.ra.read(h.fd, req.GetOffset(), n)
+		}
+		if err == unix.ESPIPE {
+			// A file without positions (a pipe, some proc and sysfs
+			// files): read(2) is what the caller's read was.
+			n, err = unix.Read(h.fd, buf)
+		}
 		if err != nil {
 			return s.errnoOf(op, err)
 		}
@@ -197,8 +207,11 @@ func (s *Server) Read(ctx context.Context, req *qtfsv1.ReadRequest) (*qtfsv1.Rea
 	return reply(resp, err)
 }
 
-// Write is one pwrite(2), or write(2) for O_APPEND handles; it returns
-// once the host's call returned.
+// Write is one pwrite(2), or write(2) for O_APPEND handles and for files
+// that refuse pwrite(2) with ESPIPE (pipes, some proc and sysfs files,
+// where the refused pwrite did nothing); it returns once the host's call
+// returned. One Write is always one host write: cgroup and proc files
+// act on each write(2) they get.
 func (s *Server) Write(ctx context.Context, req *qtfsv1.WriteRequest) (*qtfsv1.WriteResponse, error) {
 	const op = "Write"
 	resp := &qtfsv1.WriteResponse{}
@@ -221,6 +234,9 @@ func (s *Server) Write(ctx context.Context, req *qtfsv1.WriteRequest) (*qtfsv1.W
 			n, err = unix.Write(h.fd, req.GetData())
 		} else {
 			n, err = unix.Pwrite(h.fd, req.GetData(), req.GetOffset())
+			if err == unix.ESPIPE {
+				n, err = unix.Write(h.fd, req.GetData())
+			}
 		}
 		if err != nil {
 			return s.errnoOf(op, err)
@@ -332,4 +348,54 @@ func (s *Server) CopyFileRange(ctx context.Context, req *qtfsv1.CopyFileRangeReq
 		return 0
 	})
 	return reply(resp, err)
+}
+
+// Host readahead for a handle read in sequence.
+//
+// A client reading a file in sequence has several Reads of up to 1 MiB in
+// flight; they reach the host side by side and not quite in order, which
+// the host kernel's own readahead takes for random reads, so each Read
+// waited for the disk. A handle whose reads keep landing next to the
+// furthest one so far asks the host to read raWindow ahead of it
+// (posix_fadvise WILLNEED starts the reads and does not wait for them).
+const (
+	raWindow = 8 << 20
+	// raMinRead: smaller reads (metadata files, /proc) start nothing.
+	raMinRead = 64 << 10
+)
+
+// readahead is a handle's sequential-read state.
+type readahead struct {
+	mu sync.Mutex
+	// end is the furthest end of a read so far, ahead how far the host
+	// was asked to read.
+	end, ahead int64
+}
+
+// read notes a read of n bytes at off on fd and starts host readahead
+// when the handle is read in sequence. It returns the range it asked the
+// host to read (length 0: none).
+func (r *readahead) read(fd int, off int64, n int) (from, length int64) {
+	if n < raMinRead {
+		return 0, 0
+	}
+	end := off + int64(n)
+	r.mu.Lock()
+	if off > r.end+raWindow || end < r.end-raWindow {
+		// Not near the others: a random read starts afresh.
+		r.end, r.ahead = end, end
+		r.mu.Unlock()
+		return 0, 0
+	}
+	r.end = max(r.end, end)
+	from = max(r.ahead, r.end)
+	if from-r.end >= raWindow/2 {
+		r.mu.Unlock()
+		return 0, 0
+	}
+	r.ahead = r.end + raWindow
+	length = r.ahead - from
+	r.mu.Unlock()
+	_ = unix.Fadvise(fd, from, length, unix.FADV_WILLNEED)
+	return from, length
 }

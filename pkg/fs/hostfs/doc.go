@@ -27,6 +27,14 @@
 //     Operations on an open handle run with the server's identity: the
 //     permission check happened when the handle was opened.
 //   - Read-only exports refuse every change with EROFS.
+//   - One Read or Write is one host read or write: pread(2)/pwrite(2) at
+//     the request's offset, or read(2)/write(2) when the file refuses
+//     positions (ESPIPE; some proc and sysfs files, pipes). cgroup and proc
+//     files act on each write they get, and their errno is returned as is.
+//   - The kind of filesystem (FsKind) of an export and of a mount root is
+//     read from statfs(2): proc, sysfs, cgroup, cgroup2; a tmpfs holding
+//     nothing but cgroup hierarchies (/sys/fs/cgroup in the cgroup v1 and
+//     hybrid layouts) is cgroup. Clients never cache those.
 //   - A filesystem failure is an errno in the reply, never a gRPC status.
 //     gRPC statuses are FAILED_PRECONDITION (no Handshake on this connection,
 //     or the server is closed), INVALID_ARGUMENT (bad Handshake) and INTERNAL
@@ -48,8 +56,9 @@
 //	  → connState.mu
 //	    → session.mu
 //
-// handle.dirMu (serialises Readdir on one directory handle) is taken with
-// none of the others held. No lock is held across a blocking wait (Setlk).
+// handle.dirMu (serialises Readdir on one directory handle) and handle.ra.mu
+// (a handle's sequential-read state) are taken with none of the others
+// held. No lock is held across a blocking wait (Setlk).
 //
 // The package is Linux only (openat2, Linux 5.6 or later).
 package hostfs

@@ -174,3 +174,43 @@ func TestErrnoName(t *testing.T) {
 		}
 	}
 }
+
+func TestOnlyCgroupsBeneath(t *testing.T) {
+	const v1 = `25 1 0:23 / /sys rw - sysfs sysfs rw
+30 25 0:26 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+32 30 0:28 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+33 30 0:29 / /sys/fs/cgroup/net_cls,net_prio rw shared:9 - cgroup cgroup rw,net_cls,net_prio
+`
+	const mixed = v1 + `40 30 0:40 / /sys/fs/cgroup/with\040space/x rw - tmpfs tmpfs rw
+`
+	for _, tc := range []struct {
+		name      string
+		mountinfo string
+		dir       string
+		want      bool
+	}{
+		{"v1 layout", v1, "/sys/fs/cgroup", true},
+		{"trailing slash", v1, "/sys/fs/cgroup/", true},
+		{"sysfs above holds more", v1 + "50 25 0:50 / /sys/kernel/debug rw - debugfs debugfs rw\n", "/sys", false},
+		{"nothing beneath", v1, "/sys/fs/cgroup/memory", false},
+		{"another filesystem beneath", mixed, "/sys/fs/cgroup", false},
+		{"shared prefix is not beneath", v1, "/sys/fs/cg", false},
+		{"no separator", "31 30 0:27 / /a/b rw cgroup\n", "/a", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := onlyCgroupsBeneath([]byte(tc.mountinfo), tc.dir); got != tc.want {
+				t.Errorf("onlyCgroupsBeneath(%q) = %v, want %v", tc.dir, got, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzOnlyCgroupsBeneath(f *testing.F) {
+	f.Add([]byte("31 30 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"), "/sys/fs/cgroup")
+	f.Add([]byte("1 2 3 4 /a\\040b - x"), "/a")
+	f.Fuzz(func(t *testing.T, mi []byte, dir string) {
+		_ = onlyCgroupsBeneath(mi, dir)
+		_ = unescapeMountinfo(dir)
+	})
+}

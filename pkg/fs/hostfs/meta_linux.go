@@ -85,11 +85,11 @@ func (s *Server) Lookup(ctx context.Context, req *qtfsv1.LookupRequest) (*qtfsv1
 		if e := s.checkDirName(op, req.GetPath(), req.GetName()); e != 0 {
 			return e
 		}
-		dirfd, err := openDirPath(m.fd, req.GetPath())
+		dirfd, err := m.openDir(req.GetPath())
 		if err != nil {
 			return s.walkErrno(op, req.GetPath(), err)
 		}
-		defer closeFd(dirfd)
+		defer m.closeDir(dirfd)
 		resp.Attr, err = lstatAt(dirfd, string(req.GetName()))
 		return s.errnoOf(op, err)
 	})
@@ -127,11 +127,11 @@ func (s *Server) openParent(op string, m *mount, path []byte) (parent, syscall.E
 		return parent{fd: m.fd}, 0
 	}
 	dir, name := qfs.SplitPath(path)
-	fd, err := openDirPath(m.fd, dir)
+	fd, err := m.openDir(dir)
 	if err != nil {
 		return parent{}, s.walkErrno(op, path, err)
 	}
-	return parent{fd: fd, name: string(name), own: true}, 0
+	return parent{fd: fd, name: string(name), own: fd != m.fd}, 0
 }
 
 // Getattr stats a path (never following a symlink) or an open handle.
@@ -381,11 +381,11 @@ func (s *Server) Symlink(ctx context.Context, req *qtfsv1.SymlinkRequest) (*qtfs
 		if e := s.checkWritable(op, m.readOnly); e != 0 {
 			return e
 		}
-		dirfd, err := openDirPath(m.fd, req.GetPath())
+		dirfd, err := m.openDir(req.GetPath())
 		if err != nil {
 			return s.walkErrno(op, req.GetPath(), err)
 		}
-		defer closeFd(dirfd)
+		defer m.closeDir(dirfd)
 		name := string(req.GetName())
 		if err := unix.Symlinkat(string(target), dirfd, name); err != nil {
 			return s.errnoOf(op, err)
@@ -451,11 +451,11 @@ func (s *Server) Mknod(ctx context.Context, req *qtfsv1.MknodRequest) (*qtfsv1.E
 		if req.GetRdev() > 0xffffffff {
 			return syscall.EINVAL
 		}
-		dirfd, err := openDirPath(m.fd, req.GetPath())
+		dirfd, err := m.openDir(req.GetPath())
 		if err != nil {
 			return s.walkErrno(op, req.GetPath(), err)
 		}
-		defer closeFd(dirfd)
+		defer m.closeDir(dirfd)
 		name := string(req.GetName())
 		typ := req.GetMode() & unix.S_IFMT
 		if typ == 0 {
@@ -486,11 +486,11 @@ func (s *Server) Mkdir(ctx context.Context, req *qtfsv1.MkdirRequest) (*qtfsv1.E
 		if e := s.checkWritable(op, m.readOnly); e != 0 {
 			return e
 		}
-		dirfd, err := openDirPath(m.fd, req.GetPath())
+		dirfd, err := m.openDir(req.GetPath())
 		if err != nil {
 			return s.walkErrno(op, req.GetPath(), err)
 		}
-		defer closeFd(dirfd)
+		defer m.closeDir(dirfd)
 		name := string(req.GetName())
 		perm := createMode(dirfd, req.GetMode(), req.GetUmask())
 		if err := unix.Mkdirat(dirfd, name, perm); err != nil {
@@ -516,11 +516,11 @@ func (s *Server) remove(ctx context.Context, op string, mountID uint64, caller *
 		if e := s.checkWritable(op, m.readOnly); e != 0 {
 			return e
 		}
-		dirfd, err := openDirPath(m.fd, dir)
+		dirfd, err := m.openDir(dir)
 		if err != nil {
 			return s.walkErrno(op, dir, err)
 		}
-		defer closeFd(dirfd)
+		defer m.closeDir(dirfd)
 		return s.errnoOf(op, unix.Unlinkat(dirfd, string(name), flags))
 	})
 	return reply(resp, err)
@@ -553,16 +553,16 @@ func (s *Server) Rename(ctx context.Context, req *qtfsv1.RenameRequest) (*qtfsv1
 		if e := s.checkWritable(op, m.readOnly); e != 0 {
 			return e
 		}
-		olddir, err := openDirPath(m.fd, req.GetOldPath())
+		olddir, err := m.openDir(req.GetOldPath())
 		if err != nil {
 			return s.walkErrno(op, req.GetOldPath(), err)
 		}
-		defer closeFd(olddir)
-		newdir, err := openDirPath(m.fd, req.GetNewPath())
+		defer m.closeDir(olddir)
+		newdir, err := m.openDir(req.GetNewPath())
 		if err != nil {
 			return s.walkErrno(op, req.GetNewPath(), err)
 		}
-		defer closeFd(newdir)
+		defer m.closeDir(newdir)
 		return s.errnoOf(op, unix.Renameat2(olddir, string(req.GetOldName()), newdir, string(req.GetNewName()),
 			uint(req.GetFlags())))
 	})
@@ -588,11 +588,11 @@ func (s *Server) Link(ctx context.Context, req *qtfsv1.LinkRequest) (*qtfsv1.Ent
 		if e := s.checkWritable(op, m.readOnly); e != 0 {
 			return e
 		}
-		newdir, err := openDirPath(m.fd, req.GetNewPath())
+		newdir, err := m.openDir(req.GetNewPath())
 		if err != nil {
 			return s.walkErrno(op, req.GetNewPath(), err)
 		}
-		defer closeFd(newdir)
+		defer m.closeDir(newdir)
 		name := string(req.GetNewName())
 		if err := unix.Linkat(p.fd, p.name, newdir, name, 0); err != nil {
 			return s.errnoOf(op, err)

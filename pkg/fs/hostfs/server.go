@@ -374,6 +374,8 @@ type handle struct {
 	readOnly bool
 	caller   *qtfsv1.Caller // who opened it; Readdir stats entries as them
 
+	ra readahead // sequential reads (data_linux.go)
+
 	dirMu  sync.Mutex // serialises Readdir
 	dirPos uint64     // the cookie the kernel's directory position stands at
 	dirBuf []byte

@@ -96,7 +96,7 @@ func TestFsKinds(t *testing.T) {
 		{"/sys", qtfsv1.FsKind_FS_KIND_SYSFS},
 		{"/sys/fs/cgroup/unified", qtfsv1.FsKind_FS_KIND_CGROUP2},
 		{"/sys/fs/cgroup/cpu", qtfsv1.FsKind_FS_KIND_CGROUP},
-		{"/sys/fs/cgroup", 0}, // cgroup2 or a tmpfs holding v1 hierarchies
+		{"/sys/fs/cgroup", 0}, // cgroup2, or a tmpfs holding v1 hierarchies (cgroup)
 		{t.TempDir(), qtfsv1.FsKind_FS_KIND_REGULAR},
 	}
 	var exports []hostfs.Export
@@ -108,9 +108,13 @@ func TestFsKinds(t *testing.T) {
 		}
 		kind := c.kind
 		if kind == 0 {
-			kind = qtfsv1.FsKind_FS_KIND_REGULAR
-			if uint64(st.Type) == unix.CGROUP2_SUPER_MAGIC {
+			switch uint64(st.Type) {
+			case unix.CGROUP2_SUPER_MAGIC:
 				kind = qtfsv1.FsKind_FS_KIND_CGROUP2
+			case unix.TMPFS_MAGIC:
+				kind = qtfsv1.FsKind_FS_KIND_CGROUP
+			default:
+				continue
 			}
 		} else if c.kind == qtfsv1.FsKind_FS_KIND_CGROUP && uint64(st.Type) != unix.CGROUP_SUPER_MAGIC ||
 			c.kind == qtfsv1.FsKind_FS_KIND_CGROUP2 && uint64(st.Type) != unix.CGROUP2_SUPER_MAGIC {

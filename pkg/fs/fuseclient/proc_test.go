@@ -1,0 +1,519 @@
+package fuseclient_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// startSleeper starts a sleep(1) of the test (a process of the "host")
+// and stops it, by pid, when the test ends.
+func startSleeper(t *testing.T) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("sleep", "300")
+	if err := cmd.Start(); err != nil {
+		t.Skipf("skipped: no sleep(1) to start a host process: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return cmd
+}
+
+// requireProcMount mounts the host's proc root with the given proc
+// options; LocalProc "/proc" makes the links land in this process's own
+// proc, which is the same pid namespace.
+func requireProcMount(t *testing.T, localProc, offloadRoot string) *testMount {
+	t.Helper()
+	var st unix.Statfs_t
+	if err := unix.Statfs("/proc", &st); err != nil || uint64(st.Type) != unix.PROC_SUPER_MAGIC {
+		t.Skip("skipped: /proc is not a proc filesystem here")
+	}
+	return startMount(t, mountCfg{export: "/proc", localProc: localProc, offloadRoot: offloadRoot})
+}
+
+// TestProcSelf checks that self and thread-self of a mount of the host's
+// proc root mean the process that reads them, not the server.
+func TestProcSelf(t *testing.T) {
+	tm := requireProcMount(t, "/proc", "")
+	pid := os.Getpid()
+	if got, err := os.Readlink(tm.path("self")); err != nil || got != fmt.Sprintf("/proc/%d", pid) {
+		t.Errorf("readlink self: %q, %v; want /proc/%d", got, err, pid)
+	}
+	fi, err := os.Lstat(tm.path("self"))
+	if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("lstat self: %v, %v; want a symlink", fi, err)
+	}
+	status, err := os.ReadFile(tm.path("self", "status"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("\nPid:\t%d\n", pid); !bytes.Contains(status, []byte(want)) {
+		t.Errorf("self/status through the mount names another process (want %q):\n%s", want, status)
+	}
+
+	// From a thread other than the main one: the thread group for self,
+	// the thread for thread-self.
+	type res struct {
+		tid         int
+		self, tself string
+		err         error
+	}
+	ch := make(chan res)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var r res
+		r.tid = unix.Gettid()
+		if r.self, r.err = os.Readlink(tm.path("self")); r.err == nil {
+			r.tself, r.err = os.Readlink(tm.path("thread-self"))
+		}
+		ch <- r
+	}()
+	r := <-ch
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r.self != fmt.Sprintf("/proc/%d", pid) {
+		t.Errorf("self from thread %d: %q, want /proc/%d", r.tid, r.self, pid)
+	}
+	if want := fmt.Sprintf("/proc/%d/task/%d", pid, r.tid); r.tself != want {
+		t.Errorf("thread-self from thread %d: %q, want %q", r.tid, r.tself, want)
+	}
+
+	// Another process reading the mount gets its own.
+	out, err := exec.Command("sh", "-c", `echo $$; exec readlink "$1"`, "sh", tm.path("self")).Output()
+	if err != nil {
+		t.Fatalf("sh: %v", err)
+	}
+	f := strings.Fields(string(out))
+	if len(f) != 2 || f[1] != "/proc/"+f[0] {
+		t.Errorf("self read by another process: %q, want /proc/<its pid>", out)
+	}
+}
+
+// TestProcSelfDefaultLocal checks the default local proc directory.
+func TestProcSelfDefaultLocal(t *testing.T) {
+	tm := requireProcMount(t, "", "")
+	if got, err := os.Readlink(tm.path("self")); err != nil || got != fmt.Sprintf("/local_proc/%d", os.Getpid()) {
+		t.Errorf("readlink self: %q, %v; want /local_proc/%d", got, err, os.Getpid())
+	}
+}
+
+// TestProcRootSelfLinks checks that the proc root's links into "self"
+// follow the host's pid 1.
+func TestProcRootSelfLinks(t *testing.T) {
+	tm := requireProcMount(t, "/proc", "")
+	for _, tc := range []struct{ name, want string }{{"mounts", "1/mounts"}, {"net", "1/net"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := os.Lstat("/proc/" + tc.name); err != nil {
+				t.Skipf("skipped: no /proc/%s here", tc.name)
+			}
+			if got, err := os.Readlink(tm.path(tc.name)); err != nil || got != tc.want {
+				t.Errorf("readlink %s: %q, %v; want %q", tc.name, got, err, tc.want)
+			}
+		})
+	}
+	// Other programs may mount and unmount meanwhile: read both again
+	// when they differ.
+	var got, want []byte
+	var err error
+	for try := 0; try < 5; try++ {
+		if want, err = os.ReadFile("/proc/1/mounts"); err != nil {
+			t.Skipf("skipped: /proc/1/mounts unreadable: %v", err)
+		}
+		if got, err = os.ReadFile(tm.path("mounts")); err != nil || bytes.Equal(got, want) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("mounts through the mount (%d bytes, %v) differ from /proc/1/mounts (%d bytes)", len(got), err, len(want))
+	}
+}
+
+// TestProcMagicLinks reads the magic links of a host process: the host's
+// text, never followed by the server.
+func TestProcMagicLinks(t *testing.T) {
+	tm := requireProcMount(t, "/proc", "")
+	cmd := startSleeper(t)
+	pid := strconv.Itoa(cmd.Process.Pid)
+	for _, name := range []string{"exe", "cwd", "root", "fd/0", "fd/1", "ns/net", "ns/pid", "ns/mnt"} {
+		t.Run(name, func(t *testing.T) {
+			want, err := os.Readlink("/proc/" + pid + "/" + name)
+			if err != nil {
+				t.Skipf("skipped: %v", err)
+			}
+			got, err := os.Readlink(tm.path(pid, name))
+			if err != nil || got != want {
+				t.Errorf("readlink %s/%s through the mount: %q, %v; host %q", pid, name, got, err, want)
+			}
+			fi, err := os.Lstat(tm.path(pid, name))
+			if err != nil || fi.Mode()&os.ModeSymlink == 0 {
+				t.Errorf("lstat: %v, %v; want a symlink", fi, err)
+			}
+		})
+	}
+}
+
+// TestProcPidsComeAndGo checks that a host process shows in the mount as
+// soon as it starts and is gone as soon as it ended, and that reading a
+// file of an ended process fails as on the host.
+func TestProcPidsComeAndGo(t *testing.T) {
+	tm := requireProcMount(t, "/proc", "")
+	cmd := exec.Command("sleep", "300")
+	if err := cmd.Start(); err != nil {
+		t.Skipf("skipped: no sleep(1): %v", err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pid := strconv.Itoa(cmd.Process.Pid)
+	if _, err := os.Stat(tm.path(pid)); err != nil {
+		t.Fatalf("a process just started is not in the mount: %v", err)
+	}
+	for _, f := range []string{"cmdline", "status", "stat"} {
+		// status shows counters of the whole user (SigQ) that other
+		// processes move: read both again when they differ.
+		var got, host []byte
+		var err error
+		for try := 0; try < 5; try++ {
+			if host, err = os.ReadFile("/proc/" + pid + "/" + f); err != nil {
+				t.Fatal(err)
+			}
+			if got, err = os.ReadFile(tm.path(pid, f)); err != nil || bytes.Equal(got, host) {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if err != nil || !bytes.Equal(got, host) {
+			t.Errorf("%s through the mount: %q, %v; host %q", f, got, err, host)
+		}
+	}
+	held, err := os.Open(tm.path(pid, "stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	hostHeld, err := os.Open("/proc/" + pid + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostHeld.Close()
+	buf := make([]byte, 4096)
+	if _, err := held.Read(buf); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+
+	if _, err := os.Stat(tm.path(pid)); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("stat of an ended process: %v, want ENOENT", err)
+	}
+	if _, err := os.ReadFile(tm.path(pid, "status")); !errors.Is(err, syscall.ENOENT) {
+		t.Errorf("open of an ended process's file: %v, want ENOENT", err)
+	}
+	_, hostErr := hostHeld.ReadAt(buf, 0)
+	_, err = held.ReadAt(buf, 0)
+	if hostErr == nil || !errors.Is(err, errnoOf(hostErr)) {
+		t.Errorf("read of a file held open past the process's end: %v; on the host %v", err, hostErr)
+	}
+	if errors.Is(err, syscall.EIO) {
+		t.Errorf("read of an ended process's file gave EIO")
+	}
+}
+
+// errnoOf returns the errno inside err (EIO when there is none).
+func errnoOf(err error) syscall.Errno {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return syscall.EIO
+}
+
+// TestProcOffloadRule checks the rule for processes of the offload
+// chroot: with OffloadRoot "/" every local process counts as one, so the
+// test's own pid is a link into the local proc, listed once; with a root
+// no process has, the host's directory shows.
+func TestProcOffloadRule(t *testing.T) {
+	pid := strconv.Itoa(os.Getpid())
+	for _, tc := range []struct {
+		name    string
+		root    string
+		wantDir bool
+	}{
+		{"in the chroot", "/", false},
+		{"outside", "/nonexistent/offload/root", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tm := requireProcMount(t, "/proc", tc.root)
+			fi, err := os.Lstat(tm.path(pid))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.IsDir() != tc.wantDir {
+				t.Errorf("%s is a directory: %v, want %v (mode %v)", pid, fi.IsDir(), tc.wantDir, fi.Mode())
+			}
+			if !tc.wantDir {
+				if got, err := os.Readlink(tm.path(pid)); err != nil || got != "/proc/"+pid {
+					t.Errorf("readlink %s: %q, %v; want /proc/%s", pid, got, err, pid)
+				}
+				status, err := os.ReadFile(tm.path(pid, "status"))
+				if err != nil || !bytes.Contains(status, []byte("\nPid:\t"+pid+"\n")) {
+					t.Errorf("status through the link: %v", err)
+				}
+			}
+			entries, err := os.ReadDir(tm.path())
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen := map[string]int{}
+			for _, e := range entries {
+				seen[e.Name()]++
+				if e.Name() == pid && e.IsDir() != tc.wantDir {
+					t.Errorf("listing: %s type %v, want a directory %v", pid, e.Type(), tc.wantDir)
+				}
+				if (e.Name() == "self" || e.Name() == "thread-self") && e.Type()&os.ModeSymlink == 0 {
+					t.Errorf("listing: %s type %v, want a symlink", e.Name(), e.Type())
+				}
+			}
+			for name, n := range seen {
+				if n > 1 {
+					t.Errorf("listing: %s appears %d times", name, n)
+				}
+			}
+			if seen[pid] != 1 || seen["self"] != 1 {
+				t.Errorf("listing: %s seen %d times, self %d times", pid, seen[pid], seen["self"])
+			}
+		})
+	}
+}
+
+// TestSpecialContent reads files whose size says nothing of their content
+// (0 on proc, 4096 on sysfs, 0 on cgroup) through mounts of the kind's
+// root, and of a tmpfs holding cgroup hierarchies, with the default cache
+// policy.
+func TestSpecialContent(t *testing.T) {
+	type export struct {
+		path  string
+		files []string
+	}
+	exports := []export{
+		{"/proc", []string{"cmdline", "sys/kernel/ostype"}},
+		{"/sys", []string{"devices/system/cpu/possible", "devices/system/cpu/kernel_max"}},
+	}
+	if h := cgroupHierarchies(t); len(h) > 0 {
+		file := "cgroup.clone_children"
+		if h[0].v2 {
+			file = "cgroup.max.depth"
+		}
+		exports = append(exports, export{h[0].mountpoint, []string{file}})
+		if parent := filepath.Dir(h[0].mountpoint); onlyCgroupsBeneath(t, parent) {
+			rel, _ := filepath.Rel(parent, h[0].mountpoint)
+			exports = append(exports, export{parent, []string{rel + "/" + file}})
+		}
+	}
+	for _, ex := range exports {
+		t.Run(ex.path, func(t *testing.T) {
+			tm := startMount(t, mountCfg{export: ex.path})
+			for _, file := range ex.files {
+				want, err := os.ReadFile(filepath.Join(ex.path, file))
+				if err != nil || len(want) == 0 {
+					t.Logf("%s skipped: %v (%d bytes)", file, err, len(want))
+					continue
+				}
+				got, err := os.ReadFile(tm.path(file))
+				if err != nil || !bytes.Equal(got, want) {
+					t.Errorf("read %s through the mount: %q, %v; host %q", file, got, err, want)
+				}
+			}
+		})
+	}
+}
+
+// hierarchy is a cgroup filesystem mounted on this machine.
+type hierarchy struct {
+	mountpoint string
+	v2         bool
+}
+
+// cgroupHierarchies lists the cgroup mounts, cgroup2 first.
+func cgroupHierarchies(t *testing.T) []hierarchy {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	var v1, v2 []hierarchy
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		for i, x := range f {
+			if x != "-" || i+1 >= len(f) || len(f) < 5 {
+				continue
+			}
+			switch f[i+1] {
+			case "cgroup2":
+				v2 = append(v2, hierarchy{f[4], true})
+			case "cgroup":
+				v1 = append(v1, hierarchy{f[4], false})
+			}
+		}
+	}
+	return append(v2, v1...)
+}
+
+// onlyCgroupsBeneath reports whether dir is a tmpfs holding nothing but
+// cgroup mounts.
+func onlyCgroupsBeneath(t *testing.T, dir string) bool {
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) != nil || uint64(st.Type) != unix.TMPFS_MAGIC {
+		return false
+	}
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || !strings.HasPrefix(f[4], dir+"/") {
+			continue
+		}
+		if !strings.Contains(line, " - cgroup") {
+			return false
+		}
+	}
+	return true
+}
+
+// testCgroup makes a cgroup of the test in the first writable hierarchy
+// and removes it (and what the test made in it) when the test ends.
+func testCgroup(t *testing.T) (string, hierarchy) {
+	t.Helper()
+	for _, h := range cgroupHierarchies(t) {
+		dir := filepath.Join(h.mountpoint, fmt.Sprintf("qtfs-fuseclient-%d", os.Getpid()))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			continue
+		}
+		t.Cleanup(func() {
+			subs, _ := filepath.Glob(filepath.Join(dir, "*", "cgroup.procs"))
+			for _, s := range subs {
+				_ = os.Remove(filepath.Dir(s))
+			}
+			if err := os.Remove(dir); err != nil {
+				t.Errorf("remove test cgroup %s: %v", dir, err)
+			}
+		})
+		return dir, h
+	}
+	t.Skip("skipped: no writable cgroup hierarchy (mount cgroup2 on /sys/fs/cgroup, run as root)")
+	return "", hierarchy{}
+}
+
+// writeOnce opens p for writing and writes data with one write(2),
+// returning the errno (0 on success).
+func writeOnce(p, data string) syscall.Errno {
+	fd, err := unix.Open(p, unix.O_WRONLY, 0)
+	if err != nil {
+		return errnoOf(err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.Write(fd, []byte(data)); err != nil {
+		return errnoOf(err)
+	}
+	return 0
+}
+
+// TestCgroupThroughMount manages a cgroup through a mount of its
+// hierarchy: mkdir, limits, moving a process, errors as the host gives
+// them, each write(2) one Write RPC, rmdir.
+func TestCgroupThroughMount(t *testing.T) {
+	requireFUSE(t)
+	dir, h := testCgroup(t)
+	tm := startMount(t, mountCfg{export: dir})
+	if err := os.Mkdir(tm.path("c"), 0o755); err != nil {
+		t.Fatalf("mkdir of a cgroup through the mount: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "c", "cgroup.procs")); err != nil {
+		t.Fatalf("the host has no cgroup made through the mount: %v", err)
+	}
+	if err := os.Mkdir(tm.path("c"), 0o755); !errors.Is(err, syscall.EEXIST) {
+		t.Errorf("mkdir of an existing cgroup: %v, want EEXIST", err)
+	}
+	limit, good, bad := "notify_on_release", "1", "abc"
+	if h.v2 {
+		limit, good, bad = "cgroup.max.descendants", "3", "abc"
+	}
+	cases := []struct {
+		name, file, data, hostWant string
+	}{
+		{"limit", limit, good + "\n", good},
+		{"bad value", limit, bad, good},
+		{"no such process", "cgroup.procs", "2147483646", ""},
+		{"not a number", "cgroup.procs", "x1", ""},
+	}
+	tm.resetStats()
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			want := writeOnce(filepath.Join(dir, "c", tc.file), tc.data)
+			got := writeOnce(tm.path("c", tc.file), tc.data)
+			if got != want {
+				t.Errorf("write %q to %s: errno %v through the mount, %v on the host", tc.data, tc.file, got, want)
+			}
+			if tc.hostWant != "" {
+				b, err := os.ReadFile(filepath.Join(dir, "c", tc.file))
+				if err != nil || strings.TrimSpace(string(b)) != tc.hostWant {
+					t.Errorf("host reads %q, %v; want %q", b, err, tc.hostWant)
+				}
+			}
+		})
+	}
+	if got := tm.stats()["Write"]; got != len(cases) {
+		t.Errorf("Write RPCs: %d for %d write(2) calls", got, len(cases))
+	}
+
+	cmd := startSleeper(t)
+	pid := strconv.Itoa(cmd.Process.Pid)
+	if e := writeOnce(tm.path("c", "cgroup.procs"), pid); e != 0 {
+		t.Fatalf("move a process through the mount: %v", e)
+	}
+	cg, err := os.ReadFile("/proc/" + pid + "/cgroup")
+	if err != nil || !strings.Contains(string(cg), "/"+filepath.Base(dir)+"/c\n") {
+		t.Errorf("host process cgroups after the move: %q, %v", cg, err)
+	}
+	procs, err := os.ReadFile(tm.path("c", "cgroup.procs"))
+	if err != nil || strings.TrimSpace(string(procs)) != pid {
+		t.Errorf("cgroup.procs through the mount: %q, %v; want %s", procs, err, pid)
+	}
+	if err := os.Remove(tm.path("c")); !errors.Is(err, syscall.EBUSY) {
+		t.Errorf("rmdir of a cgroup with a process: %v, want EBUSY", err)
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := os.Remove(tm.path("c"))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+			t.Fatalf("rmdir of an empty cgroup through the mount: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "c")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("cgroup still on the host after rmdir: %v", err)
+	}
+}

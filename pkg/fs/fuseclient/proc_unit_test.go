@@ -1,0 +1,287 @@
+package fuseclient
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"go.uber.org/zap/zaptest"
+
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+func TestParsePid(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint32
+		ok   bool
+	}{
+		{"1", 1, true},
+		{"4194304", 4194304, true},
+		{"4294967295", 4294967295, true},
+		{"4294967296", 0, false},
+		{"0", 0, false},
+		{"01", 0, false},
+		{"", 0, false},
+		{"+1", 0, false},
+		{"-1", 0, false},
+		{"12a", 0, false},
+		{"self", 0, false},
+		{"99999999999", 0, false},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, ok := parsePid(tc.in)
+			if got != tc.want || ok != tc.ok {
+				t.Errorf("parsePid(%q) = %d, %v; want %d, %v", tc.in, got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func TestParseTgid(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   string
+		want uint32
+		ok   bool
+	}{
+		{"status", "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nNgid:\t0\nPid:\t4243\n", 4242, true},
+		{"last line", "Name:\tx\nTgid:\t7", 7, true},
+		{"no tgid", "Name:\tx\nPid:\t7\n", 0, false},
+		{"zero", "Name:\tx\nTgid:\t0\n", 0, false},
+		{"garbage", "Name:\tx\nTgid:\tabc\n", 0, false},
+		{"first line is no Tgid line", "Tgid:\t5\n", 0, false},
+		{"too large", "Name:\tx\nTgid:\t4294967296\n", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := parseTgid([]byte(tc.in))
+			if got != tc.want || ok != tc.ok {
+				t.Errorf("parseTgid = %d, %v; want %d, %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func FuzzParseTgid(f *testing.F) {
+	f.Add([]byte("Name:\tx\nTgid:\t12\n"))
+	f.Add([]byte("\nTgid:"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if v, ok := parseTgid(b); ok && v == 0 {
+			t.Fatalf("parseTgid(%q) accepted 0", b)
+		}
+	})
+}
+
+func TestHostSelfLink(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"self/mounts", "1/mounts"},
+		{"self/net", "1/net"},
+		{"self", "1"},
+		{"selfish/x", "selfish/x"},
+		{"/proc/self/mounts", "/proc/self/mounts"},
+		{"bus/pci", "bus/pci"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			if got := string(hostSelfLink([]byte(tc.in))); got != tc.want {
+				t.Errorf("hostSelfLink(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestProcOptions(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		opts           MountOptions
+		local, offload string
+		wantErr        bool
+	}{
+		{"defaults", MountOptions{}, DefaultLocalProc, "", false},
+		{"set", MountOptions{LocalProc: "/x/lp/", OffloadRoot: "/var/lib/qtfs/root/"}, "/x/lp", "/var/lib/qtfs/root", false},
+		{"relative local", MountOptions{LocalProc: "lp"}, "", "", true},
+		{"relative root", MountOptions{OffloadRoot: "root"}, "", "", true},
+		{"NUL", MountOptions{LocalProc: "/a\x00b"}, "", "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, o, err := procOptions(tc.opts)
+			if (err != nil) != tc.wantErr || l != tc.local || o != tc.offload {
+				t.Errorf("procOptions = %q, %q, %v; want %q, %q, error %v", l, o, err, tc.local, tc.offload, tc.wantErr)
+			}
+		})
+	}
+}
+
+// fakeProc builds a directory that stands for the DPU's proc: threads
+// with a status, processes with a root link.
+func fakeProc(t *testing.T, threads map[uint32]uint32, roots map[uint32]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for tid, tgid := range threads {
+		d := filepath.Join(dir, fmt.Sprint(tid))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		status := fmt.Sprintf("Name:\tproc%d\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t%d\nPid:\t%d\n", tid, tgid, tid)
+		if err := os.WriteFile(filepath.Join(d, "status"), []byte(status), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for pid, root := range roots {
+		d := filepath.Join(dir, fmt.Sprint(pid))
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(root, filepath.Join(d, "root")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(dir, "sys"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func callerCtx(pid uint32) context.Context {
+	return &fuse.Context{Caller: fuse.Caller{Pid: pid}}
+}
+
+// TestProcRootLinks checks the targets of the links a proc root mount
+// makes itself, for callers named by thread id, and the offload rule.
+func TestProcRootLinks(t *testing.T) {
+	dir := fakeProc(t,
+		map[uint32]uint32{100: 100, 101: 100, 200: 200},
+		map[uint32]string{100: "/", 300: "/var/lib/qtfs/root", 301: "/var/lib/qtfs/root/sub", 302: "/var/lib/qtfs/root"})
+	p := &procRoot{localProc: "/local_proc", offloadRoot: "/var/lib/qtfs/root", procDir: dir, at: time.Unix(1, 0)}
+	for _, tc := range []struct {
+		name   string
+		kind   linkKind
+		pid    uint32
+		caller uint32
+		want   string
+		errno  syscall.Errno
+	}{
+		{"self of a main thread", linkSelf, 0, 100, "/local_proc/100", 0},
+		{"self of another thread", linkSelf, 0, 101, "/local_proc/100", 0},
+		{"thread-self", linkThreadSelf, 0, 101, "/local_proc/100/task/101", 0},
+		{"thread-self of a main thread", linkThreadSelf, 0, 200, "/local_proc/200/task/200", 0},
+		{"caller without a pid", linkSelf, 0, 0, "", syscall.ENOENT},
+		{"caller gone", linkSelf, 0, 999, "", syscall.ENOENT},
+		{"offloaded pid", linkLocalPid, 300, 100, "/local_proc/300", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, e := p.target(callerCtx(tc.caller), tc.kind, tc.pid)
+			if got != tc.want || e != tc.errno {
+				t.Errorf("target = %q, %v; want %q, %v", got, e, tc.want, tc.errno)
+			}
+		})
+	}
+	if _, e := p.target(context.Background(), linkSelf, 0); e != syscall.ENOENT {
+		t.Errorf("self without a FUSE caller: %v, want ENOENT", e)
+	}
+
+	classify := []struct {
+		name string
+		kind linkKind
+		pid  uint32
+	}{
+		{"self", linkSelf, 0},
+		{"thread-self", linkThreadSelf, 0},
+		{"300", linkLocalPid, 300},
+		{"302", linkLocalPid, 302},
+		{"301", linkNone, 0}, // beneath the chroot is not in it
+		{"100", linkNone, 0}, // root "/": a DPU process outside the chroot
+		{"555", linkNone, 0}, // not on the DPU: the host's
+		{"0300", linkNone, 0},
+		{"mounts", linkNone, 0},
+	}
+	for _, tc := range classify {
+		t.Run("classify "+tc.name, func(t *testing.T) {
+			if kind, pid := p.classify(tc.name); kind != tc.kind || pid != tc.pid {
+				t.Errorf("classify(%q) = %v, %d; want %v, %d", tc.name, kind, pid, tc.kind, tc.pid)
+			}
+		})
+	}
+	if got := p.localPids(); !slices.Equal(got, []uint32{300, 302}) {
+		t.Errorf("localPids = %v, want [300 302]", got)
+	}
+
+	off := *p
+	off.offloadRoot = ""
+	if kind, _ := off.classify("300"); kind != linkNone {
+		t.Errorf("rule off: 300 classified %v", kind)
+	}
+	if got := off.localPids(); got != nil {
+		t.Errorf("rule off: localPids = %v", got)
+	}
+}
+
+// TestProcRootListing checks a listing of a proc root: self and
+// thread-self are the client's links, the host's entries of offloaded
+// pids are left out and the offloaded pids follow the host's entries;
+// seeking into either part works.
+func TestProcRootListing(t *testing.T) {
+	attr := func(ino uint64, mode uint32) *qtfsv1.Attr {
+		return &qtfsv1.Attr{Ino: ino, Dev: 4, Mode: mode, Nlink: 1}
+	}
+	c := &fakeDirClient{calls: map[string]int{}, entries: []*qtfsv1.DirEntry{
+		{Name: []byte("mounts"), Ino: 10, Type: syscall.S_IFLNK, Offset: 3, Attr: attr(10, syscall.S_IFLNK|0o777)},
+		{Name: []byte("self"), Ino: 11, Type: syscall.S_IFLNK, Offset: 4, Attr: attr(11, syscall.S_IFLNK|0o777)},
+		{Name: []byte("thread-self"), Ino: 12, Type: syscall.S_IFLNK, Offset: 5, Attr: attr(12, syscall.S_IFLNK|0o777)},
+		{Name: []byte("1"), Ino: 13, Type: syscall.S_IFDIR, Offset: 260, Attr: attr(13, syscall.S_IFDIR|0o555)},
+		{Name: []byte("300"), Ino: 14, Type: syscall.S_IFDIR, Offset: 559, Attr: attr(14, syscall.S_IFDIR|0o555)},
+		{Name: []byte("400"), Ino: 15, Type: syscall.S_IFDIR, Offset: 659, Attr: attr(15, syscall.S_IFDIR|0o555)},
+	}}
+	dir := fakeProc(t, nil, map[uint32]string{1: "/", 300: "/chroot", 77: "/chroot"})
+	m := &mountFS{sess: testSession(t, c), log: zaptest.NewLogger(t), timeout: time.Second, rootDev: 4, inos: newInoMap(4)}
+	m.proc = &procRoot{m: m, localProc: "/lp", offloadRoot: "/chroot", procDir: dir}
+	m.root = &node{m: m}
+	d := m.newDirHandle(7, m.root)
+	read := func() []fuse.DirEntry {
+		var out []fuse.DirEntry
+		for {
+			de, e := d.Readdirent(context.Background())
+			if e != 0 {
+				t.Fatalf("Readdirent: %v", e)
+			}
+			if de == nil {
+				return out
+			}
+			out = append(out, *de)
+		}
+	}
+	local := func(kind linkKind, pid uint32) uint64 { return m.inos.ino(localDev, linkIno(kind, pid)) }
+	want := []fuse.DirEntry{
+		{Name: ".", Mode: syscall.S_IFDIR, Off: 1},
+		{Name: "..", Mode: syscall.S_IFDIR, Off: 2},
+		{Name: "mounts", Ino: 10, Mode: syscall.S_IFLNK, Off: 5},
+		{Name: "self", Ino: local(linkSelf, 0), Mode: syscall.S_IFLNK, Off: 6},
+		{Name: "thread-self", Ino: local(linkThreadSelf, 0), Mode: syscall.S_IFLNK, Off: 7},
+		{Name: "1", Ino: 13, Mode: syscall.S_IFDIR, Off: 262},
+		{Name: "400", Ino: 15, Mode: syscall.S_IFDIR, Off: 661},
+		{Name: "77", Ino: local(linkLocalPid, 77), Mode: syscall.S_IFLNK, Off: localCookieBase + 1},
+		{Name: "300", Ino: local(linkLocalPid, 300), Mode: syscall.S_IFLNK, Off: localCookieBase + 2},
+	}
+	if got := read(); !slices.Equal(got, want) {
+		t.Errorf("entries:\n got %v\nwant %v", got, want)
+	}
+	for _, tc := range []struct {
+		off  uint64
+		from int
+	}{{localCookieBase + 1, 8}, {localCookieBase + 2, 9}, {661, 7}, {262, 6}, {5, 3}, {0, 0}} {
+		if e := d.Seekdir(context.Background(), tc.off); e != 0 {
+			t.Fatal(e)
+		}
+		if got := read(); !slices.Equal(got, want[tc.from:]) {
+			t.Errorf("after seeking to %d:\n got %v\nwant %v", tc.off, got, want[tc.from:])
+		}
+	}
+	if d.local[0] != 77 || d.local[1] != 300 {
+		t.Errorf("local snapshot %v", d.local)
+	}
+}
