@@ -23,6 +23,7 @@ const usage = `qtfs-client mounts directories that a qtfs-server exports from it
 Usage:
   qtfs-client mount [-f] [-o ro,cache=auto|none|strict,allow_other] [--server URI] [TLS] --remote [SERVER:]PATH MOUNTPOINT
   qtfs-client umount [--lazy] MOUNTPOINT
+  qtfs-client run [--check] [--config /etc/qtfs/client.yaml]
   qtfs-client status
   qtfs-client --version
 
@@ -44,6 +45,8 @@ func run(args []string) int {
 		return mount(args[1:])
 	case "umount", "unmount":
 		return umount(args[1:])
+	case "run":
+		return runCmd(args[1:])
 	case "status":
 		return status(args[1:])
 	case "--version", "-version", "version":
@@ -62,12 +65,15 @@ func fail(code int, err error) int {
 	return code
 }
 
-// load parses a subcommand's flags; ok=false means exit with code.
+// load parses a subcommand's flags; ok=false means exit with code. The
+// config file may hold the run command's keys too (one client.yaml).
 func load(name, help string, set *flag.FlagSet, s *client.Settings, args []string) ([]string, int, bool) {
-	s.Flags(set)
+	var file client.RunConfig
+	file.Settings.Flags(set)
+	defer func() { *s = file.Settings }()
 	set.Usage = func() { fmt.Fprint(set.Output(), help+"\nFlags:\n"); set.PrintDefaults() }
 	src := config.Source{ConfigFlag: "config", DefaultPath: client.DefaultConfigPath, Interleaved: true}
-	_, rest, err := src.Load(set, args, s)
+	_, rest, err := src.Load(set, args, &file)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil, 0, false
 	}
@@ -161,7 +167,8 @@ func umount(args []string) int {
 
 const statusHelp = `Usage: qtfs-client status
 
-Lists the qtfs mounts of this machine: remote, server, round-trip time, daemon pid.
+Lists the qtfs mounts of this machine: remote, server, round-trip time, daemon pid;
+and for each 'qtfs-client run' daemon its socket proxies, server and state.
 `
 
 func status(args []string) int {
@@ -174,8 +181,52 @@ func status(args []string) int {
 	if len(rest) != 0 {
 		return fail(2, fmt.Errorf("status: unexpected argument %q", rest[0]))
 	}
-	if err := client.PrintStatus(context.Background(), os.Stdout, s.RuntimeDir); err != nil {
+	if err := client.PrintStatusAll(context.Background(), os.Stdout, s.RuntimeDir); err != nil {
 		return fail(1, err)
+	}
+	return 0
+}
+
+const runHelp = `Usage: qtfs-client run [--check] [--config /etc/qtfs/client.yaml]
+
+Builds the offload environment the config describes and keeps it up until SIGTERM: one
+connection to the server, the chroot (binds of the DPU's directories, the DPU's proc at
+/local_proc, its /dev, the host's exports at their host paths), socket proxies to host
+sockets, and rexec shims on PATH. Then it tears everything down in reverse order.
+--check only checks the config and prints what run would do, in order.
+Exit status 2: the config is wrong (file, line, key and reason are printed).
+`
+
+func runCmd(args []string) int {
+	set := flag.NewFlagSet("qtfs-client run", flag.ContinueOnError)
+	set.Usage = func() { fmt.Fprint(set.Output(), runHelp+"\nFlags:\n"); set.PrintDefaults() }
+	check := set.Bool("check", false, "check the config, print the plan and exit")
+	rc, err := client.LoadRunConfig(set, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		return fail(2, fmt.Errorf("run: %w", err))
+	}
+	if *check {
+		if err := client.CheckRunConfig(rc, os.Stdout); err != nil {
+			return fail(2, fmt.Errorf("run: the config is wrong:\n%w", err))
+		}
+		return 0
+	}
+	log, err := logging.New(rc.LogLevel, rc.LogFormat)
+	if err != nil {
+		return fail(2, fmt.Errorf("run: %w", err))
+	}
+	defer log.Sync()
+	log.Info("qtfs-client run starting", zap.String("version", version.Version), zap.String("config", rc.Config))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := client.Run(ctx, rc, log); err != nil {
+		if client.IsConfigError(err) {
+			return fail(2, fmt.Errorf("run: the config is wrong, nothing was mounted:\n%w", err))
+		}
+		return fail(1, fmt.Errorf("run: %w", err))
 	}
 	return 0
 }

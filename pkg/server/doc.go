@@ -1,7 +1,9 @@
 // Package server assembles the qtfs-server daemon: it turns Settings
 // (flags, QTFS_* environment, /etc/qtfs/server.yaml) into listeners, one
 // gRPC server carrying every service, a health service, a metrics
-// listener, and an orderly shutdown.
+// listener (which also serves the Go runtime's profiles under
+// /debug/pprof/ when it is bound to a loopback address), and an orderly
+// shutdown.
 //
 // Run owns everything it starts: when its context ends (SIGTERM) it stops
 // accepting, lets in-flight calls finish for a grace period, then closes

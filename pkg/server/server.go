@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -21,6 +22,7 @@ import (
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
 	"github.com/qtfs/qtfs/pkg/hostexec"
 	"github.com/qtfs/qtfs/pkg/sdnotify"
+	"github.com/qtfs/qtfs/pkg/sockproxy"
 	"github.com/qtfs/qtfs/pkg/transport"
 	"github.com/qtfs/qtfs/pkg/version"
 )
@@ -68,6 +70,17 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 		}
 		ex.Register(g)
 	}
+	if len(s.SocketAllow) > 0 {
+		sp, err := sockproxy.NewServer(sockproxy.ServerOptions{
+			Allow:      s.SocketAllow,
+			Logger:     log.Named("sockproxy"),
+			Registerer: reg,
+		})
+		if err != nil {
+			return err
+		}
+		sp.Register(g)
+	}
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 
@@ -106,6 +119,10 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		if isLoopback(ml.Addr()) {
+			// Profiles only where no one but this host can ask for them.
+			addPprof(mux)
+		}
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() {
 			if err := metricsSrv.Serve(ml); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -128,7 +145,8 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 		zap.String("version", version.Version),
 		zap.Strings("listen", where),
 		zap.Strings("exports", exports),
-		zap.Strings("exec_allow", s.ExecAllow))
+		zap.Strings("exec_allow", s.ExecAllow),
+		zap.Strings("socket_allow", s.SocketAllow))
 	_ = sdnotify.Ready(fmt.Sprintf("serving %d exports on %s", len(exports), strings.Join(where, " ")))
 
 	select {
@@ -153,4 +171,19 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 		_ = metricsSrv.Shutdown(sctx)
 	}
 	return err
+}
+
+// isLoopback reports whether a listener's address is a loopback one.
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+// addPprof serves the Go runtime's profiles under /debug/pprof/.
+func addPprof(mux *http.ServeMux) {
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 }

@@ -100,6 +100,16 @@ func TestRunServesAndStops(t *testing.T) {
 			t.Errorf("a metric label holds a path: %s", line)
 		}
 	}
+	// A loopback metrics listener also serves the runtime's profiles.
+	resp, err = http.Get("http://" + metrics + "/debug/pprof/goroutine?debug=1")
+	if err != nil {
+		t.Fatalf("pprof: %v", err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "goroutine profile") {
+		t.Errorf("pprof goroutine profile: status %d, body %.200q", resp.StatusCode, body)
+	}
 
 	cancel()
 	select {

@@ -54,7 +54,7 @@ func (s *Settings) Flags(set *flag.FlagSet) {
 		s.ExecEnvDeny = append([]string(nil), hostexec.DefaultEnvDeny...)
 	}
 	set.Var(config.NewStringList(&s.ExecEnvDeny), "exec-env-deny", "rexec: drop the environment variable `NAME` (or NAME* for a prefix) from callers' environments (repeatable; replaces the default; '' drops none)")
-	set.Var(config.NewStringList(&s.SocketAllow), "socket-allow", "socket proxy: allow connecting to this host unix socket `PATH` (repeatable)")
+	set.Var(config.NewStringList(&s.SocketAllow), "socket-allow", "socket proxy: allow DPU clients to connect to this host unix socket `PATH` (repeatable; the SocketProxy service is off without it)")
 	set.StringVar(&s.MetricsListen, "metrics-listen", "", "serve Prometheus metrics on `ADDR` (e.g. 127.0.0.1:9121; off when empty)")
 	set.StringVar(&s.LogLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	set.StringVar(&s.LogFormat, "log-format", "auto", "log `format`: auto, json, console")

@@ -4583,6 +4583,453 @@ func (x *ExecExit) GetError() string {
 	return ""
 }
 
+type SocketRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*SocketRequest_Open
+	//	*SocketRequest_Data
+	//	*SocketRequest_CloseWrite
+	Msg           isSocketRequest_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SocketRequest) Reset() {
+	*x = SocketRequest{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SocketRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SocketRequest) ProtoMessage() {}
+
+func (x *SocketRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SocketRequest.ProtoReflect.Descriptor instead.
+func (*SocketRequest) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *SocketRequest) GetMsg() isSocketRequest_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *SocketRequest) GetOpen() *SocketOpen {
+	if x != nil {
+		if x, ok := x.Msg.(*SocketRequest_Open); ok {
+			return x.Open
+		}
+	}
+	return nil
+}
+
+func (x *SocketRequest) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*SocketRequest_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *SocketRequest) GetCloseWrite() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*SocketRequest_CloseWrite); ok {
+			return x.CloseWrite
+		}
+	}
+	return false
+}
+
+type isSocketRequest_Msg interface {
+	isSocketRequest_Msg()
+}
+
+type SocketRequest_Open struct {
+	// The first message: which host socket to connect to.
+	Open *SocketOpen `protobuf:"bytes,1,opt,name=open,proto3,oneof"`
+}
+
+type SocketRequest_Data struct {
+	// Bytes the DPU client wrote, in order.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+type SocketRequest_CloseWrite struct {
+	// The DPU client will write no more (EOF); always true when set.
+	CloseWrite bool `protobuf:"varint,3,opt,name=close_write,json=closeWrite,proto3,oneof"`
+}
+
+func (*SocketRequest_Open) isSocketRequest_Msg() {}
+
+func (*SocketRequest_Data) isSocketRequest_Msg() {}
+
+func (*SocketRequest_CloseWrite) isSocketRequest_Msg() {}
+
+type SocketOpen struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The absolute path of the host's unix socket; after symlinks are
+	// resolved it must be on the server's allow-list.
+	Path          []byte `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SocketOpen) Reset() {
+	*x = SocketOpen{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SocketOpen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SocketOpen) ProtoMessage() {}
+
+func (x *SocketOpen) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SocketOpen.ProtoReflect.Descriptor instead.
+func (*SocketOpen) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *SocketOpen) GetPath() []byte {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+type SocketResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*SocketResponse_Connected
+	//	*SocketResponse_Data
+	//	*SocketResponse_CloseWrite
+	//	*SocketResponse_Error
+	Msg           isSocketResponse_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SocketResponse) Reset() {
+	*x = SocketResponse{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SocketResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SocketResponse) ProtoMessage() {}
+
+func (x *SocketResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SocketResponse.ProtoReflect.Descriptor instead.
+func (*SocketResponse) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *SocketResponse) GetMsg() isSocketResponse_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *SocketResponse) GetConnected() *SocketConnected {
+	if x != nil {
+		if x, ok := x.Msg.(*SocketResponse_Connected); ok {
+			return x.Connected
+		}
+	}
+	return nil
+}
+
+func (x *SocketResponse) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*SocketResponse_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *SocketResponse) GetCloseWrite() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*SocketResponse_CloseWrite); ok {
+			return x.CloseWrite
+		}
+	}
+	return false
+}
+
+func (x *SocketResponse) GetError() *SocketError {
+	if x != nil {
+		if x, ok := x.Msg.(*SocketResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isSocketResponse_Msg interface {
+	isSocketResponse_Msg()
+}
+
+type SocketResponse_Connected struct {
+	// The host socket accepted the connection.
+	Connected *SocketConnected `protobuf:"bytes,1,opt,name=connected,proto3,oneof"`
+}
+
+type SocketResponse_Data struct {
+	// Bytes the host socket sent, in order.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+type SocketResponse_CloseWrite struct {
+	// The host socket will send no more (EOF); always true when set.
+	CloseWrite bool `protobuf:"varint,3,opt,name=close_write,json=closeWrite,proto3,oneof"`
+}
+
+type SocketResponse_Error struct {
+	// Why the connection could not be made or was cut; the last message.
+	Error *SocketError `protobuf:"bytes,4,opt,name=error,proto3,oneof"`
+}
+
+func (*SocketResponse_Connected) isSocketResponse_Msg() {}
+
+func (*SocketResponse_Data) isSocketResponse_Msg() {}
+
+func (*SocketResponse_CloseWrite) isSocketResponse_Msg() {}
+
+func (*SocketResponse_Error) isSocketResponse_Msg() {}
+
+type SocketConnected struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The resolved host path that was connected to.
+	Path          []byte `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SocketConnected) Reset() {
+	*x = SocketConnected{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SocketConnected) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SocketConnected) ProtoMessage() {}
+
+func (x *SocketConnected) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SocketConnected.ProtoReflect.Descriptor instead.
+func (*SocketConnected) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *SocketConnected) GetPath() []byte {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+type SocketError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A Linux errno: EACCES for a path that is not allowed, ENOENT,
+	// ECONNREFUSED, EPROTO for an attempt to pass file descriptors, or the
+	// error of the host connection.
+	Errno int32 `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
+	// The reason, for the DPU's logs.
+	Message       string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SocketError) Reset() {
+	*x = SocketError{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SocketError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SocketError) ProtoMessage() {}
+
+func (x *SocketError) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SocketError.ProtoReflect.Descriptor instead.
+func (*SocketError) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *SocketError) GetErrno() int32 {
+	if x != nil {
+		return x.Errno
+	}
+	return 0
+}
+
+func (x *SocketError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type SocketListRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SocketListRequest) Reset() {
+	*x = SocketListRequest{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SocketListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SocketListRequest) ProtoMessage() {}
+
+func (x *SocketListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SocketListRequest.ProtoReflect.Descriptor instead.
+func (*SocketListRequest) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{65}
+}
+
+type SocketListResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The allow-listed host socket paths, as configured.
+	Paths         [][]byte `protobuf:"bytes,1,rep,name=paths,proto3" json:"paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SocketListResponse) Reset() {
+	*x = SocketListResponse{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SocketListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SocketListResponse) ProtoMessage() {}
+
+func (x *SocketListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SocketListResponse.ProtoReflect.Descriptor instead.
+func (*SocketListResponse) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *SocketListResponse) GetPaths() [][]byte {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
 var File_qtfs_v1_qtfs_proto protoreflect.FileDescriptor
 
 const file_qtfs_v1_qtfs_proto_rawDesc = "" +
@@ -4915,7 +5362,31 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\bExecExit\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\rR\x06signal\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error*m\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"z\n" +
+	"\rSocketRequest\x12)\n" +
+	"\x04open\x18\x01 \x01(\v2\x13.qtfs.v1.SocketOpenH\x00R\x04open\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12!\n" +
+	"\vclose_write\x18\x03 \x01(\bH\x00R\n" +
+	"closeWriteB\x05\n" +
+	"\x03msg\" \n" +
+	"\n" +
+	"SocketOpen\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\fR\x04path\"\xb8\x01\n" +
+	"\x0eSocketResponse\x128\n" +
+	"\tconnected\x18\x01 \x01(\v2\x18.qtfs.v1.SocketConnectedH\x00R\tconnected\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12!\n" +
+	"\vclose_write\x18\x03 \x01(\bH\x00R\n" +
+	"closeWrite\x12,\n" +
+	"\x05error\x18\x04 \x01(\v2\x14.qtfs.v1.SocketErrorH\x00R\x05errorB\x05\n" +
+	"\x03msg\"%\n" +
+	"\x0fSocketConnected\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\fR\x04path\"=\n" +
+	"\vSocketError\x12\x14\n" +
+	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x13\n" +
+	"\x11SocketListRequest\"*\n" +
+	"\x12SocketListResponse\x12\x14\n" +
+	"\x05paths\x18\x01 \x03(\fR\x05paths*m\n" +
 	"\aFeature\x12\x17\n" +
 	"\x13FEATURE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18FEATURE_OPEN_READ_INLINE\x10\x01\x12\x18\n" +
@@ -4972,7 +5443,10 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x05Getlk\x12\x15.qtfs.v1.GetlkRequest\x1a\x16.qtfs.v1.GetlkResponse\x126\n" +
 	"\x05Setlk\x12\x15.qtfs.v1.SetlkRequest\x1a\x16.qtfs.v1.ErrnoResponse2>\n" +
 	"\x04Exec\x126\n" +
-	"\x03Run\x12\x14.qtfs.v1.ExecRequest\x1a\x15.qtfs.v1.ExecResponse(\x010\x01B+Z)github.com/qtfs/qtfs/proto/qtfs/v1;qtfsv1b\x06proto3"
+	"\x03Run\x12\x14.qtfs.v1.ExecRequest\x1a\x15.qtfs.v1.ExecResponse(\x010\x012\x8e\x01\n" +
+	"\vSocketProxy\x12>\n" +
+	"\aConnect\x12\x16.qtfs.v1.SocketRequest\x1a\x17.qtfs.v1.SocketResponse(\x010\x01\x12?\n" +
+	"\x04List\x12\x1a.qtfs.v1.SocketListRequest\x1a\x1b.qtfs.v1.SocketListResponseB+Z)github.com/qtfs/qtfs/proto/qtfs/v1;qtfsv1b\x06proto3"
 
 var (
 	file_qtfs_v1_qtfs_proto_rawDescOnce sync.Once
@@ -4987,7 +5461,7 @@ func file_qtfs_v1_qtfs_proto_rawDescGZIP() []byte {
 }
 
 var file_qtfs_v1_qtfs_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
 var file_qtfs_v1_qtfs_proto_goTypes = []any{
 	(Feature)(0),                  // 0: qtfs.v1.Feature
 	(FsKind)(0),                   // 1: qtfs.v1.FsKind
@@ -5052,6 +5526,13 @@ var file_qtfs_v1_qtfs_proto_goTypes = []any{
 	(*ExecResponse)(nil),          // 60: qtfs.v1.ExecResponse
 	(*ExecStarted)(nil),           // 61: qtfs.v1.ExecStarted
 	(*ExecExit)(nil),              // 62: qtfs.v1.ExecExit
+	(*SocketRequest)(nil),         // 63: qtfs.v1.SocketRequest
+	(*SocketOpen)(nil),            // 64: qtfs.v1.SocketOpen
+	(*SocketResponse)(nil),        // 65: qtfs.v1.SocketResponse
+	(*SocketConnected)(nil),       // 66: qtfs.v1.SocketConnected
+	(*SocketError)(nil),           // 67: qtfs.v1.SocketError
+	(*SocketListRequest)(nil),     // 68: qtfs.v1.SocketListRequest
+	(*SocketListResponse)(nil),    // 69: qtfs.v1.SocketListResponse
 }
 var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	0,  // 0: qtfs.v1.HandshakeRequest.features:type_name -> qtfs.v1.Feature
@@ -5094,75 +5575,82 @@ var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	59, // 37: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
 	61, // 38: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
 	62, // 39: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
-	3,  // 40: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
-	6,  // 41: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
-	13, // 42: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
-	14, // 43: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
-	15, // 44: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
-	16, // 45: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
-	18, // 46: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
-	19, // 47: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
-	20, // 48: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
-	21, // 49: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
-	22, // 50: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
-	23, // 51: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
-	24, // 52: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
-	25, // 53: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
-	27, // 54: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
-	29, // 55: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
-	31, // 56: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
-	33, // 57: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
-	34, // 58: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
-	35, // 59: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
-	36, // 60: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
-	39, // 61: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
-	41, // 62: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
-	43, // 63: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
-	44, // 64: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
-	46, // 65: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
-	47, // 66: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
-	48, // 67: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
-	50, // 68: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
-	53, // 69: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
-	55, // 70: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
-	56, // 71: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
-	4,  // 72: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
-	7,  // 73: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
-	11, // 74: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
-	12, // 75: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
-	12, // 76: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
-	17, // 77: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
-	11, // 78: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
-	11, // 79: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
-	11, // 80: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
-	10, // 81: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
-	10, // 82: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
-	10, // 83: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
-	11, // 84: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
-	26, // 85: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
-	28, // 86: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
-	30, // 87: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
-	32, // 88: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
-	10, // 89: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
-	10, // 90: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
-	10, // 91: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
-	38, // 92: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
-	40, // 93: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
-	42, // 94: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
-	10, // 95: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
-	45, // 96: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
-	10, // 97: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
-	10, // 98: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
-	49, // 99: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
-	51, // 100: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
-	54, // 101: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
-	10, // 102: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
-	60, // 103: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
-	72, // [72:104] is the sub-list for method output_type
-	40, // [40:72] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	64, // 40: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
+	66, // 41: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
+	67, // 42: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
+	3,  // 43: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
+	6,  // 44: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
+	13, // 45: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
+	14, // 46: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
+	15, // 47: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
+	16, // 48: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
+	18, // 49: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
+	19, // 50: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
+	20, // 51: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
+	21, // 52: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
+	22, // 53: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
+	23, // 54: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
+	24, // 55: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
+	25, // 56: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
+	27, // 57: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
+	29, // 58: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
+	31, // 59: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
+	33, // 60: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
+	34, // 61: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
+	35, // 62: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
+	36, // 63: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
+	39, // 64: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
+	41, // 65: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
+	43, // 66: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
+	44, // 67: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
+	46, // 68: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
+	47, // 69: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
+	48, // 70: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
+	50, // 71: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
+	53, // 72: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
+	55, // 73: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
+	56, // 74: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
+	63, // 75: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
+	68, // 76: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
+	4,  // 77: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
+	7,  // 78: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
+	11, // 79: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
+	12, // 80: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
+	12, // 81: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
+	17, // 82: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
+	11, // 83: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
+	11, // 84: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
+	11, // 85: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
+	10, // 86: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
+	10, // 87: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
+	10, // 88: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
+	11, // 89: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
+	26, // 90: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
+	28, // 91: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
+	30, // 92: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
+	32, // 93: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
+	10, // 94: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
+	10, // 95: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
+	10, // 96: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
+	38, // 97: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
+	40, // 98: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
+	42, // 99: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
+	10, // 100: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
+	45, // 101: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
+	10, // 102: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
+	10, // 103: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
+	49, // 104: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
+	51, // 105: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
+	54, // 106: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
+	10, // 107: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
+	60, // 108: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
+	65, // 109: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
+	69, // 110: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
+	77, // [77:111] is the sub-list for method output_type
+	43, // [43:77] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_qtfs_v1_qtfs_proto_init() }
@@ -5183,15 +5671,26 @@ func file_qtfs_v1_qtfs_proto_init() {
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
 	}
+	file_qtfs_v1_qtfs_proto_msgTypes[60].OneofWrappers = []any{
+		(*SocketRequest_Open)(nil),
+		(*SocketRequest_Data)(nil),
+		(*SocketRequest_CloseWrite)(nil),
+	}
+	file_qtfs_v1_qtfs_proto_msgTypes[62].OneofWrappers = []any{
+		(*SocketResponse_Connected)(nil),
+		(*SocketResponse_Data)(nil),
+		(*SocketResponse_CloseWrite)(nil),
+		(*SocketResponse_Error)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qtfs_v1_qtfs_proto_rawDesc), len(file_qtfs_v1_qtfs_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   60,
+			NumMessages:   67,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_qtfs_v1_qtfs_proto_goTypes,
 		DependencyIndexes: file_qtfs_v1_qtfs_proto_depIdxs,

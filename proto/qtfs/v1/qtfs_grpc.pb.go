@@ -1472,3 +1472,166 @@ var Exec_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "qtfs/v1/qtfs.proto",
 }
+
+const (
+	SocketProxy_Connect_FullMethodName = "/qtfs.v1.SocketProxy/Connect"
+	SocketProxy_List_FullMethodName    = "/qtfs.v1.SocketProxy/List"
+)
+
+// SocketProxyClient is the client API for SocketProxy service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// SocketProxy connects DPU clients to allow-listed unix sockets of the
+// host (dockerd → containerd.sock, kubelet → the CRI socket). It is off
+// unless the server was given --socket-allow.
+type SocketProxyClient interface {
+	// Connect carries one proxied connection, full duplex. The first client
+	// message is `open`, naming the host socket; the server answers
+	// `connected`, or `error` and ends the stream. Then both sides send
+	// `data` and, once they have nothing more to write, `close_write` (the
+	// host connection is half-closed with shutdown(SHUT_WR), and the DPU
+	// connection likewise). The stream ends when both directions are closed,
+	// or with a final `error` from the server (the host socket failed, or it
+	// tried to pass file descriptors). The client ending the stream closes
+	// the host connection.
+	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SocketRequest, SocketResponse], error)
+	// List returns the host socket paths this peer may connect to.
+	List(ctx context.Context, in *SocketListRequest, opts ...grpc.CallOption) (*SocketListResponse, error)
+}
+
+type socketProxyClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewSocketProxyClient(cc grpc.ClientConnInterface) SocketProxyClient {
+	return &socketProxyClient{cc}
+}
+
+func (c *socketProxyClient) Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[SocketRequest, SocketResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SocketProxy_ServiceDesc.Streams[0], SocketProxy_Connect_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[SocketRequest, SocketResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SocketProxy_ConnectClient = grpc.BidiStreamingClient[SocketRequest, SocketResponse]
+
+func (c *socketProxyClient) List(ctx context.Context, in *SocketListRequest, opts ...grpc.CallOption) (*SocketListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SocketListResponse)
+	err := c.cc.Invoke(ctx, SocketProxy_List_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SocketProxyServer is the server API for SocketProxy service.
+// All implementations must embed UnimplementedSocketProxyServer
+// for forward compatibility.
+//
+// SocketProxy connects DPU clients to allow-listed unix sockets of the
+// host (dockerd → containerd.sock, kubelet → the CRI socket). It is off
+// unless the server was given --socket-allow.
+type SocketProxyServer interface {
+	// Connect carries one proxied connection, full duplex. The first client
+	// message is `open`, naming the host socket; the server answers
+	// `connected`, or `error` and ends the stream. Then both sides send
+	// `data` and, once they have nothing more to write, `close_write` (the
+	// host connection is half-closed with shutdown(SHUT_WR), and the DPU
+	// connection likewise). The stream ends when both directions are closed,
+	// or with a final `error` from the server (the host socket failed, or it
+	// tried to pass file descriptors). The client ending the stream closes
+	// the host connection.
+	Connect(grpc.BidiStreamingServer[SocketRequest, SocketResponse]) error
+	// List returns the host socket paths this peer may connect to.
+	List(context.Context, *SocketListRequest) (*SocketListResponse, error)
+	mustEmbedUnimplementedSocketProxyServer()
+}
+
+// UnimplementedSocketProxyServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedSocketProxyServer struct{}
+
+func (UnimplementedSocketProxyServer) Connect(grpc.BidiStreamingServer[SocketRequest, SocketResponse]) error {
+	return status.Error(codes.Unimplemented, "method Connect not implemented")
+}
+func (UnimplementedSocketProxyServer) List(context.Context, *SocketListRequest) (*SocketListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method List not implemented")
+}
+func (UnimplementedSocketProxyServer) mustEmbedUnimplementedSocketProxyServer() {}
+func (UnimplementedSocketProxyServer) testEmbeddedByValue()                     {}
+
+// UnsafeSocketProxyServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to SocketProxyServer will
+// result in compilation errors.
+type UnsafeSocketProxyServer interface {
+	mustEmbedUnimplementedSocketProxyServer()
+}
+
+func RegisterSocketProxyServer(s grpc.ServiceRegistrar, srv SocketProxyServer) {
+	// If the following call panics, it indicates UnimplementedSocketProxyServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&SocketProxy_ServiceDesc, srv)
+}
+
+func _SocketProxy_Connect_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(SocketProxyServer).Connect(&grpc.GenericServerStream[SocketRequest, SocketResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SocketProxy_ConnectServer = grpc.BidiStreamingServer[SocketRequest, SocketResponse]
+
+func _SocketProxy_List_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SocketListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SocketProxyServer).List(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SocketProxy_List_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SocketProxyServer).List(ctx, req.(*SocketListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// SocketProxy_ServiceDesc is the grpc.ServiceDesc for SocketProxy service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var SocketProxy_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "qtfs.v1.SocketProxy",
+	HandlerType: (*SocketProxyServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "List",
+			Handler:    _SocketProxy_List_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Connect",
+			Handler:       _SocketProxy_Connect_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
+	Metadata: "qtfs/v1/qtfs.proto",
+}

@@ -1,0 +1,369 @@
+package client
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	"github.com/qtfs/qtfs/pkg/chroot"
+	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/sdnotify"
+	"github.com/qtfs/qtfs/pkg/sockproxy"
+	"github.com/qtfs/qtfs/pkg/transport"
+	"github.com/qtfs/qtfs/pkg/version"
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// Timing of the run daemon.
+const (
+	runDialTimeout  = 15 * time.Second // one connection attempt
+	runBackoffStart = time.Second      // first wait after a failed attempt
+	runBackoffMax   = 30 * time.Second // longest wait between attempts
+	runMountTimeout = 60 * time.Second // one host mount
+	runUnmountWait  = 10 * time.Second // for a FUSE connection to end
+)
+
+// States of the run daemon, as `qtfs-client status` shows them.
+const (
+	StateConnecting = "connecting"
+	StateMounting   = "mounting"
+	StateReady      = "ready"
+	StateStopping   = "stopping"
+)
+
+// Run is `qtfs-client run`: it connects to the server (retrying with
+// backoff while it cannot), checks the config against the server, builds
+// the chroot (mounts, shims), starts the socket proxies, reports ready to
+// systemd, and on ctx's end tears everything down in reverse order. A
+// config error (IsConfigError) is returned before anything is mounted.
+func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
+	plan, err := rc.check()
+	if err != nil {
+		return err
+	}
+	root := plan.chroot.Root
+	runDir := filepath.Join(rc.RuntimeDir, "run")
+	if err := os.MkdirAll(runDir, 0o755); err != nil {
+		return fmt.Errorf("qtfs-client run: runtime dir: %w", err)
+	}
+	unlock, err := lockRoot(runDir, root)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	pm, err := sockproxy.NewClientMetrics(reg)
+	if err != nil {
+		return err
+	}
+	d := &runDaemon{rc: rc, plan: plan, log: log, reg: reg, pm: pm}
+	d.st = RunStatus{PID: os.Getpid(), Config: rc.Config, Root: root, Server: plan.uri.String(),
+		State: StateConnecting, Started: time.Now(), Shims: rc.Shims}
+	ctl, err := d.startControl(runDir)
+	if err != nil {
+		return err
+	}
+	defer ctl.close()
+	if rc.MetricsListen != "" {
+		stop, err := serveMetrics(rc.MetricsListen, reg, log)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+
+	cc, sess, err := d.connect(ctx)
+	if err != nil || cc == nil {
+		return err // nil: stopped while connecting
+	}
+	defer cc.Close()
+	if err := sess.RegisterMetrics(reg); err != nil {
+		log.Warn("metrics", zap.Error(err))
+	}
+	allowed, proxyErr := listSockets(ctx, cc)
+	if err := rc.checkServer(plan, sess.Exports(), allowed, proxyErr); err != nil {
+		return err
+	}
+
+	d.setState(StateMounting, "")
+	tree, err := chroot.Apply(ctx, root, plan.actions, chroot.Options{
+		Logger:      log.Named("chroot"),
+		Remote:      d.mountRemote,
+		StaleFSType: fuseclient.FsType,
+	})
+	if err != nil {
+		return fmt.Errorf("qtfs-client run: build %s: %w", root, err)
+	}
+	d.mu.Lock()
+	d.tree = tree
+	d.mu.Unlock()
+	defer func() {
+		if err := tree.Teardown(); err != nil {
+			log.Error("teardown", zap.Error(err))
+		} else {
+			log.Info("chroot torn down", zap.String("root", root))
+		}
+	}()
+	// Runs before the teardown: mounts going away are expected from now.
+	defer d.setState(StateStopping, "")
+	for _, ps := range plan.proxies {
+		p, err := sockproxy.Listen(cc, sockproxy.ProxyOptions{
+			Listen:  filepath.Join(root, ps.Listen),
+			Remote:  ps.Host,
+			Mode:    ps.Mode,
+			Logger:  log.Named("sockproxy"),
+			Metrics: pm,
+		})
+		if err != nil {
+			d.closeProxies()
+			return fmt.Errorf("qtfs-client run: %s: %w", ps.Key, err)
+		}
+		d.mu.Lock()
+		d.proxies = append(d.proxies, p)
+		d.mu.Unlock()
+	}
+	defer d.closeProxies()
+
+	d.setState(StateReady, "")
+	summary := fmt.Sprintf("%s ready: %d host mounts, %d socket proxies, %d shims, server %s",
+		root, len(plan.mounts), len(plan.proxies), len(rc.Shims), plan.uri)
+	log.Info("qtfs-client run ready", zap.String("root", root), zap.Int("mounts", len(plan.mounts)),
+		zap.Int("proxies", len(plan.proxies)), zap.Strings("shims", rc.Shims), zap.String("server", plan.uri.String()))
+	_ = sdnotify.Ready(summary)
+
+	<-ctx.Done()
+	log.Info("stopping: tearing the chroot down", zap.String("root", root))
+	_ = sdnotify.Stopping()
+	d.setState(StateStopping, "")
+	return nil
+}
+
+// runDaemon is the state of one run.
+type runDaemon struct {
+	rc   *RunConfig
+	plan *runPlan
+	log  *zap.Logger
+	reg  prometheus.Registerer
+	pm   *sockproxy.ClientMetrics
+
+	mu      sync.Mutex
+	st      RunStatus
+	sess    *fuseclient.Session
+	tree    *chroot.Tree
+	proxies []*sockproxy.Proxy
+	remotes map[string]*remoteMount
+}
+
+func (d *runDaemon) setState(state, errMsg string) {
+	d.mu.Lock()
+	d.st.State, d.st.Error = state, errMsg
+	d.mu.Unlock()
+}
+
+// closeProxies stops the proxies, last first.
+func (d *runDaemon) closeProxies() {
+	d.mu.Lock()
+	ps := d.proxies
+	d.proxies = nil
+	d.mu.Unlock()
+	for i := len(ps) - 1; i >= 0; i-- {
+		if err := ps[i].Close(); err != nil {
+			d.log.Warn("close socket proxy", zap.String("listen", ps[i].Listen()), zap.Error(err))
+		}
+	}
+}
+
+// connect dials the server and opens a session, retrying with backoff
+// until it succeeds or ctx ends (then it returns nils).
+func (d *runDaemon) connect(ctx context.Context) (*grpc.ClientConn, *fuseclient.Session, error) {
+	uri, sec := d.plan.uri, d.rc.Security()
+	backoff := runBackoffStart
+	for attempt := 1; ; attempt++ {
+		dctx, cancel := context.WithTimeout(ctx, runDialTimeout)
+		cc, err := transport.Dial(dctx, uri, sec)
+		if err == nil {
+			sess, serr := fuseclient.NewSession(dctx, cc, "qtfs-client run "+version.Version, d.log)
+			if serr == nil {
+				cancel()
+				d.mu.Lock()
+				d.sess = sess
+				d.st.ServerName = sess.ServerName()
+				d.mu.Unlock()
+				d.log.Info("connected", zap.String("server", uri.String()), zap.String("server_name", sess.ServerName()), zap.Int("attempt", attempt))
+				return cc, sess, nil
+			}
+			cc.Close()
+			err = serr
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return nil, nil, nil
+		}
+		msg := fmt.Sprintf("server %s: %v", uri, err)
+		d.setState(StateConnecting, msg)
+		d.log.Warn("cannot reach the server, retrying", zap.String("server", uri.String()), zap.Error(err),
+			zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
+		_ = sdnotify.Status(fmt.Sprintf("connecting (attempt %d): %s", attempt, msg))
+		select {
+		case <-ctx.Done():
+			return nil, nil, nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, runBackoffMax)
+	}
+}
+
+// listSockets asks the server which sockets it proxies; the error says
+// why it does not.
+func listSockets(ctx context.Context, cc grpc.ClientConnInterface) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, runDialTimeout)
+	defer cancel()
+	resp, err := qtfsv1.NewSocketProxyClient(cc).List(ctx, &qtfsv1.SocketListRequest{})
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, p := range resp.GetPaths() {
+		out = append(out, string(p))
+	}
+	return out, nil
+}
+
+// remoteMount is one host mount the daemon serves.
+type remoteMount struct {
+	srv    *fuse.Server
+	path   string // inside the chroot
+	target string // on the DPU
+	source string // the host path
+	log    *zap.Logger
+	served chan struct{}
+}
+
+// Unmount unmounts, detaching a busy mount and aborting its FUSE
+// connection so that nothing hangs on it, and waits for it to end.
+func (r *remoteMount) Unmount() error {
+	if err := r.srv.Unmount(); err != nil {
+		r.log.Warn("mount busy, detaching it", zap.String("mountpoint", r.target), zap.Error(err))
+		detach(r.target, r.log)
+	}
+	select {
+	case <-r.served:
+	case <-time.After(runUnmountWait):
+		r.log.Warn("FUSE connection did not close in time", zap.String("mountpoint", r.target))
+	}
+	return nil
+}
+
+// mountRemote is the chroot's callback for a host mount.
+func (d *runDaemon) mountRemote(ctx context.Context, a chroot.Action) (chroot.Unmounter, error) {
+	m := a.Data.(runMount)
+	d.mu.Lock()
+	sess := d.sess
+	d.mu.Unlock()
+	mctx, cancel := context.WithTimeout(ctx, runMountTimeout)
+	defer cancel()
+	// On the host's proc root, /proc/self and the chroot's own processes
+	// lead into the DPU's proc at local_proc; options of the entry win.
+	localProc, offloadRoot := m.Flags.LocalProc, m.Flags.OffloadRoot
+	if c := d.plan.chroot; c.LocalProc != "" {
+		if localProc == "" {
+			localProc = c.LocalProc
+		}
+		if offloadRoot == "" {
+			offloadRoot = c.Root
+		}
+	}
+	srv, err := fuseclient.Mount(mctx, sess, a.Target, fuseclient.MountOptions{
+		RemotePath:  a.Source,
+		Cache:       m.Flags.Cache,
+		ReadOnly:    m.Flags.ReadOnly,
+		AllowOther:  m.Flags.AllowOther,
+		Debug:       m.Flags.Debug,
+		FsName:      d.plan.uri.String() + ":" + a.Source,
+		LocalProc:   localProc,
+		OffloadRoot: offloadRoot,
+		Logger:      d.log.Named("fs"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	r := &remoteMount{srv: srv, path: a.Path, target: a.Target, source: a.Source, log: d.log, served: make(chan struct{})}
+	go func() {
+		srv.Wait()
+		close(r.served)
+		d.mu.Lock()
+		stopping := d.st.State == StateStopping
+		d.mu.Unlock()
+		if !stopping {
+			d.log.Warn("a host mount went away while running (unmounted from outside?)", zap.String("mountpoint", a.Target))
+		}
+	}()
+	d.mu.Lock()
+	if d.remotes == nil {
+		d.remotes = map[string]*remoteMount{}
+	}
+	d.remotes[a.Path] = r
+	d.mu.Unlock()
+	return r, nil
+}
+
+// lockRoot takes the lock of root in runDir, so that one daemon at a time
+// builds it. The lock file holds the holder's pid.
+func lockRoot(runDir, root string) (func(), error) {
+	sum := sha256.Sum256([]byte(root))
+	p := filepath.Join(runDir, "root-"+hex.EncodeToString(sum[:8])+".lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("qtfs-client run: lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		b, _ := os.ReadFile(p)
+		f.Close()
+		holder := strings.TrimSpace(string(b))
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("qtfs-client run: %s is in use by another qtfs-client run (pid %s, lock %s)", root, holder, p)
+		}
+		return nil, fmt.Errorf("qtfs-client run: lock %s: %w", p, err)
+	}
+	f.Truncate(0)
+	f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+	return func() { f.Close() }, nil
+}
+
+// serveMetrics serves reg on addr until the returned stop is called.
+func serveMetrics(addr string, reg *prometheus.Registry, log *zap.Logger) (func(), error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("qtfs-client run: metrics listen %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Warn("metrics", zap.Error(err))
+		}
+	}()
+	log.Info("metrics", zap.String("listen", l.Addr().String()))
+	return func() { srv.Close() }, nil
+}
