@@ -89,10 +89,14 @@ Mounts host PATH (an export of the server, or a directory beneath one) on MOUNTP
 returns once the mount answers. The mount is served by a background daemon (logs and
 control socket in --runtime-dir) unless -f keeps it in the foreground.
 
--o options: ro, rw, allow_other, debug, cache=auto|none|strict
-  cache=auto    short attribute timeouts, page cache kept while mtime holds (default)
-  cache=none    no caching, direct I/O (default for /proc, /sys and cgroup exports)
-  cache=strict  long timeouts: the host never changes files behind this mount
+-o options: ro, rw, allow_other, debug, cache=auto|none|strict, local_proc=DIR, offload_root=DIR
+  cache=auto        short attribute timeouts, page cache kept while mtime holds (default)
+  cache=none        no caching, direct I/O (default for /proc, /sys and cgroup exports)
+  cache=strict      long timeouts: the host never changes files behind this mount
+  local_proc=DIR    on a host /proc mount, /proc/self links to DIR/<caller pid>: the DPU's
+                    own proc as the callers see it (default /local_proc)
+  offload_root=DIR  on a host /proc mount, /proc/<pid> of a DPU process whose root is DIR
+                    (the offload chroot) links to local_proc/<pid>
 `
 
 func mount(args []string) int {

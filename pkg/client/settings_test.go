@@ -68,7 +68,11 @@ func TestParseMountOptions(t *testing.T) {
 	if err != nil || !m.ReadOnly || !m.AllowOther || m.Cache != fuseclient.CacheNone {
 		t.Fatalf("got %+v, %v", m, err)
 	}
-	for _, bad := range []string{"cache=sometimes", "nosuid", "ro=1"} {
+	m, err = ParseMountOptions([]string{"local_proc=/x/", "offload_root=/var/lib/qtfs/root"})
+	if err != nil || m.LocalProc != "/x" || m.OffloadRoot != "/var/lib/qtfs/root" {
+		t.Fatalf("got %+v, %v", m, err)
+	}
+	for _, bad := range []string{"cache=sometimes", "nosuid", "ro=1", "local_proc=relative", "offload_root"} {
 		if _, err := ParseMountOptions([]string{bad}); err == nil {
 			t.Fatalf("-o %s accepted", bad)
 		}
