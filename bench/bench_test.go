@@ -182,6 +182,9 @@ func fakeResults() *Results {
 				if p.Name != PeerLocal {
 					s.Client = &ProcUse{CPUms: 100, PeakKiB: 30 << 10, RSSKiB: 20 << 10}
 				}
+				if p.Name == PeerQtfsTLS && w.ID == "stat" {
+					s.RPCs = map[string]float64{"Lookup": 10000, "Readdir": float64(9 + r)}
+				}
 				res.Samples = append(res.Samples, s)
 			}
 		}
@@ -205,6 +208,9 @@ func TestMarkdown(t *testing.T) {
 		"| client idle CPU ~0 (≤ 0.1% of a core) | 0 ms CPU in 20 s (0.000% of a core) | yes |",
 		"| client RSS < 64 MiB after the find+stat scan of the tree | RSS 20.0 MiB after the scan (peak 30.0 MiB) | yes |",
 		"| seq-read | qtfs-tcp-tls | 400 | 400 |",
+		"## Server RPCs per workload",
+		"| stat | 10,011 (Lookup 10,000) |",
+		"| seq-read | — |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q", want)

@@ -43,6 +43,9 @@ type peer struct {
 	// daemons are checked before each workload: a dead one fails the
 	// workloads that need it instead of hanging them.
 	daemons []*daemon
+	// rpcs counts the FileSystem RPCs of the peer's qtfs-server (the data
+	// and /proc mounts share it); nil for the other peers.
+	rpcs rpcCounter
 	// fuse is false for the local peer only. Its random reads run from
 	// the page cache (the ceiling); the FUSE peers drop their own page cache
 	// of the file first and so reach the host's, which is warm.
@@ -319,8 +322,13 @@ func (e *env) startQtfs(ctx context.Context, name string, tls bool) (*peer, erro
 	} else {
 		uri = "unix://" + filepath.Join(e.runDir, name+".sock")
 	}
+	metricsPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	metrics := fmt.Sprintf("127.0.0.1:%d", metricsPort)
 	srvArgs = append(srvArgs, "--config", "/dev/null", "--listen", uri, "--export", e.data, "--export", "/proc",
-		"--log-level", "warn", "--log-format", "console")
+		"--metrics-listen", metrics, "--log-level", "warn", "--log-format", "console")
 	sd, err := startDaemon(e.log, e.logDir, name+"-server", srvArgs...)
 	if err != nil {
 		return nil, err
@@ -336,7 +344,8 @@ func (e *env) startQtfs(ctx context.Context, name string, tls bool) (*peer, erro
 	} else if err := waitPath(ctx, strings.TrimPrefix(uri, "unix://"), sd, 15*time.Second); err != nil {
 		return nil, err
 	}
-	p := &peer{name: name, fuse: true, dataServer: treeGroup(sd.pid()), procServer: treeGroup(sd.pid()), daemons: []*daemon{sd}}
+	p := &peer{name: name, fuse: true, dataServer: treeGroup(sd.pid()), procServer: treeGroup(sd.pid()), daemons: []*daemon{sd},
+		rpcs: serverRPCs(metrics)}
 	mount := func(mntName, remote string) (*daemon, string, error) {
 		mnt, err := e.mountDir(mntName)
 		if err != nil {

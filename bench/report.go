@@ -297,6 +297,46 @@ func Markdown(res *Results) string {
 			return opt(s.hasClient, s.clientPeak, mib) + " / " + opt(s.hasServer, s.serverPeak, mib) + " [" + opt(s.hasClient, s.clientRSS, mib) + "]"
 		})
 
+	// RPCs.
+	var rpcPeers []string
+	for _, p := range t.peers {
+		for _, smp := range res.Samples {
+			if smp.Peer == p && smp.RPCs != nil {
+				rpcPeers = append(rpcPeers, p)
+				break
+			}
+		}
+	}
+	if len(rpcPeers) > 0 {
+		b.WriteString("\n## Server RPCs per workload\n\nFileSystem RPCs the qtfs-server served during the workload " +
+			"(its qtfs_server_ops_total), median over the runs, with the largest operations.\n\n| workload |")
+		for _, p := range rpcPeers {
+			fmt.Fprintf(&b, " %s |", p)
+		}
+		b.WriteString("\n| --- |")
+		for range rpcPeers {
+			b.WriteString(" ---: |")
+		}
+		b.WriteString("\n")
+		for _, w := range res.Workloads {
+			fmt.Fprintf(&b, "| %s |", w.ID)
+			for _, p := range rpcPeers {
+				var ss []Sample
+				for _, smp := range res.Samples {
+					if smp.Peer == p && smp.Workload == w.ID {
+						ss = append(ss, smp)
+					}
+				}
+				if total, byOp, ok := rpcSummary(ss); ok {
+					fmt.Fprintf(&b, " %s |", rpcCell(total, byOp))
+				} else {
+					b.WriteString(" — |")
+				}
+			}
+			b.WriteString("\n")
+		}
+	}
+
 	// Idle.
 	if len(res.Idle) > 0 {
 		fmt.Fprintf(&b, "\n## Idle\n\nAll mounts up, nothing running, %.0f s after the last workload.\n\n"+

@@ -33,6 +33,9 @@ type Sample struct {
 	WallS    float64            `json:"wall_s"`
 	Client   *ProcUse           `json:"client,omitempty"`
 	Server   *ProcUse           `json:"server,omitempty"`
+	// RPCs are the FileSystem RPCs the qtfs-server served during the
+	// workload, by operation (qtfs peers only).
+	RPCs map[string]float64 `json:"rpcs,omitempty"`
 }
 
 // WorkloadInfo describes a workload in the results.
@@ -334,11 +337,24 @@ func (e *env) runStep(ctx context.Context, w workload, s *step) Sample {
 		e.peakFailed = true
 		e.note("peak RSS could not be reset per workload (" + err.Error() + "): peaks are since process start")
 	}
+	var rpc0 map[string]float64
+	if s.p.rpcs != nil {
+		if r, err := s.p.rpcs(ctx); err == nil {
+			rpc0 = r
+		} else {
+			log.Warn("server RPC counts not read", zap.Error(err))
+		}
+	}
 	c0, s0 := readUsage(cpids), readUsage(spids)
 	t0 := time.Now()
 	m, err := w.run(ctx, s)
 	smp.WallS = time.Since(t0).Seconds()
 	c1, s1 := readUsage(cpids), readUsage(spids)
+	if rpc0 != nil {
+		if r, err := s.p.rpcs(ctx); err == nil {
+			smp.RPCs = rpcDelta(rpc0, r)
+		}
+	}
 	if client != nil {
 		smp.Client = useBetween(c0, c1)
 	}

@@ -89,7 +89,8 @@ Mounts host PATH (an export of the server, or a directory beneath one) on MOUNTP
 returns once the mount answers. The mount is served by a background daemon (logs and
 control socket in --runtime-dir) unless -f keeps it in the foreground.
 
--o options: ro, rw, allow_other, debug, cache=auto|none|strict, local_proc=DIR, offload_root=DIR
+-o options: ro, rw, allow_other, debug, cache=auto|none|strict, local_proc=DIR, offload_root=DIR,
+            reconnect_timeout=DURATION
   cache=auto        short attribute timeouts, page cache kept while mtime holds (default)
   cache=none        no caching, direct I/O (default for /proc, /sys and cgroup exports)
   cache=strict      long timeouts: the host never changes files behind this mount
@@ -97,6 +98,10 @@ control socket in --runtime-dir) unless -f keeps it in the foreground.
                     own proc as the callers see it (default /local_proc)
   offload_root=DIR  on a host /proc mount, /proc/<pid> of a DPU process whose root is DIR
                     (the offload chroot) links to local_proc/<pid>
+  reconnect_timeout=DURATION
+                    when the server restarts or the link fails, callers wait this long
+                    for the reconnect (default 30s), then get EIO (calls in flight) or
+                    ENOTCONN (new calls) until the server is back
 `
 
 func mount(args []string) int {

@@ -213,10 +213,12 @@ func Foreground(ctx context.Context, req MountRequest, newLog func(w string) (*z
 		return err
 	}
 	defer cc.Close()
-	sess, err := fuseclient.NewSession(dialCtx, cc, "qtfs-client "+version.Version, log)
+	sess, err := fuseclient.NewSessionWith(dialCtx, cc, "qtfs-client "+version.Version, log,
+		fuseclient.SessionOptions{ReconnectTimeout: req.Flags.ReconnectTimeout})
 	if err != nil {
 		return fmt.Errorf("server %s: %w", uri, err)
 	}
+	defer sess.Close()
 	if err := checkExported(req.Remote.Path, sess.Exports()); err != nil {
 		return fmt.Errorf("server %s: %w", uri, err)
 	}

@@ -97,6 +97,7 @@ func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
 		return err // nil: stopped while connecting
 	}
 	defer cc.Close()
+	defer sess.Close()
 	if err := sess.RegisterMetrics(reg); err != nil {
 		log.Warn("metrics", zap.Error(err))
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	"github.com/qtfs/qtfs/pkg/transport"
@@ -118,6 +119,8 @@ type MountFlags struct {
 	// LocalProc and OffloadRoot are fuseclient.MountOptions' (proc mounts).
 	LocalProc   string
 	OffloadRoot string
+	// ReconnectTimeout is fuseclient.SessionOptions' (0: its default).
+	ReconnectTimeout time.Duration
 }
 
 // ParseMountOptions parses a comma-separated -o list.
@@ -151,8 +154,14 @@ func ParseMountOptions(list []string) (MountFlags, error) {
 				} else {
 					m.OffloadRoot = filepath.Clean(val)
 				}
+			case key == "reconnect_timeout" && hasVal:
+				d, err := time.ParseDuration(val)
+				if err != nil || d <= 0 {
+					return m, fmt.Errorf("-o %s: want a positive duration such as 30s", o)
+				}
+				m.ReconnectTimeout = d
 			default:
-				return m, fmt.Errorf("-o %s: unknown mount option (known: ro, rw, allow_other, debug, cache=auto|none|strict, local_proc=DIR, offload_root=DIR)", o)
+				return m, fmt.Errorf("-o %s: unknown mount option (known: ro, rw, allow_other, debug, cache=auto|none|strict, local_proc=DIR, offload_root=DIR, reconnect_timeout=DURATION)", o)
 			}
 		}
 	}

@@ -8,4 +8,10 @@
 // Run owns everything it starts: when its context ends (SIGTERM) it stops
 // accepting, lets in-flight calls finish for a grace period, then closes
 // every session, which releases their handles.
+//
+// The limits (--max-sessions, --max-handles-per-session,
+// --max-inflight-per-session, --max-inflight-bytes-per-session) and the
+// per-export operation allow-lists (--export PATH:ops=read+lock) are
+// hostfs.Limits and hostfs.Export.Ops; 0 or no ops= takes hostfs's
+// default (everything allowed).
 package server

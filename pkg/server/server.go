@@ -44,6 +44,7 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 		Logger:     log.Named("fs"),
 		Registerer: reg,
 		ServerName: "qtfs-server " + version.Version,
+		Limits:     v.limits,
 	})
 	if err != nil {
 		return err

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/qtfs/qtfs/pkg/config"
@@ -33,15 +35,20 @@ type Settings struct {
 	ExecEnvDeny         []string `yaml:"exec_env_deny"`
 	SocketAllow         []string `yaml:"socket_allow"`
 	MetricsListen       string   `yaml:"metrics_listen"`
-	LogLevel            string   `yaml:"log_level"`
-	LogFormat           string   `yaml:"log_format"`
+	// Limits (0: the default of hostfs.Limits).
+	MaxSessions                int    `yaml:"max_sessions"`
+	MaxHandlesPerSession       int    `yaml:"max_handles_per_session"`
+	MaxInflightPerSession      int    `yaml:"max_inflight_per_session"`
+	MaxInflightBytesPerSession string `yaml:"max_inflight_bytes_per_session"`
+	LogLevel                   string `yaml:"log_level"`
+	LogFormat                  string `yaml:"log_format"`
 }
 
 // Flags declares the settings on set.
 func (s *Settings) Flags(set *flag.FlagSet) {
 	set.StringVar(&s.Config, "config", DefaultConfigPath, "YAML config `file` (keys are the flag names with _ for -)")
 	set.Var(config.NewStringList(&s.Listen), "listen", "serve on `URI`: tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT (repeatable)")
-	set.Var(config.NewStringList(&s.Export), "export", "export host directory `PATH[:ro]` (repeatable)")
+	set.Var(config.NewStringList(&s.Export), "export", "export host directory `PATH[:ro|:rw][:ops=OP+OP...]` (repeatable); ops names the only operations allowed: read, write, xattr, lock, or rpc names such as Lookup")
 	set.StringVar(&s.TLSCert, "tls-cert", "", "server certificate `file` (PEM) for tcp://")
 	set.StringVar(&s.TLSKey, "tls-key", "", "server private key `file` (PEM)")
 	set.StringVar(&s.TLSClientCA, "tls-client-ca", "", "CA `file` client certificates must chain to (mutual TLS)")
@@ -55,22 +62,42 @@ func (s *Settings) Flags(set *flag.FlagSet) {
 	}
 	set.Var(config.NewStringList(&s.ExecEnvDeny), "exec-env-deny", "rexec: drop the environment variable `NAME` (or NAME* for a prefix) from callers' environments (repeatable; replaces the default; '' drops none)")
 	set.Var(config.NewStringList(&s.SocketAllow), "socket-allow", "socket proxy: allow DPU clients to connect to this host unix socket `PATH` (repeatable; the SocketProxy service is off without it)")
+	set.IntVar(&s.MaxSessions, "max-sessions", 0, fmt.Sprintf("refuse sessions (connections) past `N` (default %d)", hostfs.DefaultMaxSessions))
+	set.IntVar(&s.MaxHandlesPerSession, "max-handles-per-session", 0, fmt.Sprintf("open files and directories one session may hold, `N` (default %d; past it EMFILE)", hostfs.DefaultMaxHandlesPerSession))
+	set.IntVar(&s.MaxInflightPerSession, "max-inflight-per-session", 0, fmt.Sprintf("requests of one session served at once, `N` (default %d; past it EAGAIN)", hostfs.DefaultMaxInflightPerSession))
+	set.StringVar(&s.MaxInflightBytesPerSession, "max-inflight-bytes-per-session", "", fmt.Sprintf("data of one session's requests served at once, `SIZE` in bytes or with K, M, G (default %dM; past it EAGAIN)", hostfs.DefaultMaxInflightBytesPerSession>>20))
 	set.StringVar(&s.MetricsListen, "metrics-listen", "", "serve Prometheus metrics on `ADDR` (e.g. 127.0.0.1:9121; off when empty)")
 	set.StringVar(&s.LogLevel, "log-level", "info", "log `level`: debug, info, warn, error")
 	set.StringVar(&s.LogFormat, "log-format", "auto", "log `format`: auto, json, console")
 }
 
-// ParseExport parses "PATH" or "PATH:ro" (also ":rw").
+// ParseExport parses "PATH", "PATH:ro" (also ":rw") and, after either or
+// alone, ":ops=NAME+NAME..." naming the only operations allowed beneath
+// PATH: the groups read, write, xattr and lock, or FileSystem rpc names.
 func ParseExport(s string) (hostfs.Export, error) {
-	path, opt, hasOpt := strings.Cut(s, ":")
+	path, rest, hasOpt := strings.Cut(s, ":")
 	e := hostfs.Export{Path: path}
-	if hasOpt {
-		switch opt {
-		case "ro":
+	for hasOpt {
+		var opt string
+		opt, rest, hasOpt = strings.Cut(rest, ":")
+		switch {
+		case opt == "ro":
 			e.ReadOnly = true
-		case "rw":
+		case opt == "rw":
+			e.ReadOnly = false
+		case strings.HasPrefix(opt, "ops="):
+			if e.Ops != nil {
+				return e, fmt.Errorf("export %q: ops= given twice", s)
+			}
+			e.Ops = []string{}
+			for _, op := range strings.Split(strings.TrimPrefix(opt, "ops="), "+") {
+				if op == "" {
+					return e, fmt.Errorf("export %q: empty operation name in ops=", s)
+				}
+				e.Ops = append(e.Ops, op)
+			}
 		default:
-			return e, fmt.Errorf("export %q: unknown option %q (want :ro or :rw)", s, opt)
+			return e, fmt.Errorf("export %q: unknown option %q (want :ro, :rw or :ops=OP+OP...)", s, opt)
 		}
 	}
 	if !filepath.IsAbs(path) {
@@ -78,6 +105,31 @@ func ParseExport(s string) (hostfs.Export, error) {
 	}
 	e.Path = filepath.Clean(path)
 	return e, nil
+}
+
+// ParseSize parses a byte count: digits, optionally followed by K, M or G
+// (binary multiples; a trailing "iB" or "B" is allowed).
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSpace(s), "B"), "i")
+	shift := 0
+	if n := len(t); n > 0 {
+		switch t[n-1] {
+		case 'k', 'K':
+			shift = 10
+		case 'm', 'M':
+			shift = 20
+		case 'g', 'G':
+			shift = 30
+		}
+		if shift != 0 {
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v < 0 || v > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("size %q: want a number of bytes, optionally with K, M or G", s)
+	}
+	return v << shift, nil
 }
 
 // validated is what Settings mean once checked.
@@ -88,6 +140,7 @@ type validated struct {
 	// execEnvDeny is ExecEnvDeny without empty entries; nil when the
 	// setting was never given (then hostexec uses its default).
 	execEnvDeny []string
+	limits      hostfs.Limits
 }
 
 func (s *Settings) validate() (*validated, error) {
@@ -106,6 +159,26 @@ func (s *Settings) validate() (*validated, error) {
 		}
 		seen[ex.Path] = true
 		v.exports = append(v.exports, ex)
+	}
+	for _, l := range []struct {
+		name string
+		v    int
+	}{{"max-sessions", s.MaxSessions}, {"max-handles-per-session", s.MaxHandlesPerSession}, {"max-inflight-per-session", s.MaxInflightPerSession}} {
+		if l.v < 0 {
+			return nil, fmt.Errorf("%s %d: must not be negative (0 means the default)", l.name, l.v)
+		}
+	}
+	v.limits = hostfs.Limits{
+		MaxSessions:           s.MaxSessions,
+		MaxHandlesPerSession:  s.MaxHandlesPerSession,
+		MaxInflightPerSession: s.MaxInflightPerSession,
+	}
+	if s.MaxInflightBytesPerSession != "" {
+		n, err := ParseSize(s.MaxInflightBytesPerSession)
+		if err != nil {
+			return nil, fmt.Errorf("max-inflight-bytes-per-session: %w", err)
+		}
+		v.limits.MaxInflightBytesPerSession = n
 	}
 	if len(s.Listen) == 0 {
 		return nil, errors.New("nothing to listen on: give --listen URI (tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT)")

@@ -271,7 +271,7 @@ func (c *serverCreds) handshake(kind string, raw net.Conn) (net.Conn, credential
 			return nil, nil, fmt.Errorf("vsock peer address %T", raw.RemoteAddr())
 		}
 		if !c.sec.allowedCID(a.ContextID) {
-			return nil, nil, fmt.Errorf("context id %d is not allowed", a.ContextID)
+			return nil, nil, fmt.Errorf("context id %d is not allowed (%s)", a.ContextID, c.sec.cidPolicy())
 		}
 		return raw, VsockPeer{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}, CID: a.ContextID, Port: a.Port}, nil
 	default:
@@ -347,9 +347,13 @@ func identityOf(info credentials.AuthInfo, addr net.Addr) string {
 
 func (s Security) uidPolicy() string {
 	if len(s.AllowedUIDs) == 0 {
-		return fmt.Sprintf("allowed: root and uid %d; more with AllowedUIDs", os.Geteuid())
+		return fmt.Sprintf("allowed: root and uid %d; more with --allow-uid", os.Geteuid())
 	}
-	return fmt.Sprintf("allowed: %v", s.AllowedUIDs)
+	return fmt.Sprintf("allowed: %v; more with --allow-uid", s.AllowedUIDs)
+}
+
+func (s Security) cidPolicy() string {
+	return fmt.Sprintf("allowed: %v; more with --allow-cid", s.AllowedCIDs)
 }
 
 // handshakeMetrics counts server handshakes; a nil value counts nothing.

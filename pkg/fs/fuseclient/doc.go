@@ -20,16 +20,47 @@
 //   - The kernel applies the umask before it sends MKDIR, MKNOD and CREATE
 //     (go-fuse never negotiates FUSE_DONT_MASK), so the umask sent is 0.
 //   - Each RPC runs under its own deadline (MountOptions.OpTimeout) and is
-//     not cancelled by FUSE interrupts: Go programs receive a preemption
-//     signal every few milliseconds, and every signal interrupts the FUSE
-//     request it is blocked in. The one exception is a blocking lock wait
-//     (Setlkw), which waits as long as the lock is held and ends when the
-//     caller is interrupted or the connection fails.
+//     not cancelled by a mere FUSE interrupt: Go programs receive a
+//     preemption signal every few milliseconds, and every signal
+//     interrupts the FUSE request it is blocked in. A read or write of an
+//     interrupted request whose caller is being killed (SIGKILL pending,
+//     or a zombie already: interrupt.go) is cancelled by the session's
+//     watchdog, so the killed process does not wait for the server, and
+//     the server stops waiting on a pipe for it. A blocking lock wait
+//     (Setlkw) waits as long as the lock is held and ends when the caller
+//     is interrupted or the connection fails.
 //   - A filesystem error is the errno of the reply. A gRPC error is a
-//     transport or session failure; Session.rpcErrno is the one place that
-//     turns it into an errno (EIO, or EINTR for an interrupted lock wait).
-//     ENOSYS from the wire becomes EOPNOTSUPP: the kernel would otherwise
-//     disable the operation for the whole mount.
+//     transport or session failure; invoke (session.go) decides what it
+//     means: wait for the reconnect and send again, or an errno through
+//     Session.rpcErrno (EIO; EAGAIN for a server limit; EINTR for an
+//     interrupted lock wait). ENOSYS from the wire becomes EOPNOTSUPP: the
+//     kernel would otherwise disable the operation for the whole mount.
+//
+// Reconnecting (reconnect.go): a Session outlives its server session and
+// its connection. A FAILED_PRECONDITION reply (the server lost the
+// session: it restarted, or this is a new connection), an UNAVAILABLE one
+// (the connection broke) or a watchdog probe left unanswered (a silent
+// link) marks the session down; a loop then asks the server whether it
+// still knows the session (a link that came back) or handshakes again.
+// The mount and handle ids nodes hold are the session's own: each maps to
+// the server's id of the current server session, and a mount or an open
+// file of an earlier one is mounted or opened again on its first use
+// after the reconnect, by path (the node's current path), with its open
+// flags minus O_CREAT, O_EXCL and O_TRUNC, and only if the path still
+// names the same file (dev, ino); otherwise its calls get EIO. Locks held
+// on the host are lost with a server restart.
+//   - A call waits for the reconnect at most SessionOptions.ReconnectTimeout;
+//     past it, calls in flight get EIO and new calls ENOTCONN at once
+//     until the session is back. Nothing hangs past that bound.
+//   - A request is sent again after a reconnect when it never reached the
+//     server (FAILED_PRECONDITION, or the connection was not ready) or when
+//     sending it twice does no harm (reads, positional writes, setattr,
+//     fsync...). Creating, removing and renaming entries, appending writes
+//     and conditional xattr changes lost with the connection get EIO: they
+//     may or may not have been done, and are never done twice.
+//   - A call never carries ids of one server session into another: calls
+//     hold reconn.genMu (read) from the translation of their ids to the
+//     reply, and a new handshake takes it for writing.
 //
 // Invariants:
 //   - Inode numbers are stable for the life of a mount and unique per host
@@ -86,7 +117,11 @@
 // lock is taken while one is held, and no RPC is made under them); the
 // Session, ino table and groups cache locks are leaves too. A directory handle has no
 // lock: go-fuse holds its own lock of the handle around Readdirent, Lookup
-// and Seekdir, the only RPC made under a go-fuse lock.
+// and Seekdir, the only RPC made under a go-fuse lock. Reconnecting:
+// reconn.genMu (read by calls, write by a new handshake) → handleRec.mu →
+// mountRec.mu → reconn.mu; the Mount and Open RPCs of a re-open are made
+// under genMu (read) and the record's lock. reconn.tmu (the id tables) and
+// callers.mu are leaves.
 //
 // Metrics (qtfs_client_*) count from the start and are exported once
 // Session.RegisterMetrics is called.

@@ -148,7 +148,7 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 		return f.readParts(dest, off, size)
 	}
 	if len(dest) <= chunk {
-		resp, e := call(m.sess, m.timeout, "Read", m.sess.client.Read,
+		resp, e := callFor(ctx, m.sess, m.timeout, "Read", m.sess.client.Read,
 			&qtfsv1.ReadRequest{Handle: f.h, Offset: off, Size: uint32(len(dest))})
 		if e != 0 {
 			return nil, e
@@ -162,7 +162,7 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	n := 0
 	for n < len(dest) {
 		want := min(chunk, len(dest)-n)
-		resp, e := call(m.sess, m.timeout, "Read", m.sess.client.Read,
+		resp, e := callFor(ctx, m.sess, m.timeout, "Read", m.sess.client.Read,
 			&qtfsv1.ReadRequest{Handle: f.h, Offset: off + int64(n), Size: uint32(want)})
 		if e != 0 {
 			if n > 0 {
@@ -294,7 +294,7 @@ func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	n := 0
 	for n < len(data) || len(data) == 0 {
 		want := min(m.sess.chunk, len(data)-n)
-		resp, e := call(m.sess, m.timeout, "Write", m.sess.client.Write,
+		resp, e := callFor(ctx, m.sess, m.timeout, "Write", m.sess.client.Write,
 			&qtfsv1.WriteRequest{Handle: f.h, Offset: off + int64(n), Data: data[n : n+want]})
 		if e != 0 {
 			if n > 0 {

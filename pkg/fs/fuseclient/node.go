@@ -492,6 +492,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		return nil, 0, e
 	}
 	fh := m.newFileHandle(resp.GetHandle(), n, flags)
+	m.sess.trackPath(fh.h, n.path)
 	if a := resp.GetAttr(); a != nil && n != m.root && m.inos.ino(a.GetDev(), a.GetIno()) != n.StableAttr().Ino {
 		// The path names another file now: open(2) retries with a fresh
 		// lookup on ESTALE.
@@ -537,6 +538,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 		return nil, nil, 0, syscall.EIO
 	}
 	fh.n = cn
+	m.sess.trackPath(fh.h, cn.path)
 	if flags&syscall.O_EXCL != 0 {
 		// The server made this file: it has no capability attribute.
 		cn.capsAbsent()
@@ -558,6 +560,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	if e != 0 {
 		return nil, 0, e
 	}
+	m.sess.trackPath(resp.GetHandle(), n.path)
 	return m.newDirHandle(resp.GetHandle(), n), 0, 0
 }
 

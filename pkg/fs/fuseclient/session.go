@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -42,9 +43,18 @@ const slowOp = time.Second
 
 // Session is one handshaken connection to a qtfs-server. Mounts made on a
 // Session share it; it lives as long as the gRPC connection it was built
-// on, which the caller owns and closes.
+// on, which the caller owns and closes (after Session.Close).
+//
+// A Session survives the loss of its server session (a server restart)
+// and of the connection (a cut or silent link): it reconnects and
+// handshakes again, and maps the mount and handle ids its callers hold to
+// the new server session's, mounting and opening files again on first
+// use. Calls wait for that at most SessionOptions.ReconnectTimeout.
 type Session struct {
-	client  qtfsv1.FileSystemClient
+	client qtfsv1.FileSystemClient
+	// rc keeps the session alive across connection failures; nil in a
+	// Session built without NewSession (calls then fail with EIO).
+	rc      *reconn
 	log     *zap.Logger
 	server  string
 	version uint32
@@ -61,10 +71,30 @@ type Session struct {
 	mounts []uint64
 }
 
-// NewSession opens a session on cc with the Handshake RPC. clientName
-// ("qtfs-client 1.2") goes into the server's logs. When ctx has no
-// deadline, the handshake gets one of a minute.
+// SessionOptions configure a Session.
+type SessionOptions struct {
+	// ReconnectTimeout bounds how long a call waits for a lost server
+	// session or connection to come back: past it, calls that were in
+	// flight fail with EIO and new calls with ENOTCONN, at once, until it
+	// is back. DefaultReconnectTimeout when zero; negative turns
+	// reconnecting off (every transport failure is EIO).
+	ReconnectTimeout time.Duration
+
+	// timing paces liveness checks and reconnect attempts; tests shorten
+	// it. nil means defaultTiming.
+	timing *timing
+}
+
+// NewSession opens a session on cc with the Handshake RPC, with default
+// options. clientName ("qtfs-client 1.2") goes into the server's logs.
+// When ctx has no deadline, the handshake gets one of a minute.
 func NewSession(ctx context.Context, cc grpc.ClientConnInterface, clientName string, log *zap.Logger) (*Session, error) {
+	return NewSessionWith(ctx, cc, clientName, log, SessionOptions{})
+}
+
+// NewSessionWith is NewSession with options. Close the Session before
+// the connection.
+func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName string, log *zap.Logger, opts SessionOptions) (*Session, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -74,7 +104,7 @@ func NewSession(ctx context.Context, cc grpc.ClientConnInterface, clientName str
 		defer cancel()
 	}
 	client := qtfsv1.NewFileSystemClient(cc)
-	resp, err := client.Handshake(ctx, &qtfsv1.HandshakeRequest{
+	hello := &qtfsv1.HandshakeRequest{
 		ProtocolVersion: ProtocolVersion,
 		Client:          clientName,
 		Features: []qtfsv1.Feature{
@@ -82,7 +112,8 @@ func NewSession(ctx context.Context, cc grpc.ClientConnInterface, clientName str
 			qtfsv1.Feature_FEATURE_READDIR_PLUS,
 			qtfsv1.Feature_FEATURE_LOCKS,
 		},
-	})
+	}
+	resp, err := client.Handshake(ctx, hello)
 	if err != nil {
 		return nil, fmt.Errorf("qtfs-client: handshake: %w", err)
 	}
@@ -113,9 +144,30 @@ func NewSession(ctx context.Context, cc grpc.ClientConnInterface, clientName str
 	for _, e := range resp.GetExports() {
 		s.exports = append(s.exports, proto.Clone(e).(*qtfsv1.ExportInfo))
 	}
+	timeout := opts.ReconnectTimeout
+	if timeout == 0 {
+		timeout = DefaultReconnectTimeout
+	}
+	if timeout > 0 {
+		t := defaultTiming
+		if opts.timing != nil {
+			t = *opts.timing
+		}
+		s.rc = newReconn(s, cc, timeout, t, hello)
+	}
+	s.metrics.sessionUp.Set(1)
 	log.Info("qtfs session open", zap.String("server", s.server), zap.Uint32("protocol", s.version),
-		zap.Int("exports", len(s.exports)), zap.Int("chunk", s.chunk))
+		zap.Int("exports", len(s.exports)), zap.Int("chunk", s.chunk), zap.Duration("reconnect_timeout", timeout))
 	return s, nil
+}
+
+// Close stops reconnecting; calls waiting for the server fail. It does
+// not close the connection.
+func (s *Session) Close() error {
+	if s.rc != nil {
+		s.rc.close()
+	}
+	return nil
 }
 
 // Exports returns the exports the server lets this peer mount.
@@ -141,6 +193,15 @@ func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
 		mount = s.mounts[0]
 	}
 	s.mu.Unlock()
+	if s.rc != nil {
+		up, gen := s.rc.state()
+		if !up {
+			return 0, fmt.Errorf("qtfs-client: ping %s: %w (reconnecting)", s.server, syscall.ENOTCONN)
+		}
+		s.rc.genMu.RLock()
+		defer s.rc.genMu.RUnlock()
+		mount = s.rc.currentMount(gen, mount)
+	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, handshakeTimeout)
@@ -164,6 +225,9 @@ func (s *Session) addMount(id uint64) {
 }
 
 func (s *Session) removeMount(id uint64) {
+	if s.rc != nil {
+		s.rc.forgetMount(id)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, m := range s.mounts {
@@ -171,6 +235,15 @@ func (s *Session) removeMount(id uint64) {
 			s.mounts = append(s.mounts[:i], s.mounts[i+1:]...)
 			return
 		}
+	}
+}
+
+// trackPath lets a re-open after a reconnect find open handle h at the
+// path fn returns then (the node's path: a file renamed since is found
+// where it is now) rather than where it was opened.
+func (s *Session) trackPath(h uint64, fn func() ([]byte, syscall.Errno)) {
+	if s.rc != nil && h != 0 {
+		s.rc.setPath(h, fn)
 	}
 }
 
@@ -185,6 +258,10 @@ func (s *Session) rpcErrno(op string, err error) syscall.Errno {
 	case code == codes.Canceled || errors.Is(err, context.Canceled):
 		// Only a lock wait passes the caller's interruption on.
 		return syscall.EINTR
+	case code == codes.ResourceExhausted:
+		s.log.Warn("qtfs rpc refused: a server limit was reached", zap.String("op", op),
+			zap.String("server", s.server), zap.Error(err))
+		return syscall.EAGAIN
 	case code == codes.FailedPrecondition:
 		s.log.Error("qtfs session is gone: the server no longer knows this connection",
 			zap.String("op", op), zap.String("server", s.server), zap.Error(err))
@@ -224,24 +301,152 @@ type errnoReply interface {
 // only when the errno is 0.
 func call[Req any, Resp errnoReply](s *Session, timeout time.Duration, op string,
 	fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, syscall.Errno) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	return callCtx(ctx, s, op, fn, req)
+	return invoke(context.Background(), nil, s, timeout, op, fn, req)
 }
 
-// callCtx is call under a context the caller chose.
+// callFor is call for the FUSE request ctx: the RPC is not cancelled when
+// the request is merely interrupted, but it is (EINTR) once the caller is
+// being killed, so that a killed process does not wait for the server and
+// the server stops the operation.
+func callFor[Req any, Resp errnoReply](ctx context.Context, s *Session, timeout time.Duration, op string,
+	fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, syscall.Errno) {
+	fc, _ := ctx.(*fuse.Context)
+	return invoke(context.Background(), fc, s, timeout, op, fn, req)
+}
+
+// callCtx is call under a context the caller chose, with no deadline of
+// its own.
 func callCtx[Req any, Resp errnoReply](ctx context.Context, s *Session, op string,
 	fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, syscall.Errno) {
+	return invoke(ctx, nil, s, 0, op, fn, req)
+}
+
+// invoke runs one RPC, each attempt under ctx and a deadline of timeout
+// (none when 0). Across a lost session or connection it waits for the
+// reconnect, sends the request again when that is safe (it never reached
+// the server, or sending it twice does no harm) and fails with EIO when
+// it is not, or when the outage outlasts the reconnect timeout (ENOTCONN
+// for a request that was never sent).
+func invoke[Req any, Resp errnoReply](ctx context.Context, fuseReq *fuse.Context, s *Session, timeout time.Duration, op string,
+	fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, syscall.Errno) {
 	start := time.Now()
-	resp, err := fn(ctx, req)
-	var e syscall.Errno
-	if err != nil {
-		e = s.rpcErrno(op, err)
-	} else {
-		e = s.wireErrno(op, resp.GetErrno())
+	r := s.rc
+	if r == nil {
+		resp, e := attempt(ctx, nil, timeout, op, s, fn, req)
+		s.observe(op, start, e)
+		return resp, e
 	}
-	s.observe(op, start, e)
-	return resp, e
+	var zero Resp
+	if rel, ok := any(req).(*qtfsv1.ReleaseRequest); ok {
+		if r.release(rel.GetHandle()) {
+			s.observe(op, start, 0)
+			return zero, 0
+		}
+		defer r.forget(rel.GetHandle())
+	}
+	sent := false
+	for {
+		gen, epoch, e := r.waitUp(ctx, sent)
+		if e != 0 {
+			s.observe(op, start, e)
+			return zero, e
+		}
+		r.genMu.RLock()
+		if up, g := r.state(); !up || g != gen {
+			r.genMu.RUnlock()
+			continue
+		}
+		restore, e, retry := r.translate(ctx, gen, req)
+		if retry {
+			restore()
+			r.genMu.RUnlock()
+			continue
+		}
+		if e != 0 {
+			restore()
+			r.genMu.RUnlock()
+			s.observe(op, start, e)
+			return zero, e
+		}
+		once := !r.retryable(req)
+		if once && !r.ready(ctx) {
+			// Not sent: wait for the connection like any call.
+			restore()
+			r.genMu.RUnlock()
+			r.markDown(gen, "connection not ready", nil)
+			continue
+		}
+		actx, cancel := withTimeout(ctx, timeout)
+		stop := context.AfterFunc(epoch, cancel)
+		var k *killedCall
+		if fuseReq != nil {
+			k = &killedCall{req: fuseReq, start: time.Now(), cancel: cancel}
+			r.callers.add(k)
+		}
+		r.begin()
+		resp, err := fn(actx, req)
+		r.end(err == nil)
+		if k != nil {
+			r.callers.remove(k)
+		}
+		stop()
+		cancel()
+		restore()
+		sent = true
+		if err != nil && k != nil && k.wasKilled() {
+			r.genMu.RUnlock()
+			s.metrics.rpcErrors.WithLabelValues(op, "CallerKilled").Inc()
+			s.observe(op, start, syscall.EINTR)
+			return zero, syscall.EINTR
+		}
+		if err == nil {
+			e := s.wireErrno(op, resp.GetErrno())
+			if e == 0 {
+				r.register(gen, req, resp)
+			}
+			r.genMu.RUnlock()
+			s.observe(op, start, e)
+			return resp, e
+		}
+		r.genMu.RUnlock()
+		code := status.Code(err)
+		switch {
+		case epoch.Err() != nil && ctx.Err() == nil:
+			// The outage outlasted the reconnect timeout.
+			s.metrics.rpcErrors.WithLabelValues(op, "GaveUp").Inc()
+			s.observe(op, start, syscall.EIO)
+			return zero, syscall.EIO
+		case code == codes.FailedPrecondition:
+			// The server does not know the session: nothing was done.
+			r.markDown(gen, "the server lost the session", err)
+			continue
+		case code == codes.Unavailable && ctx.Err() == nil:
+			r.markDown(gen, "the connection failed", err)
+			if !once {
+				continue
+			}
+			s.log.Warn("qtfs call lost with the connection; it may or may not have been done, and is not sent twice",
+				zap.String("op", op), zap.String("server", s.server), zap.Error(err))
+		}
+		e = s.rpcErrno(op, err)
+		s.observe(op, start, e)
+		return zero, e
+	}
+}
+
+// attempt is one RPC without reconnection.
+func attempt[Req any, Resp errnoReply](ctx context.Context, _ *reconn, timeout time.Duration, op string, s *Session,
+	fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, syscall.Errno) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	resp, err := fn(ctx, req)
+	if err != nil {
+		return resp, s.rpcErrno(op, err)
+	}
+	return resp, s.wireErrno(op, resp.GetErrno())
 }
 
 // observe counts one operation and logs it at debug, or at warn when slow.
@@ -278,6 +483,9 @@ type metrics struct {
 	readBytes    prometheus.Counter
 	writtenBytes prometheus.Counter
 	openHandles  prometheus.Gauge
+	sessionUp    prometheus.Gauge
+	reconnects   prometheus.Counter
+	reopens      *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -307,13 +515,26 @@ func newMetrics() *metrics {
 			Name: "qtfs_client_open_handles",
 			Help: "File and directory handles open on the server.",
 		}),
+		sessionUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "qtfs_client_session_up",
+			Help: "1 while the session with the server works, 0 while it is reconnecting.",
+		}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "qtfs_client_reconnects_total",
+			Help: "Server sessions opened again after the server lost the previous one (a restart, a new connection).",
+		}),
+		reopens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qtfs_client_reopens_total",
+			Help: "Open files and directories opened again after a reconnect, by result (ok, gone: the file is no longer there and its callers get EIO).",
+		}, []string{"result"}),
 	}
 }
 
 // RegisterMetrics exports the session's metrics on reg.
 func (s *Session) RegisterMetrics(reg prometheus.Registerer) error {
 	m := s.metrics
-	for _, c := range []prometheus.Collector{m.ops, m.latency, m.rpcErrors, m.readBytes, m.writtenBytes, m.openHandles} {
+	for _, c := range []prometheus.Collector{m.ops, m.latency, m.rpcErrors, m.readBytes, m.writtenBytes, m.openHandles,
+		m.sessionUp, m.reconnects, m.reopens} {
 		if err := reg.Register(c); err != nil {
 			return fmt.Errorf("qtfs-client: metrics: %w", err)
 		}

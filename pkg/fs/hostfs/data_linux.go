@@ -98,7 +98,7 @@ func (s *Server) newHandle(op string, ss *session, m *mount, fd, flags int, call
 			s.met.read(got)
 		}
 	}
-	id, e := ss.addHandle(fd, flags, dir, m.readOnly, caller)
+	id, e := ss.addHandle(fd, flags, dir, m, caller)
 	if e != 0 {
 		return e
 	}
@@ -195,7 +195,7 @@ func (s *Server) Read(ctx context.Context, req *qtfsv1.ReadRequest) (*qtfsv1.Rea
 		if err == unix.ESPIPE {
 			// A file without positions (a pipe, some proc and sysfs
 			// files): read(2) is what the caller's read was.
-			n, err = unix.Read(h.fd, buf)
+			n, err = readStream(ctx, h.fd, buf)
 		}
 		if err != nil {
 			return s.errnoOf(op, err)
@@ -235,7 +235,7 @@ func (s *Server) Write(ctx context.Context, req *qtfsv1.WriteRequest) (*qtfsv1.W
 		} else {
 			n, err = unix.Pwrite(h.fd, req.GetData(), req.GetOffset())
 			if err == unix.ESPIPE {
-				n, err = unix.Write(h.fd, req.GetData())
+				n, err = writeStream(ctx, h.fd, req.GetData())
 			}
 		}
 		if err != nil {

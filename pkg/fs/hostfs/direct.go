@@ -9,8 +9,8 @@ import (
 )
 
 // DirectClient is a qtfsv1.FileSystemClient that calls a Server in
-// process, through the same interceptor (metrics, logs, panic recovery) as
-// gRPC calls. It is one session, as one connection would be: call
+// process, through the same interceptors (metrics, logs, panic recovery,
+// limits) as gRPC calls. It is one session, as one connection would be: call
 // Handshake first; Close ends the session and releases what it holds.
 // Request messages are passed as they are: do not change one while a call
 // that uses it runs.
@@ -37,7 +37,9 @@ func call[Req, Resp any](c *DirectClient, ctx context.Context, method string, re
 	h func(context.Context, *Req) (*Resp, error)) (*Resp, error) {
 	info := &grpc.UnaryServerInfo{Server: c.s, FullMethod: method}
 	out, err := c.s.intercept(withConn(ctx, c.cs), req, info, func(ctx context.Context, r any) (any, error) {
-		return h(ctx, r.(*Req))
+		return c.s.limit(ctx, r, info, func(ctx context.Context, r any) (any, error) {
+			return h(ctx, r.(*Req))
+		})
 	})
 	if err != nil {
 		return nil, err

@@ -26,7 +26,10 @@
 //     so the Go runtime discards it when its goroutine ends.
 //     Operations on an open handle run with the server's identity: the
 //     permission check happened when the handle was opened.
-//   - Read-only exports refuse every change with EROFS.
+//   - Read-only exports refuse every change with EROFS. An export with an
+//     operation allow-list (Export.Ops) refuses every other operation with
+//     EPERM, through its mounts and the handles opened beneath them; an
+//     open for writing needs Write allowed too.
 //   - One Read or Write is one host read or write: pread(2)/pwrite(2) at
 //     the request's offset, or read(2)/write(2) when the file refuses
 //     positions (ESPIPE; some proc and sysfs files, pipes). cgroup and proc
@@ -37,7 +40,8 @@
 //     hybrid layouts) is cgroup. Clients never cache those.
 //   - A filesystem failure is an errno in the reply, never a gRPC status.
 //     gRPC statuses are FAILED_PRECONDITION (no Handshake on this connection,
-//     or the server is closed), INVALID_ARGUMENT (bad Handshake) and INTERNAL
+//     or the server is closed), INVALID_ARGUMENT (bad Handshake),
+//     RESOURCE_EXHAUSTED (a Handshake past Limits.MaxSessions) and INTERNAL
 //     (a handler panicked; the panic is recovered and logged).
 //   - Mount ids and handle ids are per session and never reused within it.
 //     An unknown handle is EBADF, an unknown mount ESTALE.
@@ -48,7 +52,15 @@
 //     goes.
 //   - Sizes are bounded: data per Read/Write by Options.MaxMessageBytes,
 //     xattr values and lists by 64 KiB, entries per Readdir by 4096 and by
-//     the reply size, mounts and handles per session by fixed limits.
+//     the reply size, mounts per session by a fixed limit. Limits
+//     (limits.go) bound the sessions, and per session the open handles
+//     (EMFILE), the requests served at once and their data (EAGAIN); a
+//     connection may open only so many streams more than that. Past a
+//     limit the request is refused, counted and logged (at most once a
+//     second per reason), and the server goes on.
+//   - A read or write of a file without positions (a pipe) that must wait
+//     waits in slices and ends with EINTR once its call is cancelled (the
+//     DPU caller was killed): no goroutine waits on a pipe for nobody.
 //
 // Lock order (a lock may be taken while holding the ones before it):
 //
@@ -58,7 +70,8 @@
 //
 // handle.dirMu (serialises Readdir on one directory handle) and handle.ra.mu
 // (a handle's sequential-read state) are taken with none of the others
-// held. No lock is held across a blocking wait (Setlk).
+// held. No lock is held across a blocking wait (Setlk, a pipe).
+// Server.limitLog.mu is a leaf.
 //
 // The package is Linux only (openat2, Linux 5.6 or later).
 package hostfs

@@ -26,12 +26,12 @@ const slowOp = time.Second
 // times and logs FileSystem calls and turns a handler panic into INTERNAL,
 // and message size limits that fit Options.MaxMessageBytes of data.
 func (s *Server) ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{
+	return append([]grpc.ServerOption{
 		grpc.StatsHandler(connBinder{s: s}),
-		grpc.ChainUnaryInterceptor(s.intercept),
+		grpc.ChainUnaryInterceptor(s.intercept, s.limit),
 		grpc.MaxRecvMsgSize(s.maxData + messageMargin),
 		grpc.MaxSendMsgSize(s.maxData + messageMargin),
-	}
+	}, s.limitOptions()...)
 }
 
 // connBinder is the stats.Handler that ties sessions to connections.

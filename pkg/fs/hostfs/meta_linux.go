@@ -44,7 +44,7 @@ func (s *Server) Mount(ctx context.Context, req *qtfsv1.MountRequest) (*qtfsv1.M
 		resp.Errno = int32(syscall.EACCES)
 		return resp, nil
 	}
-	m := &mount{fd: -1, readOnly: ex.readOnly}
+	m := &mount{fd: -1, readOnly: ex.readOnly, ops: ex.ops}
 	e := s.creds.run(req.GetCaller(), func() syscall.Errno {
 		fd, err := openDirPath(ex.fd, []byte(rel))
 		if err != nil {

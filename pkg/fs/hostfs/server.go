@@ -23,16 +23,16 @@ import (
 // Options.MaxMessageBytes is 0.
 const DefaultMaxMessageBytes = 8 << 20
 
-// Limits on what one session may hold and one request may ask for.
+// Limits on what one session may hold and one request may ask for (the
+// configurable ones are in Limits).
 const (
-	maxMountsPerSession  = 1024
-	maxHandlesPerSession = 1 << 16
-	maxReaddirEntries    = 4096
-	maxXattrSize         = 64 << 10 // XATTR_SIZE_MAX and XATTR_LIST_MAX
-	maxXattrNameLen      = 255      // XATTR_NAME_MAX
-	maxGroups            = 65536    // NGROUPS_MAX
-	maxCopyLength        = 128 << 20
-	messageMargin        = 64 << 10 // room for the envelope around data
+	maxMountsPerSession = 1024
+	maxReaddirEntries   = 4096
+	maxXattrSize        = 64 << 10 // XATTR_SIZE_MAX and XATTR_LIST_MAX
+	maxXattrNameLen     = 255      // XATTR_NAME_MAX
+	maxGroups           = 65536    // NGROUPS_MAX
+	maxCopyLength       = 128 << 20
+	messageMargin       = 64 << 10 // room for the envelope around data
 )
 
 // Export is one host directory the server offers.
@@ -41,6 +41,11 @@ type Export struct {
 	Path string
 	// ReadOnly refuses every change beneath Path with EROFS.
 	ReadOnly bool
+	// Ops, when not empty, are the only operations allowed beneath Path:
+	// FileSystem rpc names ("Lookup", "Read") and group names ("read",
+	// "write", "xattr", "lock"; see OpNames). Others get EPERM. Handshake,
+	// Mount, Release and Flush are always allowed.
+	Ops []string
 }
 
 // Options configure a Server.
@@ -55,12 +60,16 @@ type Options struct {
 	MaxMessageBytes int
 	// ServerName is reported in HandshakeResponse.server.
 	ServerName string
+	// Limits bound sessions and what each holds; zero fields take the
+	// defaults (DefaultMaxSessions, ...).
+	Limits Limits
 }
 
 // export is an Export with its root directory open.
 type export struct {
 	path     string
 	readOnly bool
+	ops      opSet
 	kind     qtfsv1.FsKind
 	fd       int // O_PATH|O_DIRECTORY; closed by Server.Close
 }
@@ -74,6 +83,9 @@ type Server struct {
 	maxData int
 	name    string
 	creds   credSwitcher
+	limits  Limits
+	// limitLog rate-limits the log lines of refusals by limit or policy.
+	limitLog rateLog
 
 	// mu guards exports' fds against Close (read-held while an export fd is
 	// used), conns and closed.
@@ -102,6 +114,10 @@ func New(opts Options) (*Server, error) {
 	if maxData < 4096 || maxData > 1<<30 {
 		return nil, fmt.Errorf("hostfs: max message bytes %d out of range [4096, 1 GiB]", maxData)
 	}
+	limits, err := opts.Limits.withDefaults(maxData)
+	if err != nil {
+		return nil, err
+	}
 	if err := probeOpenat2(); err != nil {
 		return nil, fmt.Errorf("hostfs: openat2 (Linux 5.6 or later) is required: %w", err)
 	}
@@ -109,6 +125,7 @@ func New(opts Options) (*Server, error) {
 		log:     log,
 		maxData: maxData,
 		name:    opts.ServerName,
+		limits:  limits,
 		conns:   make(map[*connState]struct{}),
 	}
 	creds, err := newCredSwitcher(log)
@@ -128,11 +145,17 @@ func New(opts Options) (*Server, error) {
 			return nil, fmt.Errorf("hostfs: export %q: listed twice", p)
 		}
 		seen[p] = true
+		ops, err := parseOps(e.Ops)
+		if err != nil {
+			s.closeExports()
+			return nil, fmt.Errorf("hostfs: export %q: %w", p, err)
+		}
 		ex, err := openExport(p, e.ReadOnly)
 		if err != nil {
 			s.closeExports()
 			return nil, err
 		}
+		ex.ops = ops
 		s.exports = append(s.exports, ex)
 	}
 	sort.SliceStable(s.exports, func(i, j int) bool { return len(s.exports[i].path) > len(s.exports[j].path) })
@@ -144,8 +167,11 @@ func New(opts Options) (*Server, error) {
 	s.met = met
 	for _, ex := range s.exports {
 		log.Info("export", zap.String("path", ex.path), zap.Bool("read_only", ex.readOnly),
-			zap.Stringer("fs_kind", ex.kind))
+			zap.Stringer("fs_kind", ex.kind), zap.Stringer("ops", ex.ops))
 	}
+	log.Info("limits", zap.Int("max_sessions", limits.MaxSessions), zap.Int("max_handles_per_session", limits.MaxHandlesPerSession),
+		zap.Int("max_inflight_per_session", limits.MaxInflightPerSession),
+		zap.Int64("max_inflight_bytes_per_session", limits.MaxInflightBytesPerSession))
 	return s, nil
 }
 
@@ -290,6 +316,11 @@ type session struct {
 	client string
 	srv    *Server
 
+	// inflight and inflightBytes count the requests being served and
+	// their data (see Limits).
+	inflight      atomic.Int64
+	inflightBytes atomic.Int64
+
 	mu         sync.Mutex
 	closed     bool
 	nextMount  uint64
@@ -328,6 +359,7 @@ type mount struct {
 	refs     atomic.Int32
 	fd       int // O_PATH|O_DIRECTORY
 	readOnly bool
+	ops      opSet // the export's allowed operations
 	kind     qtfsv1.FsKind
 }
 
@@ -372,6 +404,7 @@ type handle struct {
 	flags    int
 	dir      bool
 	readOnly bool
+	ops      opSet          // the export's allowed operations
 	caller   *qtfsv1.Caller // who opened it; Readdir stats entries as them
 
 	ra readahead // sequential reads (data_linux.go)
@@ -388,21 +421,27 @@ func (h *handle) put() {
 	}
 }
 
-// addHandle stores a new handle for fd and returns its id. On failure the
-// fd is closed.
-func (ss *session) addHandle(fd, flags int, dir, readOnly bool, caller *qtfsv1.Caller) (uint64, syscall.Errno) {
-	h := &handle{srv: ss.srv, fd: fd, flags: flags, dir: dir, readOnly: readOnly, caller: copyCaller(caller)}
+// addHandle stores a new handle for fd, opened beneath m, and returns its
+// id. On failure the fd is closed.
+func (ss *session) addHandle(fd, flags int, dir bool, m *mount, caller *qtfsv1.Caller) (uint64, syscall.Errno) {
+	h := &handle{srv: ss.srv, fd: fd, flags: flags, dir: dir, readOnly: m.readOnly, ops: m.ops, caller: copyCaller(caller)}
 	h.refs.Store(1)
 	ss.srv.openHandles.Add(1)
 	ss.mu.Lock()
-	defer ss.mu.Unlock()
-	if ss.closed || len(ss.handles) >= maxHandlesPerSession {
+	if ss.closed || len(ss.handles) >= ss.srv.limits.MaxHandlesPerSession {
+		closed, n := ss.closed, len(ss.handles)
+		ss.mu.Unlock()
 		h.put()
-		if ss.closed {
+		if closed {
 			return 0, syscall.EBADF
 		}
+		s := ss.srv
+		s.met.refusal("max_handles")
+		s.limitLog.log(s.log, "max_handles", zap.Uint64("session", ss.id), zap.String("client", ss.client),
+			zap.Int("handles", n), zap.Int("max", s.limits.MaxHandlesPerSession), zap.String("errno", "EMFILE"))
 		return 0, syscall.EMFILE
 	}
+	defer ss.mu.Unlock()
 	ss.nextHandle++
 	ss.handles[ss.nextHandle] = h
 	return ss.nextHandle, 0

@@ -42,13 +42,18 @@ func (s *Server) Handshake(ctx context.Context, req *qtfsv1.HandshakeRequest) (*
 		return nil, status.Error(codes.FailedPrecondition, "hostfs: connection ended")
 	}
 	old := cs.sess
+	if old == nil && !s.admitSession() {
+		cs.mu.Unlock()
+		s.met.refusal("max_sessions")
+		s.limitLog.log(s.log, "max_sessions", zap.String("peer", cs.peer), zap.String("client", client),
+			zap.Int("max", s.limits.MaxSessions))
+		return nil, status.Errorf(codes.ResourceExhausted, "hostfs: too many sessions (the server allows %d): ENFILE", s.limits.MaxSessions)
+	}
 	cs.sess = sess
 	cs.mu.Unlock()
 	if old != nil {
 		old.release()
 		s.log.Info("session reset by a new handshake", zap.Uint64("old_session", old.id))
-	} else {
-		s.sessions.Add(1)
 	}
 	v := req.GetProtocolVersion()
 	if v > version.ProtocolVersion {
