@@ -211,6 +211,33 @@ type listings struct {
 	mu    sync.Mutex
 	nodes map[*node]int // entries when listed
 	total int
+	// nextSweep is when add next drops the expired listings.
+	nextSweep time.Time
+}
+
+// listingSweep is how often add drops every expired listing, so that
+// they do not hold memory until the budget is reached.
+const listingSweep = time.Second
+
+// OnForget drops the listing of a directory the kernel forgot: no LOOKUP
+// can reach this node any more.
+func (n *node) OnForget() {
+	n.m.listings.remove(n)
+}
+
+// remove forgets n's listing.
+func (ls *listings) remove(n *node) {
+	ls.mu.Lock()
+	defer ls.mu.Unlock()
+	if sz, ok := ls.nodes[n]; ok {
+		ls.total -= sz + 1
+		delete(ls.nodes, n)
+	}
+	n.mu.Lock()
+	if n.dir != nil {
+		n.dir.list = nil
+	}
+	n.mu.Unlock()
 }
 
 // listingsEnabled reports whether the mount keeps listings.
@@ -449,9 +476,10 @@ func (n *node) readListing(caller *qtfsv1.Caller) (map[string]*qtfsv1.Attr, sysc
 	}
 }
 
-// add registers n's listing of size entries; while the mount's listings
-// hold more than maxListedEntries (a listing counts one more than its
-// entries), it drops expired listings first, then others.
+// add registers n's listing of size entries. Every listingSweep it drops
+// the expired listings; while the mount's listings hold more than
+// maxListedEntries (a listing counts one more than its entries), it drops
+// expired listings first, then others.
 func (ls *listings) add(n *node, size int) {
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
@@ -464,6 +492,23 @@ func (ls *listings) add(n *node, size int) {
 	ls.nodes[n] = size
 	ls.total += size + 1
 	now := time.Now()
+	if now.After(ls.nextSweep) {
+		ls.nextSweep = now.Add(listingSweep)
+		for other, sz := range ls.nodes {
+			if other == n {
+				continue
+			}
+			other.mu.Lock()
+			if other.dir == nil || other.dir.list == nil || !now.Before(other.dir.list.expires) {
+				if other.dir != nil {
+					other.dir.list = nil
+				}
+				ls.total -= sz + 1
+				delete(ls.nodes, other)
+			}
+			other.mu.Unlock()
+		}
+	}
 	for pass := 0; pass < 2 && ls.total > maxListedEntries; pass++ {
 		for other, sz := range ls.nodes {
 			if ls.total <= maxListedEntries/2 {

@@ -65,6 +65,7 @@ var (
 	_ fs.NodeListxattrer    = (*node)(nil)
 	_ fs.NodeRemovexattrer  = (*node)(nil)
 	_ fs.NodeCopyFileRanger = (*node)(nil)
+	_ fs.NodeOnForgetter    = (*node)(nil)
 )
 
 // handle is an open file or directory of the server.
