@@ -22,6 +22,8 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 
 	"github.com/qtfs/qtfs/pkg/chroot"
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
@@ -39,6 +41,10 @@ const (
 	runBackoffMax   = 30 * time.Second // longest wait between attempts
 	runMountTimeout = 60 * time.Second // one host mount
 	runUnmountWait  = 10 * time.Second // for a FUSE connection to end
+	// runRedialMax is the longest pause of gRPC's own reconnecting once
+	// the daemon is up: a restarted server is found within it even when
+	// nothing else asks for the connection.
+	runRedialMax = 2 * time.Second
 )
 
 // States of the run daemon, as `qtfs-client status` shows them.
@@ -128,7 +134,7 @@ func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
 	// Runs before the teardown: mounts going away are expected from now.
 	defer d.setState(StateStopping, "")
 	for _, ps := range plan.proxies {
-		p, err := sockproxy.Listen(cc, sockproxy.ProxyOptions{
+		p, err := sockproxy.Listen(waitConn{cc: cc, wait: plan.reconnect}, sockproxy.ProxyOptions{
 			Listen:  filepath.Join(root, ps.Listen),
 			Remote:  ps.Host,
 			Mode:    ps.Mode,
@@ -201,9 +207,13 @@ func (d *runDaemon) connect(ctx context.Context) (*grpc.ClientConn, *fuseclient.
 	backoff := runBackoffStart
 	for attempt := 1; ; attempt++ {
 		dctx, cancel := context.WithTimeout(ctx, runDialTimeout)
-		cc, err := transport.Dial(dctx, uri, sec)
+		cc, err := transport.Dial(dctx, uri, sec, grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: runRedialMax},
+			MinConnectTimeout: runDialTimeout,
+		}))
 		if err == nil {
-			sess, serr := fuseclient.NewSession(dctx, cc, "qtfs-client run "+version.Version, d.log)
+			sess, serr := fuseclient.NewSessionWith(dctx, cc, "qtfs-client run "+version.Version, d.log,
+				fuseclient.SessionOptions{ReconnectTimeout: d.plan.reconnect})
 			if serr == nil {
 				cancel()
 				d.mu.Lock()
@@ -232,6 +242,59 @@ func (d *runDaemon) connect(ctx context.Context) (*grpc.ClientConn, *fuseclient.
 		}
 		backoff = min(2*backoff, runBackoffMax)
 	}
+}
+
+// waitConn is the connection the socket proxies use: a new proxied
+// connection made while the server is away (restarting, link cut) waits
+// for it, at most wait, instead of being closed at once. Once its stream
+// is open, a connection lives and dies with the server connection it was
+// opened on.
+type waitConn struct {
+	cc   *grpc.ClientConn
+	wait time.Duration
+}
+
+func (w waitConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	return w.cc.Invoke(ctx, method, args, reply, opts...)
+}
+
+// NewStream opens a stream, waiting for the connection to be ready at
+// most w.wait; the stream's own life is not bounded.
+func (w waitConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if w.cc.GetState() == connectivity.TransientFailure {
+		// Try now rather than at the end of gRPC's backoff.
+		w.cc.ResetConnectBackoff()
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	var settled sync.Mutex // the first of the timer and NewStream's return wins
+	timedOut, opened := false, false
+	timer := time.AfterFunc(w.wait, func() {
+		settled.Lock()
+		defer settled.Unlock()
+		if !opened {
+			timedOut = true
+			cancel()
+		}
+	})
+	s, err := w.cc.NewStream(sctx, desc, method, append(opts, grpc.WaitForReady(true))...)
+	settled.Lock()
+	opened = true
+	late := timedOut
+	settled.Unlock()
+	timer.Stop()
+	switch {
+	case late:
+		cancel()
+		if err == nil {
+			err = context.DeadlineExceeded
+		}
+		return nil, fmt.Errorf("qtfs-client run: the server was not reachable within the reconnect timeout (%v): %w", w.wait, err)
+	case err != nil:
+		cancel()
+		return nil, err
+	}
+	// sctx ends with ctx: the stream's caller cancels that when done.
+	return s, nil
 }
 
 // listSockets asks the server which sockets it proxies; the error says

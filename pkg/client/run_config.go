@@ -11,11 +11,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
 	"github.com/qtfs/qtfs/pkg/chroot"
 	"github.com/qtfs/qtfs/pkg/config"
+	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	"github.com/qtfs/qtfs/pkg/transport"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
@@ -61,6 +63,11 @@ type RunConfig struct {
 	Rexec string `yaml:"rexec"`
 	// MetricsListen serves Prometheus metrics on this address.
 	MetricsListen string `yaml:"metrics_listen"`
+	// ReconnectTimeout bounds how long a filesystem call, or a new
+	// connection to a proxied socket, waits for a lost server (restarted,
+	// link cut) to come back before it fails: a Go duration such as "30s"
+	// (default fuseclient.DefaultReconnectTimeout).
+	ReconnectTimeout string `yaml:"reconnect_timeout"`
 
 	// lines maps keys ("mounts[2]") to their line in the file.
 	lines map[string]int
@@ -217,11 +224,13 @@ type proxySpec struct {
 
 // runPlan is a checked RunConfig.
 type runPlan struct {
-	uri     transport.URI
-	chroot  chroot.Config
-	actions []chroot.Action
-	mounts  []runMount
-	proxies []proxySpec
+	uri transport.URI
+	// reconnect is the session's reconnect timeout, never zero.
+	reconnect time.Duration
+	chroot    chroot.Config
+	actions   []chroot.Action
+	mounts    []runMount
+	proxies   []proxySpec
 }
 
 // splitOpt cuts "PATH:OPTS".
@@ -251,6 +260,15 @@ func (rc *RunConfig) check() (*runPlan, error) {
 			bad("server", "%v", err)
 		}
 		p.uri = u
+	}
+	p.reconnect = fuseclient.DefaultReconnectTimeout
+	if rc.ReconnectTimeout != "" {
+		d, err := time.ParseDuration(rc.ReconnectTimeout)
+		if err != nil || d <= 0 {
+			bad("reconnect_timeout", "%q: want a positive duration such as 30s or 2m", rc.ReconnectTimeout)
+		} else {
+			p.reconnect = d
+		}
 	}
 	for key, f := range map[string]string{"tls_cert": rc.TLSCert, "tls_key": rc.TLSKey, "tls_ca": rc.TLSCA} {
 		if f == "" {
@@ -335,6 +353,8 @@ func (rc *RunConfig) check() (*runPlan, error) {
 		flags, err := ParseMountOptions([]string{opts})
 		if err != nil {
 			bad(key, "%v", err)
+		} else if flags.ReconnectTimeout != 0 {
+			bad(key, "reconnect_timeout is not a per-mount option here: the mounts of run share one connection; set the top-level key reconnect_timeout:")
 		}
 		flags.AllowOther = true // a shared chroot: every user of it needs the mounts
 		rm := runMount{Path: pth, Flags: flags, Key: key}
@@ -435,7 +455,7 @@ func CheckRunConfig(rc *RunConfig, w io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(w, "%s: ok (the server is checked at start: exports and socket allow-list)\n", rc.Config)
-	fmt.Fprintf(w, "server %s, root %s\n", p.uri, p.chroot.Root)
+	fmt.Fprintf(w, "server %s (reconnect timeout %v), root %s\n", p.uri, p.reconnect, p.chroot.Root)
 	for i, a := range p.actions {
 		fmt.Fprintf(w, "%3d  %-9s %s", i+1, a.Kind, a.Path)
 		if a.Source != "" && a.Source != a.Path {

@@ -8,7 +8,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -61,6 +63,11 @@ func TestRunConfigErrors(t *testing.T) {
 		{"tcp without TLS", strings.Replace(goodRun, "unix:///run/qtfs.sock", "tcp://192.0.2.1:12121", 1), []string{":1: server: ", "TLS"}},
 		{"missing cert file", goodRun + "tls_ca: /nonexistent/ca.pem\n", []string{":15: tls_ca: open /nonexistent/ca.pem"}},
 		{"shims without rexec", goodRun + "shims: [runc]\nrexec: /nonexistent/rexec\n", []string{":16: rexec: the rexec binary"}},
+		{"reconnect timeout not a duration", goodRun + "reconnect_timeout: soon\n", []string{`:15: reconnect_timeout: "soon": want a positive duration such as 30s`}},
+		{"reconnect timeout zero", goodRun + "reconnect_timeout: 0s\n", []string{`:15: reconnect_timeout: "0s": want a positive duration`}},
+		{"reconnect timeout negative", goodRun + "reconnect_timeout: -5s\n", []string{`:15: reconnect_timeout: "-5s": want a positive duration`}},
+		{"reconnect timeout per mount", strings.Replace(goodRun, "/sys:ro", "/sys:ro,reconnect_timeout=5s", 1),
+			[]string{":7: mounts[1]: reconnect_timeout is not a per-mount option here", "top-level key reconnect_timeout:"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rc, err := loadRun(t, tc.yaml)
@@ -98,6 +105,9 @@ func TestRunConfigErrors(t *testing.T) {
 		if !p.mounts[0].Flags.AllowOther {
 			t.Error("run mounts are not allow_other")
 		}
+		if p.reconnect != fuseclient.DefaultReconnectTimeout {
+			t.Errorf("reconnect timeout %v without the key, want the default %v", p.reconnect, fuseclient.DefaultReconnectTimeout)
+		}
 		t.Run("against the server", func(t *testing.T) {
 			exports := []*qtfsv1.ExportInfo{{Path: []byte("/proc")}, {Path: []byte("/sys")}}
 			err := rc.checkServer(p, exports, []string{"/run/containerd/containerd.sock"}, nil)
@@ -118,4 +128,38 @@ func TestRunConfigErrors(t *testing.T) {
 			}
 		})
 	})
+}
+
+func TestRunConfigReconnectTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		name, value string
+		want        time.Duration
+	}{
+		{"default", "", fuseclient.DefaultReconnectTimeout},
+		{"seconds", "5s", 5 * time.Second},
+		{"minutes", "2m", 2 * time.Minute},
+		{"mixed", "1m30s", 90 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			y := goodRun
+			if tc.value != "" {
+				y += "reconnect_timeout: " + tc.value + "\n"
+			}
+			rc, err := loadRun(t, y)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := rc.check()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.reconnect != tc.want {
+				t.Fatalf("reconnect timeout %v, want %v", p.reconnect, tc.want)
+			}
+			var b strings.Builder
+			if err := CheckRunConfig(rc, &b); err != nil || !strings.Contains(b.String(), "reconnect timeout "+tc.want.String()) {
+				t.Fatalf("--check output does not show the timeout %v (%v):\n%s", tc.want, err, b.String())
+			}
+		})
+	}
 }

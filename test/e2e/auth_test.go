@@ -123,7 +123,16 @@ func TestAuthRefusals(t *testing.T) {
 	}
 
 	t.Run("unix socket peer with a uid that is not allowed", func(t *testing.T) {
-		sockDir := hostDir(t)
+		// Not t.TempDir: a unix socket path has at most 107 bytes, and
+		// this test's name is long.
+		sockDir, err := os.MkdirTemp("", "auth-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(sockDir) })
+		if err := os.Chmod(sockDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
 		sock := filepath.Join(sockDir, "qtfs.sock")
 		srv := start(t, bin("qtfs-server"), "--listen", "unix://"+sock, "--export", host, "--log-format", "console")
 		srv.waitFor(t, "qtfs-server ready", 20*time.Second)

@@ -141,8 +141,7 @@ func (w *workload) wait(t *testing.T, timeout time.Duration) workloadSummary {
 
 // vethNames are the two ends of e's veth pair (see newNetPair).
 func (e *env) vethNames() (host, dpu string) {
-	id := strings.TrimPrefix(e.net.Host, "qtfs-h-")
-	return "qh" + id, "qd" + id
+	return e.net.HostVeth, e.net.DPUVeth
 }
 
 // setLink takes the veth pair down (both ends) or up again.

@@ -11,6 +11,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,24 +24,176 @@ import (
 // machine cannot run these tests.
 var binDir, skipReason string
 
+// Everything a run makes carries its mark, so that the check at its end
+// finds what this run (and no other one running at the same time) left:
+// tmpRoot holds every temporary directory (TMPDIR points into it, so
+// t.TempDir and os.MkdirTemp land there) and netnsPrefix starts the name
+// of every network namespace.
+var tmpRoot, netnsPrefix string
+
 func TestMain(m *testing.M) {
 	os.Exit(func() int {
 		skipReason = checkMachine()
-		if skipReason == "" {
-			dir, err := os.MkdirTemp("", "qtfs-e2e-bin-")
-			if err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
-			}
-			defer os.RemoveAll(dir)
-			if err := buildBinaries(dir); err != nil {
-				fmt.Fprintln(os.Stderr, err)
-				return 1
-			}
-			binDir = dir
+		if skipReason != "" {
+			return m.Run()
 		}
-		return m.Run()
+		id := randHex(3)
+		netnsPrefix = "qtfs-" + id + "-"
+		// Short: unix socket paths beneath it have at most 107 bytes.
+		root := filepath.Join(os.TempDir(), "qtfs-e2e-"+id)
+		err := os.Mkdir(root, 0o755)
+		if err == nil {
+			err = os.Chmod(root, 0o755) // the tests' users other than root reach their dirs
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		tmpRoot = root
+		os.Setenv("TMPDIR", root)
+		dir, err := os.MkdirTemp("", "bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		if err := buildBinaries(dir); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.RemoveAll(dir)
+			return 1
+		}
+		binDir = dir
+		code := m.Run()
+		if left := leftovers(30 * time.Second); len(left) > 0 {
+			fmt.Fprintf(os.Stderr, "FAIL: the e2e tests left behind (now removed where that is safe):\n  %s\n", strings.Join(left, "\n  "))
+			code = 1
+		}
+		return code
 	}())
+}
+
+// leftovers lists what the run left: network namespaces with its prefix,
+// mounts beneath its temporary root, and processes it started (children
+// of this process, the built binaries, anything that runs from or names
+// the temporary root). It waits up to grace for them to go away (a
+// process may still be exiting), then ends the processes by pid, deletes
+// the namespaces, and removes the temporary root when nothing is mounted
+// beneath it.
+func leftovers(grace time.Duration) []string {
+	var left []string
+	var pids []int
+	var netns []string
+	for deadline := time.Now().Add(grace); ; time.Sleep(250 * time.Millisecond) {
+		left, pids, netns = nil, runProcesses(), runNetns()
+		for _, ns := range netns {
+			left = append(left, "network namespace "+ns)
+		}
+		mounts := runMounts()
+		for _, m := range mounts {
+			left = append(left, "mount "+m)
+		}
+		for _, pid := range pids {
+			cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+			left = append(left, fmt.Sprintf("process %d: %s", pid, strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))))
+		}
+		if len(left) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, ns := range netns {
+		exec.Command("ip", "netns", "del", ns).Run()
+	}
+	// Deepest first; detached, a mount no longer hides its directory from
+	// the removal below, nor its content from it.
+	mounts := runMountpoints()
+	sort.Sort(sort.Reverse(sort.StringSlice(mounts)))
+	for _, mp := range mounts {
+		syscall.Unmount(mp, syscall.MNT_DETACH)
+	}
+	os.RemoveAll(binDir)
+	if len(runMountpoints()) == 0 {
+		os.RemoveAll(tmpRoot)
+	} else {
+		fmt.Fprintf(os.Stderr, "e2e: %s is left in place: something is still mounted beneath it\n", tmpRoot)
+	}
+	return left
+}
+
+// runNetns lists the network namespaces named with netnsPrefix.
+func runNetns() []string {
+	out, _ := exec.Command("ip", "netns", "list").Output()
+	var names []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && strings.HasPrefix(f[0], netnsPrefix) {
+			names = append(names, f[0])
+		}
+	}
+	return names
+}
+
+// runMountpoints lists the mount points of runMounts.
+func runMountpoints() []string {
+	var out []string
+	for _, m := range runMounts() {
+		mp, _, _ := strings.Cut(m, " (")
+		out = append(out, mp)
+	}
+	return out
+}
+
+// runMounts lists this mount namespace's mounts at or beneath tmpRoot,
+// with their type.
+func runMounts() []string {
+	b, _ := os.ReadFile("/proc/self/mountinfo")
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 5 || (f[4] != tmpRoot && !strings.HasPrefix(f[4], tmpRoot+"/")) {
+			continue
+		}
+		fstype := "?"
+		for i, x := range f {
+			if x == "-" && i+1 < len(f) {
+				fstype = f[i+1]
+			}
+		}
+		out = append(out, f[4]+" ("+fstype+")")
+	}
+	return out
+}
+
+// runProcesses lists the live processes this run started and left:
+// children of this process, and processes (in any namespace) whose
+// executable lies under tmpRoot (the built binaries, the container's) or
+// whose command line names it (daemons detached with our paths, such as
+// a containerd shim).
+func runProcesses() []int {
+	ents, _ := os.ReadDir("/proc")
+	self := os.Getpid()
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == self {
+			continue
+		}
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		i := bytes.LastIndexByte(stat, ')')
+		if err != nil || i < 0 {
+			continue
+		}
+		f := strings.Fields(string(stat[i+1:]))
+		if len(f) < 2 || f[0] == "Z" || f[0] == "X" {
+			continue // exited; its parent reaps it
+		}
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if f[1] == strconv.Itoa(self) || strings.HasPrefix(exe, tmpRoot+"/") || bytes.Contains(cmd, []byte(tmpRoot+"/")) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
 
 func checkMachine() string {
@@ -99,6 +253,8 @@ func run(t *testing.T, name string, args ...string) string {
 type netPair struct {
 	Host, DPU     string
 	HostIP, DPUIP string
+	// HostVeth and DPUVeth are the ends of the veth pair.
+	HostVeth, DPUVeth string
 }
 
 var subnetMu sync.Mutex
@@ -112,16 +268,18 @@ func newNetPair(t *testing.T) *netPair {
 	subnetMu.Unlock()
 	id := randHex(3)
 	p := &netPair{
-		Host:   "qtfs-h-" + id,
-		DPU:    "qtfs-d-" + id,
-		HostIP: fmt.Sprintf("10.199.%d.1", sub),
-		DPUIP:  fmt.Sprintf("10.199.%d.2", sub),
+		Host:     netnsPrefix + "h-" + id,
+		DPU:      netnsPrefix + "d-" + id,
+		HostIP:   fmt.Sprintf("10.199.%d.1", sub),
+		DPUIP:    fmt.Sprintf("10.199.%d.2", sub),
+		HostVeth: "qh" + id,
+		DPUVeth:  "qd" + id,
 	}
 	run(t, "ip", "netns", "add", p.Host)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", p.Host).Run() })
 	run(t, "ip", "netns", "add", p.DPU)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", p.DPU).Run() })
-	vh, vd := "qh"+id, "qd"+id
+	vh, vd := p.HostVeth, p.DPUVeth
 	run(t, "ip", "link", "add", vh, "netns", p.Host, "type", "veth", "peer", "name", vd, "netns", p.DPU)
 	for _, c := range [][]string{
 		{"-n", p.Host, "addr", "add", p.HostIP + "/30", "dev", vh},
@@ -257,10 +415,66 @@ func newDPU(t *testing.T, netns string) *dpu {
 				t.Logf("cleanup umount %s: %v %s", mp, err, o)
 			}
 		}
+		// The mount daemons detached themselves (no pid namespace ends
+		// them here): they exit once unmounted, or are stopped by pid.
+		stopMountDaemons(t, d.runtime)
 		d.holder.Process.Kill()
 		d.holder.Wait()
 	})
 	return d
+}
+
+// stopMountDaemons stops the `qtfs-client mount` daemons that ran with
+// the runtime dir rt, as this pid namespace numbers them: each names its
+// log <rt>/client/<pid>.log. A daemon gets a few seconds to end by itself
+// (after its unmount), then SIGTERM, then SIGKILL. A pid is signalled
+// only while it still runs the built qtfs-client.
+func stopMountDaemons(t testing.TB, rt string) {
+	logs, _ := filepath.Glob(filepath.Join(rt, "client", "*.log"))
+	var pids []int
+	for _, l := range logs {
+		if pid, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(l), ".log")); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	ours := func(pid int) bool {
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		if exe != bin("qtfs-client") {
+			return false
+		}
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		i := bytes.LastIndexByte(stat, ')')
+		return i > 0 && i+2 < len(stat) && stat[i+2] != 'Z'
+	}
+	waitGone := func(d time.Duration) bool {
+		for deadline := time.Now().Add(d); ; time.Sleep(50 * time.Millisecond) {
+			alive := false
+			for _, pid := range pids {
+				alive = alive || ours(pid)
+			}
+			if !alive {
+				return true
+			}
+			if time.Now().After(deadline) {
+				return false
+			}
+		}
+	}
+	if waitGone(5 * time.Second) {
+		return
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		for _, pid := range pids {
+			if ours(pid) {
+				t.Logf("cleanup: mount daemon %d still runs: %v", pid, sig)
+				syscall.Kill(pid, sig)
+			}
+		}
+		if waitGone(10 * time.Second) {
+			return
+		}
+	}
+	t.Errorf("cleanup: mount daemons of %s survive SIGKILL", rt)
 }
 
 // cmd returns a command that runs inside the DPU's namespaces.

@@ -32,7 +32,7 @@ var (
 func newStar(t *testing.T, n int) *star {
 	t.Helper()
 	id := randHex(3)
-	s := &star{host: "qtfs-lh-" + id}
+	s := &star{host: netnsPrefix + "lh-" + id}
 	run(t, "ip", "netns", "add", s.host)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", s.host).Run() })
 	run(t, "ip", "-n", s.host, "link", "set", "lo", "up")
@@ -41,7 +41,7 @@ func newStar(t *testing.T, n int) *star {
 		sub := starNext
 		starNext++
 		starMu.Unlock()
-		ns := fmt.Sprintf("qtfs-ld%d-%s", i, id)
+		ns := fmt.Sprintf("%sld%d-%s", netnsPrefix, i, id)
 		run(t, "ip", "netns", "add", ns)
 		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
 		hIP, dIP := fmt.Sprintf("10.198.%d.1", sub), fmt.Sprintf("10.198.%d.2", sub)

@@ -128,7 +128,22 @@ func (d *offDPU) startRun(t *testing.T, config string) *runDaemon {
 	cmd := d.cmd(bin("qtfs-client"), "run", "--config", config)
 	p := start(t, cmd.Path, cmd.Args[1:]...)
 	r := &runDaemon{p: p}
-	t.Cleanup(func() { r.signal(syscall.SIGTERM) }) // before start's cleanup stops nsenter
+	// Runs before start's cleanup stops nsenter: the daemon tears its
+	// chroot down on SIGTERM; SIGKILL by pid if it does not end.
+	t.Cleanup(func() {
+		if r.pid == 0 {
+			return
+		}
+		r.signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("cleanup: qtfs-client run %d did not end on SIGTERM; killing it", r.pid)
+			r.signal(syscall.SIGKILL)
+			<-p.done
+		}
+		r.pid = 0
+	})
 	p.waitFor(t, "qtfs-client run ready", 60*time.Second)
 	for _, c := range childrenOf(p.cmd.Process.Pid) {
 		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); strings.HasSuffix(exe, "/qtfs-client") {
@@ -553,6 +568,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		for _, l := range strings.Split(string(ms), "\n") {
 			if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], cdir+"/") {
 				unix.Unmount(f[4], unix.MNT_DETACH)
+			}
+		}
+		// A shim that outlived its task (the test failed before the
+		// delete) is detached from containerd: stop it by pid.
+		for _, pid := range runProcesses() {
+			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.Contains(cmd, []byte("-address\x00"+csock+"\x00")) {
+				t.Logf("cleanup: killing containerd shim %d", pid)
+				syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
 		// runc leaves the namespace's (empty) cgroup behind.

@@ -436,8 +436,10 @@ func startLines(t *testing.T, cmd *exec.Cmd) *lineReader {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	waited := make(chan struct{})
 	t.Cleanup(func() {
 		cmd.Process.Kill()
+		<-waited
 		if t.Failed() {
 			t.Logf("rexec stderr: %s", errb.String())
 		}
@@ -461,6 +463,7 @@ func startLines(t *testing.T, cmd *exec.Cmd) *lineReader {
 	}()
 	go func() {
 		cmd.Wait()
+		close(waited)
 		pw.Close()
 		l.exited <- cmd.ProcessState.ExitCode()
 	}()
