@@ -107,6 +107,17 @@ type cacheParams struct {
 // strictTimeout is how long strict mounts keep attributes and entries.
 const strictTimeout = time.Hour
 
+// specialTimeout is how long the kernel keeps the attributes, and the
+// names of files (not of directories), of proc, sysfs and cgroup mounts
+// under the default policy. Their content is never cached (direct I/O,
+// each read reaches the host) and the server resolves every call by path;
+// directory names are looked up on every walk, so a pid or cgroup that is
+// gone is gone at once. What is kept spares the permission checks and file
+// lookups a scan of /proc would otherwise repeat for every file; mode and
+// owner changes show within this delay, and the host checks permissions
+// again on each call.
+const specialTimeout = time.Second
+
 func (c CachePolicy) params() cacheParams {
 	switch c {
 	case CacheNone:
@@ -593,4 +604,39 @@ func (n *node) capsUnknown() {
 	n.mu.Lock()
 	n.noCapsUntil = time.Time{}
 	n.mu.Unlock()
+}
+
+// dirChanged keeps the attributes of directory n the server sent with a
+// change this client made in it. The kernel drops a directory's
+// attributes after every change and, to check permissions
+// (default_permissions), asks for them before the next one: that GETATTR
+// is answered from these, without a call, while the attribute timeout
+// runs. Of concurrent changes' replies the one with the latest ctime wins.
+func (n *node) dirChanged(a *qtfsv1.Attr) {
+	if a == nil || n.m.cache.attr <= 0 || n.m.special || a.GetIno() != n.StableAttr().Ino {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if old := n.dirAttr; old != nil && (old.GetCtimeSec() > a.GetCtimeSec() ||
+		old.GetCtimeSec() == a.GetCtimeSec() && old.GetCtimeNsec() > a.GetCtimeNsec()) {
+		return
+	}
+	n.dirAttr, n.dirAttrUntil = a, time.Now().Add(n.m.cache.attr)
+}
+
+// takeDirAttr returns, once, the attributes dirChanged kept if they are
+// still fresh.
+func (n *node) takeDirAttr() *qtfsv1.Attr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	a := n.dirAttr
+	if a == nil {
+		return nil
+	}
+	n.dirAttr = nil
+	if time.Now().After(n.dirAttrUntil) {
+		return nil
+	}
+	return a
 }

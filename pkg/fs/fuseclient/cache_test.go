@@ -404,3 +404,68 @@ func TestSplitTransfers(t *testing.T) {
 		}
 	}
 }
+
+// TestDirChangesNeedNoGetattr checks that creating and removing files
+// costs one call each: the kernel's permission check of the changed
+// directory (default_permissions) is answered from the directory's
+// attributes the server sent with the change, and stat of the directory
+// afterwards shows the host's mtime and link count.
+func TestDirChangesNeedNoGetattr(t *testing.T) {
+	tm := startMount(t, mountCfg{cache: "auto"})
+	const n = 40
+	retryFast(t, func() ([]string, bool) {
+		dir := fmt.Sprintf("dc-%d", time.Now().UnixNano())
+		if err := os.Mkdir(tm.path(dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		tm.resetStats()
+		start := time.Now()
+		for i := range n {
+			if err := unix.Mkdir(tm.path(dir, fmt.Sprintf("d%02d", i)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range n {
+			if err := unix.Rmdir(tm.path(dir, fmt.Sprintf("d%02d", i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := range n {
+			fd, err := unix.Open(tm.path(dir, fmt.Sprintf("f%02d", i)), unix.O_CREAT|unix.O_EXCL|unix.O_RDONLY, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(fd)
+		}
+		if err := unix.Mkdir(tm.path(dir, "sub"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if err := unix.Unlink(tm.path(dir, fmt.Sprintf("f%02d", i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		took := time.Since(start)
+		stats := tm.stats()
+		var st, host unix.Stat_t
+		if err := unix.Stat(tm.path(dir), &st); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Stat(tm.host(dir), &host); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%d mkdir, rmdir, create, unlink in %v: RPCs %v", n, took, stats)
+		if took > 900*time.Millisecond {
+			return []string{fmt.Sprintf("took %v", took)}, true
+		}
+		var problems []string
+		if got := stats["Getattr"]; got > 4 {
+			problems = append(problems, fmt.Sprintf("Getattr RPCs %d for %d changes of one directory, want almost none", got, 4*n+1))
+		}
+		if st.Mtim != host.Mtim || st.Nlink != host.Nlink || st.Ino != host.Ino {
+			problems = append(problems, fmt.Sprintf("directory through the mount: mtime %v nlink %d; host: %v %d",
+				st.Mtim, st.Nlink, host.Mtim, host.Nlink))
+		}
+		return problems, false
+	})
+}

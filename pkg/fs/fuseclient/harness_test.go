@@ -95,17 +95,18 @@ func serve() error {
 		zapcore.Lock(os.Stderr), level))
 	defer log.Sync()
 
+	counter := &rpcCounter{counts: map[string]int{}, stall: os.Getenv(envStall)}
 	srv, err := hostfs.New(hostfs.Options{
-		Exports:    []hostfs.Export{{Path: os.Getenv(envExport)}},
-		Logger:     log.Named("hostfs"),
-		ServerName: "hostfs-test",
+		Exports:     []hostfs.Export{{Path: os.Getenv(envExport)}},
+		Logger:      log.Named("hostfs"),
+		ServerName:  "hostfs-test",
+		Interceptor: counter.intercept,
 	})
 	if err != nil {
 		return err
 	}
 	defer srv.Close()
-	counter := &rpcCounter{counts: map[string]int{}, stall: os.Getenv(envStall)}
-	g := grpc.NewServer(append(srv.ServerOptions(), grpc.ChainUnaryInterceptor(counter.intercept))...)
+	g := grpc.NewServer(srv.ServerOptions()...)
 	srv.Register(g)
 	sockDir, err := os.MkdirTemp("", "qtfs-fuseclient-")
 	if err != nil {

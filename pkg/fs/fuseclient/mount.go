@@ -91,6 +91,10 @@ type mountFS struct {
 	readInline uint32
 	// special is true on proc, sysfs and cgroup mounts.
 	special bool
+	// specialTTL is how long the kernel keeps the entries and attributes
+	// of a special mount under the default policy (content is never kept:
+	// direct I/O); 0 under an explicit policy.
+	specialTTL time.Duration
 	// listings bounds the memory of the directory listings (cache.go).
 	listings listings
 	// proc holds what a mount of the host's proc root answers itself
@@ -156,6 +160,9 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		groups:   newGroupsCache("/proc"),
 		directIO: policy == CacheNone || specialKind(resp.GetFsKind()),
 		special:  specialKind(resp.GetFsKind()),
+	}
+	if m.special && opts.Cache == CacheDefault {
+		m.specialTTL = specialTimeout
 	}
 	if isProcRoot(m.kind, rootAttr) {
 		m.proc = newProcRoot(m, localProc, offloadRoot)

@@ -42,6 +42,10 @@ type node struct {
 	// noCapsUntil: until then the file is known to have no
 	// security.capability attribute (see capsKnownAbsent).
 	noCapsUntil time.Time
+	// dirAttr, until dirAttrUntil, are a directory's attributes the server
+	// sent with a change this client made in it (see dirChanged).
+	dirAttr      *qtfsv1.Attr
+	dirAttrUntil time.Time
 }
 
 var (
@@ -170,17 +174,32 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if e != 0 {
 		return nil, e
 	}
-	return n.newChild(ctx, resp.GetAttr(), out)
+	ch, e := n.newChild(ctx, resp.GetAttr(), out)
+	if e == 0 && m.specialTTL > 0 {
+		out.SetAttrTimeout(m.specialTTL)
+		if resp.GetAttr().GetMode()&syscall.S_IFMT != syscall.S_IFDIR {
+			// The name of a directory is looked up again on every walk,
+			// so that a process or cgroup that is gone is gone at once.
+			out.SetEntryTimeout(m.specialTTL)
+		}
+	}
+	return ch, e
 }
 
 // getattr stats the node, through h when it is open (which also works
 // once the node is unlinked).
 func (n *node) getattr(ctx context.Context, h uint64, out *fuse.AttrOut) syscall.Errno {
+	m := n.m
+	if h == 0 {
+		if a := n.takeDirAttr(); a != nil {
+			m.fillAttr(&out.Attr, a)
+			return 0
+		}
+	}
 	p, e := n.path()
 	if e != 0 && h == 0 {
 		return e
 	}
-	m := n.m
 	resp, e := call(m.sess, m.timeout, "Getattr", m.sess.client.Getattr,
 		&qtfsv1.GetattrRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Handle: h})
 	if e == syscall.ENOENT && h == 0 && n != m.root {
@@ -196,6 +215,9 @@ func (n *node) getattr(ctx context.Context, h uint64, out *fuse.AttrOut) syscall
 		return syscall.EIO
 	}
 	m.fillAttr(&out.Attr, resp.GetAttr())
+	if m.specialTTL > 0 {
+		out.SetTimeout(m.specialTTL)
+	}
 	if h == 0 && n != m.root && out.Attr.Ino != n.StableAttr().Ino {
 		// The path names another file now (renamed over on the host):
 		// this inode is stale. stat(2) retries with a fresh lookup.
@@ -322,6 +344,7 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 		return nil, e
 	}
 	n.entryChanged(name, resp.GetAttr(), false)
+	n.dirChanged(resp.GetDirAttr())
 	return n.newChild(ctx, resp.GetAttr(), out)
 }
 
@@ -340,6 +363,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode, dev uint32, out *fu
 		return nil, e
 	}
 	n.entryChanged(name, resp.GetAttr(), false)
+	n.dirChanged(resp.GetDirAttr())
 	return n.newChild(ctx, resp.GetAttr(), out)
 }
 
@@ -363,6 +387,7 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 		return nil, syscall.EIO
 	}
 	n.entryChanged(name, resp.GetAttr(), false)
+	n.dirChanged(resp.GetDirAttr())
 	ch, e := n.newChild(ctx, resp.GetAttr(), out)
 	if cn, ok := ch.Operations().(*node); ok && e == 0 {
 		// A new directory is empty: its names need no lookups.
@@ -378,9 +403,10 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		return e
 	}
 	m := n.m
-	_, e = call(m.sess, m.timeout, "Unlink", m.sess.client.Unlink,
+	resp, e := call(m.sess, m.timeout, "Unlink", m.sess.client.Unlink,
 		&qtfsv1.UnlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname})
 	n.removed(name, e)
+	n.dirChanged(resp.GetDirAttr())
 	return e
 }
 
@@ -391,9 +417,10 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return e
 	}
 	m := n.m
-	_, e = call(m.sess, m.timeout, "Rmdir", m.sess.client.Rmdir,
+	resp, e := call(m.sess, m.timeout, "Rmdir", m.sess.client.Rmdir,
 		&qtfsv1.RmdirRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname})
 	n.removed(name, e)
+	n.dirChanged(resp.GetDirAttr())
 	return e
 }
 
@@ -448,6 +475,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	}
 	t.attrsChanged() // its link count
 	n.entryChanged(name, resp.GetAttr(), false)
+	n.dirChanged(resp.GetDirAttr())
 	return n.newChild(ctx, resp.GetAttr(), out)
 }
 
@@ -527,6 +555,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 		return nil, nil, 0, e
 	}
 	n.entryChanged(name, resp.GetAttr(), false)
+	n.dirChanged(resp.GetDirAttr())
 	fh := m.newFileHandle(resp.GetHandle(), nil, flags)
 	ch, e := n.newChild(ctx, resp.GetAttr(), out)
 	if e != 0 {

@@ -75,14 +75,6 @@ func newFlakyServer(t *testing.T) *flakyServer {
 }
 
 func (fs *flakyServer) serve(ln net.Listener) {
-	srv, err := hostfs.New(hostfs.Options{
-		Exports:    []hostfs.Export{{Path: fs.export}},
-		Logger:     zaptest.NewLogger(fs.t, zaptest.Level(zap.WarnLevel)).Named("hostfs"),
-		ServerName: "flaky",
-	})
-	if err != nil {
-		fs.t.Fatal(err)
-	}
 	slow := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		resp, err := h(ctx, req)
 		if slow, _ := fs.slow.Load().(string); slow != "" && strings.HasSuffix(info.FullMethod, "/"+slow) {
@@ -90,7 +82,16 @@ func (fs *flakyServer) serve(ln net.Listener) {
 		}
 		return resp, err
 	}
-	g := grpc.NewServer(append(srv.ServerOptions(), grpc.ChainUnaryInterceptor(slow))...)
+	srv, err := hostfs.New(hostfs.Options{
+		Exports:     []hostfs.Export{{Path: fs.export}},
+		Logger:      zaptest.NewLogger(fs.t, zaptest.Level(zap.WarnLevel)).Named("hostfs"),
+		ServerName:  "flaky",
+		Interceptor: slow,
+	})
+	if err != nil {
+		fs.t.Fatal(err)
+	}
+	g := grpc.NewServer(srv.ServerOptions()...)
 	srv.Register(g)
 	go g.Serve(ln)
 	fs.mu.Lock()

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/qtfs/qtfs/pkg/callstream"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -52,6 +53,9 @@ const slowOp = time.Second
 // use. Calls wait for that at most SessionOptions.ReconnectTimeout.
 type Session struct {
 	client qtfsv1.FileSystemClient
+	// calls carries client's calls over one stream when the server serves
+	// it (FEATURE_CALL_STREAM); nil otherwise.
+	calls *callstream.Client
 	// rc keeps the session alive across connection failures; nil in a
 	// Session built without NewSession (calls then fail with EIO).
 	rc      *reconn
@@ -141,6 +145,10 @@ func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName
 	for _, f := range resp.GetFeatures() {
 		s.features[f] = true
 	}
+	if s.features[qtfsv1.Feature_FEATURE_CALL_STREAM] {
+		s.calls = callstream.NewClient(cc, callstream.ClientOptions{Direct: bulkCall})
+		s.client = qtfsv1.NewFileSystemClient(s.calls)
+	}
 	for _, e := range resp.GetExports() {
 		s.exports = append(s.exports, proto.Clone(e).(*qtfsv1.ExportInfo))
 	}
@@ -167,7 +175,29 @@ func (s *Session) Close() error {
 	if s.rc != nil {
 		s.rc.close()
 	}
+	if s.calls != nil {
+		s.calls.Close()
+	}
 	return nil
+}
+
+// bulkCallBytes is the data size from which a Read or Write is sent as a
+// call of its own rather than on the call stream: large transfers would
+// hold small calls behind them in the stream's flow-control window, and
+// their per-call overhead is small next to the data.
+const bulkCallBytes = 64 << 10
+
+// bulkCall reports whether a call goes outside the call stream.
+func bulkCall(method string, req any) bool {
+	switch r := req.(type) {
+	case *qtfsv1.ReadRequest:
+		return r.GetSize() > bulkCallBytes
+	case *qtfsv1.WriteRequest:
+		return len(r.GetData()) > bulkCallBytes
+	case *qtfsv1.HandshakeRequest:
+		return true
+	}
+	return false
 }
 
 // Exports returns the exports the server lets this peer mount.

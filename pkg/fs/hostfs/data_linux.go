@@ -161,6 +161,7 @@ func (s *Server) Create(ctx context.Context, req *qtfsv1.CreateRequest) (*qtfsv1
 			return e
 		}
 		resp.Handle, resp.Attr = or.Handle, or.Attr
+		resp.DirAttr = dirAttr(dirfd)
 		return 0
 	})
 	if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
@@ -45,6 +47,12 @@ func call[Req, Resp any](c *DirectClient, ctx context.Context, method string, re
 		return nil, err
 	}
 	return out.(*Resp), nil
+}
+
+// Calls is not served in process: DirectClient has no per-call cost to
+// save.
+func (c *DirectClient) Calls(context.Context, ...grpc.CallOption) (grpc.BidiStreamingClient[qtfsv1.CallFrame, qtfsv1.CallFrame], error) {
+	return nil, status.Error(codes.Unimplemented, "hostfs: DirectClient: Calls is not served in process")
 }
 
 // Handshake calls Server.Handshake.

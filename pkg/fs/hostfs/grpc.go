@@ -28,10 +28,29 @@ const slowOp = time.Second
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	return append([]grpc.ServerOption{
 		grpc.StatsHandler(connBinder{s: s}),
-		grpc.ChainUnaryInterceptor(s.intercept, s.limit),
+		grpc.UnaryInterceptor(s.interceptAll),
 		grpc.MaxRecvMsgSize(s.maxData + messageMargin),
 		grpc.MaxSendMsgSize(s.maxData + messageMargin),
 	}, s.limitOptions()...)
+}
+
+// interceptAll wraps every FileSystem call, plain or on a Calls stream:
+// intercept, then limit, then Options.Interceptor.
+func (s *Server) interceptAll(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return s.intercept(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+		return s.limit(ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			if s.extra == nil {
+				return handler(ctx, req)
+			}
+			return s.extra(ctx, req, info, handler)
+		})
+	})
+}
+
+// Calls serves a stream of calls (FEATURE_CALL_STREAM) on the session of
+// the stream's connection.
+func (s *Server) Calls(st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.CallFrame]) error {
+	return s.calls.Serve(st)
 }
 
 // connBinder is the stats.Handler that ties sessions to connections.

@@ -391,9 +391,20 @@ func (s *Server) Symlink(ctx context.Context, req *qtfsv1.SymlinkRequest) (*qtfs
 			return s.errnoOf(op, err)
 		}
 		resp.Attr, err = lstatAt(dirfd, name)
+		resp.DirAttr = dirAttr(dirfd)
 		return s.errnoOf(op, err)
 	})
 	return reply(resp, err)
+}
+
+// dirAttr is the attributes of an open directory, for the dir_attr of a
+// reply; nil when they cannot be read.
+func dirAttr(dirfd int) *qtfsv1.Attr {
+	a, err := fstat(dirfd)
+	if err != nil {
+		return nil
+	}
+	return a
 }
 
 // createMode returns the permission bits to create with in dirfd: mode
@@ -470,6 +481,7 @@ func (s *Server) Mknod(ctx context.Context, req *qtfsv1.MknodRequest) (*qtfsv1.E
 			return s.errnoOf(op, err)
 		}
 		resp.Attr = fixMode(dirfd, name, perm, attr)
+		resp.DirAttr = dirAttr(dirfd)
 		return 0
 	})
 	return reply(resp, err)
@@ -501,6 +513,7 @@ func (s *Server) Mkdir(ctx context.Context, req *qtfsv1.MkdirRequest) (*qtfsv1.E
 			return s.errnoOf(op, err)
 		}
 		resp.Attr = fixMode(dirfd, name, perm, attr)
+		resp.DirAttr = dirAttr(dirfd)
 		return 0
 	})
 	return reply(resp, err)
@@ -521,7 +534,11 @@ func (s *Server) remove(ctx context.Context, op string, mountID uint64, caller *
 			return s.walkErrno(op, dir, err)
 		}
 		defer m.closeDir(dirfd)
-		return s.errnoOf(op, unix.Unlinkat(dirfd, string(name), flags))
+		if err := unix.Unlinkat(dirfd, string(name), flags); err != nil {
+			return s.errnoOf(op, err)
+		}
+		resp.DirAttr = dirAttr(dirfd)
+		return 0
 	})
 	return reply(resp, err)
 }
@@ -598,6 +615,7 @@ func (s *Server) Link(ctx context.Context, req *qtfsv1.LinkRequest) (*qtfsv1.Ent
 			return s.errnoOf(op, err)
 		}
 		resp.Attr, err = lstatAt(newdir, name)
+		resp.DirAttr = dirAttr(newdir)
 		return s.errnoOf(op, err)
 	})
 	return reply(resp, err)

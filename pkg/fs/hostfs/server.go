@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/qtfs/qtfs/pkg/callstream"
 	qfs "github.com/qtfs/qtfs/pkg/fs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
@@ -63,6 +64,11 @@ type Options struct {
 	// Limits bound sessions and what each holds; zero fields take the
 	// defaults (DefaultMaxSessions, ...).
 	Limits Limits
+	// Interceptor, when set, wraps every FileSystem call inside the
+	// server's own interceptors (metrics, panic recovery, limits), for
+	// plain calls and calls on a Calls stream alike (tests count and delay
+	// calls with it).
+	Interceptor grpc.UnaryServerInterceptor
 }
 
 // export is an Export with its root directory open.
@@ -77,6 +83,9 @@ type export struct {
 // Server implements qtfsv1.FileSystemServer over the configured exports.
 type Server struct {
 	qtfsv1.UnimplementedFileSystemServer
+
+	calls *callstream.Server          // serves Calls streams
+	extra grpc.UnaryServerInterceptor // Options.Interceptor
 
 	log     *zap.Logger
 	met     *metrics
@@ -122,6 +131,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("hostfs: openat2 (Linux 5.6 or later) is required: %w", err)
 	}
 	s := &Server{
+		extra:   opts.Interceptor,
 		log:     log,
 		maxData: maxData,
 		name:    opts.ServerName,
@@ -165,6 +175,10 @@ func New(opts Options) (*Server, error) {
 		return nil, err
 	}
 	s.met = met
+	s.calls = callstream.NewServer(&qtfsv1.FileSystem_ServiceDesc, s, callstream.ServerOptions{
+		Interceptor: s.interceptAll,
+		MaxInflight: limits.MaxInflightPerSession,
+	})
 	for _, ex := range s.exports {
 		log.Info("export", zap.String("path", ex.path), zap.Bool("read_only", ex.readOnly),
 			zap.Stringer("fs_kind", ex.kind), zap.Stringer("ops", ex.ops))

@@ -68,6 +68,7 @@ func (s *Server) Handshake(ctx context.Context, req *qtfsv1.HandshakeRequest) (*
 			qtfsv1.Feature_FEATURE_OPEN_READ_INLINE,
 			qtfsv1.Feature_FEATURE_READDIR_PLUS,
 			qtfsv1.Feature_FEATURE_LOCKS,
+			qtfsv1.Feature_FEATURE_CALL_STREAM,
 		},
 		Exports:         exports,
 		MaxMessageBytes: uint32(s.maxData),

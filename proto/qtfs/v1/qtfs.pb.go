@@ -57,6 +57,8 @@ const (
 	Feature_FEATURE_READDIR_PLUS Feature = 2
 	// Setlk/Getlk are served (with open-file-description locks on the host).
 	Feature_FEATURE_LOCKS Feature = 3
+	// FileSystem.Calls is served.
+	Feature_FEATURE_CALL_STREAM Feature = 4
 )
 
 // Enum value maps for Feature.
@@ -66,12 +68,14 @@ var (
 		1: "FEATURE_OPEN_READ_INLINE",
 		2: "FEATURE_READDIR_PLUS",
 		3: "FEATURE_LOCKS",
+		4: "FEATURE_CALL_STREAM",
 	}
 	Feature_value = map[string]int32{
 		"FEATURE_UNSPECIFIED":      0,
 		"FEATURE_OPEN_READ_INLINE": 1,
 		"FEATURE_READDIR_PLUS":     2,
 		"FEATURE_LOCKS":            3,
+		"FEATURE_CALL_STREAM":      4,
 	}
 )
 
@@ -230,6 +234,107 @@ func (SetattrValid) EnumDescriptor() ([]byte, []int) {
 	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{2}
 }
 
+// One call or one reply on FileSystem.Calls.
+type CallFrame struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Chosen by the client, unique among its calls in flight on the stream.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Request: the call's full method name ("/qtfs.v1.FileSystem/Getattr").
+	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	// The marshalled request (client to server) or reply (server to client).
+	Body []byte `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	// Request: the time the client waits for the reply, in nanoseconds (0:
+	// no deadline); the server cancels the call when it runs out.
+	TimeoutNs uint64 `protobuf:"varint,4,opt,name=timeout_ns,json=timeoutNs,proto3" json:"timeout_ns,omitempty"`
+	// Client to server: the caller gave up on call `id`; cancel it. No reply.
+	Cancel bool `protobuf:"varint,5,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	// Reply: the gRPC status code of the call (0: OK, then body is the reply)
+	// and its message. A filesystem error is an errno in the reply, as ever.
+	Code          uint32 `protobuf:"varint,6,opt,name=code,proto3" json:"code,omitempty"`
+	Message       string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallFrame) Reset() {
+	*x = CallFrame{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallFrame) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallFrame) ProtoMessage() {}
+
+func (x *CallFrame) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallFrame.ProtoReflect.Descriptor instead.
+func (*CallFrame) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *CallFrame) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *CallFrame) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *CallFrame) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *CallFrame) GetTimeoutNs() uint64 {
+	if x != nil {
+		return x.TimeoutNs
+	}
+	return 0
+}
+
+func (x *CallFrame) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+func (x *CallFrame) GetCode() uint32 {
+	if x != nil {
+		return x.Code
+	}
+	return 0
+}
+
+func (x *CallFrame) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type HandshakeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The protocol version the client speaks; this file is version 1.
@@ -244,7 +349,7 @@ type HandshakeRequest struct {
 
 func (x *HandshakeRequest) Reset() {
 	*x = HandshakeRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[0]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -256,7 +361,7 @@ func (x *HandshakeRequest) String() string {
 func (*HandshakeRequest) ProtoMessage() {}
 
 func (x *HandshakeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[0]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -269,7 +374,7 @@ func (x *HandshakeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandshakeRequest.ProtoReflect.Descriptor instead.
 func (*HandshakeRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{0}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *HandshakeRequest) GetProtocolVersion() uint32 {
@@ -312,7 +417,7 @@ type HandshakeResponse struct {
 
 func (x *HandshakeResponse) Reset() {
 	*x = HandshakeResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[1]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -324,7 +429,7 @@ func (x *HandshakeResponse) String() string {
 func (*HandshakeResponse) ProtoMessage() {}
 
 func (x *HandshakeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[1]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -337,7 +442,7 @@ func (x *HandshakeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HandshakeResponse.ProtoReflect.Descriptor instead.
 func (*HandshakeResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{1}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *HandshakeResponse) GetProtocolVersion() uint32 {
@@ -389,7 +494,7 @@ type ExportInfo struct {
 
 func (x *ExportInfo) Reset() {
 	*x = ExportInfo{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[2]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -401,7 +506,7 @@ func (x *ExportInfo) String() string {
 func (*ExportInfo) ProtoMessage() {}
 
 func (x *ExportInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[2]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -414,7 +519,7 @@ func (x *ExportInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportInfo.ProtoReflect.Descriptor instead.
 func (*ExportInfo) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{2}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ExportInfo) GetPath() []byte {
@@ -450,7 +555,7 @@ type MountRequest struct {
 
 func (x *MountRequest) Reset() {
 	*x = MountRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[3]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +567,7 @@ func (x *MountRequest) String() string {
 func (*MountRequest) ProtoMessage() {}
 
 func (x *MountRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[3]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +580,7 @@ func (x *MountRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountRequest.ProtoReflect.Descriptor instead.
 func (*MountRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{3}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MountRequest) GetPath() []byte {
@@ -509,7 +614,7 @@ type MountResponse struct {
 
 func (x *MountResponse) Reset() {
 	*x = MountResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[4]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -521,7 +626,7 @@ func (x *MountResponse) String() string {
 func (*MountResponse) ProtoMessage() {}
 
 func (x *MountResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[4]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -534,7 +639,7 @@ func (x *MountResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountResponse.ProtoReflect.Descriptor instead.
 func (*MountResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{4}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MountResponse) GetErrno() int32 {
@@ -587,7 +692,7 @@ type Caller struct {
 
 func (x *Caller) Reset() {
 	*x = Caller{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[5]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +704,7 @@ func (x *Caller) String() string {
 func (*Caller) ProtoMessage() {}
 
 func (x *Caller) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[5]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +717,7 @@ func (x *Caller) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Caller.ProtoReflect.Descriptor instead.
 func (*Caller) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{5}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Caller) GetUid() uint32 {
@@ -669,7 +774,7 @@ type Attr struct {
 
 func (x *Attr) Reset() {
 	*x = Attr{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[6]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +786,7 @@ func (x *Attr) String() string {
 func (*Attr) ProtoMessage() {}
 
 func (x *Attr) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[6]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +799,7 @@ func (x *Attr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attr.ProtoReflect.Descriptor instead.
 func (*Attr) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{6}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Attr) GetIno() uint64 {
@@ -810,15 +915,20 @@ func (x *Attr) GetCtimeNsec() uint32 {
 }
 
 type ErrnoResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Errno         int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Errno int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
+	// Unlink and Rmdir: the directory's attributes after the change, so that
+	// the client need not ask for them (the kernel does after every change of
+	// a directory, to check permissions). Absent when the server could not
+	// read them.
+	DirAttr       *Attr `protobuf:"bytes,2,opt,name=dir_attr,json=dirAttr,proto3" json:"dir_attr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ErrnoResponse) Reset() {
 	*x = ErrnoResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[7]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +940,7 @@ func (x *ErrnoResponse) String() string {
 func (*ErrnoResponse) ProtoMessage() {}
 
 func (x *ErrnoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[7]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +953,7 @@ func (x *ErrnoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrnoResponse.ProtoReflect.Descriptor instead.
 func (*ErrnoResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{7}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ErrnoResponse) GetErrno() int32 {
@@ -853,17 +963,27 @@ func (x *ErrnoResponse) GetErrno() int32 {
 	return 0
 }
 
+func (x *ErrnoResponse) GetDirAttr() *Attr {
+	if x != nil {
+		return x.DirAttr
+	}
+	return nil
+}
+
 type EntryResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Errno         int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
-	Attr          *Attr                  `protobuf:"bytes,2,opt,name=attr,proto3" json:"attr,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Errno int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
+	Attr  *Attr                  `protobuf:"bytes,2,opt,name=attr,proto3" json:"attr,omitempty"`
+	// Symlink, Mknod, Mkdir, Link: the directory's attributes after the
+	// change (see ErrnoResponse.dir_attr).
+	DirAttr       *Attr `protobuf:"bytes,3,opt,name=dir_attr,json=dirAttr,proto3" json:"dir_attr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EntryResponse) Reset() {
 	*x = EntryResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[8]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +995,7 @@ func (x *EntryResponse) String() string {
 func (*EntryResponse) ProtoMessage() {}
 
 func (x *EntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[8]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +1008,7 @@ func (x *EntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryResponse.ProtoReflect.Descriptor instead.
 func (*EntryResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{8}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *EntryResponse) GetErrno() int32 {
@@ -905,6 +1025,13 @@ func (x *EntryResponse) GetAttr() *Attr {
 	return nil
 }
 
+func (x *EntryResponse) GetDirAttr() *Attr {
+	if x != nil {
+		return x.DirAttr
+	}
+	return nil
+}
+
 type AttrResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Errno         int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
@@ -915,7 +1042,7 @@ type AttrResponse struct {
 
 func (x *AttrResponse) Reset() {
 	*x = AttrResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[9]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -927,7 +1054,7 @@ func (x *AttrResponse) String() string {
 func (*AttrResponse) ProtoMessage() {}
 
 func (x *AttrResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[9]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -940,7 +1067,7 @@ func (x *AttrResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttrResponse.ProtoReflect.Descriptor instead.
 func (*AttrResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{9}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AttrResponse) GetErrno() int32 {
@@ -970,7 +1097,7 @@ type LookupRequest struct {
 
 func (x *LookupRequest) Reset() {
 	*x = LookupRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[10]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -982,7 +1109,7 @@ func (x *LookupRequest) String() string {
 func (*LookupRequest) ProtoMessage() {}
 
 func (x *LookupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[10]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -995,7 +1122,7 @@ func (x *LookupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupRequest.ProtoReflect.Descriptor instead.
 func (*LookupRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{10}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LookupRequest) GetMount() uint64 {
@@ -1040,7 +1167,7 @@ type GetattrRequest struct {
 
 func (x *GetattrRequest) Reset() {
 	*x = GetattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[11]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1179,7 @@ func (x *GetattrRequest) String() string {
 func (*GetattrRequest) ProtoMessage() {}
 
 func (x *GetattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[11]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1192,7 @@ func (x *GetattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetattrRequest.ProtoReflect.Descriptor instead.
 func (*GetattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{11}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetattrRequest) GetMount() uint64 {
@@ -1119,7 +1246,7 @@ type SetattrRequest struct {
 
 func (x *SetattrRequest) Reset() {
 	*x = SetattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[12]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1131,7 +1258,7 @@ func (x *SetattrRequest) String() string {
 func (*SetattrRequest) ProtoMessage() {}
 
 func (x *SetattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[12]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1144,7 +1271,7 @@ func (x *SetattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetattrRequest.ProtoReflect.Descriptor instead.
 func (*SetattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{12}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetattrRequest) GetMount() uint64 {
@@ -1249,7 +1376,7 @@ type ReadlinkRequest struct {
 
 func (x *ReadlinkRequest) Reset() {
 	*x = ReadlinkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[13]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1388,7 @@ func (x *ReadlinkRequest) String() string {
 func (*ReadlinkRequest) ProtoMessage() {}
 
 func (x *ReadlinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[13]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1401,7 @@ func (x *ReadlinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadlinkRequest.ProtoReflect.Descriptor instead.
 func (*ReadlinkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{13}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ReadlinkRequest) GetMount() uint64 {
@@ -1308,7 +1435,7 @@ type ReadlinkResponse struct {
 
 func (x *ReadlinkResponse) Reset() {
 	*x = ReadlinkResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[14]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1320,7 +1447,7 @@ func (x *ReadlinkResponse) String() string {
 func (*ReadlinkResponse) ProtoMessage() {}
 
 func (x *ReadlinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[14]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1333,7 +1460,7 @@ func (x *ReadlinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadlinkResponse.ProtoReflect.Descriptor instead.
 func (*ReadlinkResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{14}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ReadlinkResponse) GetErrno() int32 {
@@ -1365,7 +1492,7 @@ type SymlinkRequest struct {
 
 func (x *SymlinkRequest) Reset() {
 	*x = SymlinkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[15]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1377,7 +1504,7 @@ func (x *SymlinkRequest) String() string {
 func (*SymlinkRequest) ProtoMessage() {}
 
 func (x *SymlinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[15]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1390,7 +1517,7 @@ func (x *SymlinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SymlinkRequest.ProtoReflect.Descriptor instead.
 func (*SymlinkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{15}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SymlinkRequest) GetMount() uint64 {
@@ -1445,7 +1572,7 @@ type MknodRequest struct {
 
 func (x *MknodRequest) Reset() {
 	*x = MknodRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[16]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1584,7 @@ func (x *MknodRequest) String() string {
 func (*MknodRequest) ProtoMessage() {}
 
 func (x *MknodRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[16]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1597,7 @@ func (x *MknodRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MknodRequest.ProtoReflect.Descriptor instead.
 func (*MknodRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{16}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *MknodRequest) GetMount() uint64 {
@@ -1536,7 +1663,7 @@ type MkdirRequest struct {
 
 func (x *MkdirRequest) Reset() {
 	*x = MkdirRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[17]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1548,7 +1675,7 @@ func (x *MkdirRequest) String() string {
 func (*MkdirRequest) ProtoMessage() {}
 
 func (x *MkdirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[17]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1561,7 +1688,7 @@ func (x *MkdirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MkdirRequest.ProtoReflect.Descriptor instead.
 func (*MkdirRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{17}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MkdirRequest) GetMount() uint64 {
@@ -1618,7 +1745,7 @@ type UnlinkRequest struct {
 
 func (x *UnlinkRequest) Reset() {
 	*x = UnlinkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[18]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1630,7 +1757,7 @@ func (x *UnlinkRequest) String() string {
 func (*UnlinkRequest) ProtoMessage() {}
 
 func (x *UnlinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[18]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1643,7 +1770,7 @@ func (x *UnlinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlinkRequest.ProtoReflect.Descriptor instead.
 func (*UnlinkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{18}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UnlinkRequest) GetMount() uint64 {
@@ -1686,7 +1813,7 @@ type RmdirRequest struct {
 
 func (x *RmdirRequest) Reset() {
 	*x = RmdirRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[19]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +1825,7 @@ func (x *RmdirRequest) String() string {
 func (*RmdirRequest) ProtoMessage() {}
 
 func (x *RmdirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[19]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +1838,7 @@ func (x *RmdirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RmdirRequest.ProtoReflect.Descriptor instead.
 func (*RmdirRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{19}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RmdirRequest) GetMount() uint64 {
@@ -1758,7 +1885,7 @@ type RenameRequest struct {
 
 func (x *RenameRequest) Reset() {
 	*x = RenameRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[20]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1770,7 +1897,7 @@ func (x *RenameRequest) String() string {
 func (*RenameRequest) ProtoMessage() {}
 
 func (x *RenameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[20]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1783,7 +1910,7 @@ func (x *RenameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenameRequest.ProtoReflect.Descriptor instead.
 func (*RenameRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{20}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RenameRequest) GetMount() uint64 {
@@ -1849,7 +1976,7 @@ type LinkRequest struct {
 
 func (x *LinkRequest) Reset() {
 	*x = LinkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[21]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1861,7 +1988,7 @@ func (x *LinkRequest) String() string {
 func (*LinkRequest) ProtoMessage() {}
 
 func (x *LinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[21]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1874,7 +2001,7 @@ func (x *LinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkRequest.ProtoReflect.Descriptor instead.
 func (*LinkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{21}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *LinkRequest) GetMount() uint64 {
@@ -1929,7 +2056,7 @@ type OpenRequest struct {
 
 func (x *OpenRequest) Reset() {
 	*x = OpenRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[22]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1941,7 +2068,7 @@ func (x *OpenRequest) String() string {
 func (*OpenRequest) ProtoMessage() {}
 
 func (x *OpenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[22]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1954,7 +2081,7 @@ func (x *OpenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenRequest.ProtoReflect.Descriptor instead.
 func (*OpenRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{22}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *OpenRequest) GetMount() uint64 {
@@ -2007,7 +2134,7 @@ type OpenResponse struct {
 
 func (x *OpenResponse) Reset() {
 	*x = OpenResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[23]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +2146,7 @@ func (x *OpenResponse) String() string {
 func (*OpenResponse) ProtoMessage() {}
 
 func (x *OpenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[23]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +2159,7 @@ func (x *OpenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenResponse.ProtoReflect.Descriptor instead.
 func (*OpenResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{23}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *OpenResponse) GetErrno() int32 {
@@ -2085,7 +2212,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[24]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2097,7 +2224,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[24]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2110,7 +2237,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{24}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CreateRequest) GetMount() uint64 {
@@ -2163,17 +2290,19 @@ func (x *CreateRequest) GetUmask() uint32 {
 }
 
 type CreateResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Errno         int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
-	Handle        uint64                 `protobuf:"varint,2,opt,name=handle,proto3" json:"handle,omitempty"`
-	Attr          *Attr                  `protobuf:"bytes,3,opt,name=attr,proto3" json:"attr,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Errno  int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
+	Handle uint64                 `protobuf:"varint,2,opt,name=handle,proto3" json:"handle,omitempty"`
+	Attr   *Attr                  `protobuf:"bytes,3,opt,name=attr,proto3" json:"attr,omitempty"`
+	// The directory's attributes after the change (see ErrnoResponse.dir_attr).
+	DirAttr       *Attr `protobuf:"bytes,4,opt,name=dir_attr,json=dirAttr,proto3" json:"dir_attr,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateResponse) Reset() {
 	*x = CreateResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[25]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2185,7 +2314,7 @@ func (x *CreateResponse) String() string {
 func (*CreateResponse) ProtoMessage() {}
 
 func (x *CreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[25]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2198,7 +2327,7 @@ func (x *CreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateResponse.ProtoReflect.Descriptor instead.
 func (*CreateResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{25}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CreateResponse) GetErrno() int32 {
@@ -2222,6 +2351,13 @@ func (x *CreateResponse) GetAttr() *Attr {
 	return nil
 }
 
+func (x *CreateResponse) GetDirAttr() *Attr {
+	if x != nil {
+		return x.DirAttr
+	}
+	return nil
+}
+
 type ReadRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Handle uint64                 `protobuf:"varint,1,opt,name=handle,proto3" json:"handle,omitempty"`
@@ -2234,7 +2370,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[26]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2382,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[26]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2395,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{26}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadRequest) GetHandle() uint64 {
@@ -2294,7 +2430,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[27]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2306,7 +2442,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[27]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2319,7 +2455,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{27}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ReadResponse) GetErrno() int32 {
@@ -2347,7 +2483,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[28]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2359,7 +2495,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[28]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2372,7 +2508,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{28}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *WriteRequest) GetHandle() uint64 {
@@ -2406,7 +2542,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[29]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2554,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[29]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2567,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{29}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WriteResponse) GetErrno() int32 {
@@ -2457,7 +2593,7 @@ type FlushRequest struct {
 
 func (x *FlushRequest) Reset() {
 	*x = FlushRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[30]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2469,7 +2605,7 @@ func (x *FlushRequest) String() string {
 func (*FlushRequest) ProtoMessage() {}
 
 func (x *FlushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[30]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2482,7 +2618,7 @@ func (x *FlushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRequest.ProtoReflect.Descriptor instead.
 func (*FlushRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{30}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *FlushRequest) GetHandle() uint64 {
@@ -2503,7 +2639,7 @@ type FsyncRequest struct {
 
 func (x *FsyncRequest) Reset() {
 	*x = FsyncRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[31]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2515,7 +2651,7 @@ func (x *FsyncRequest) String() string {
 func (*FsyncRequest) ProtoMessage() {}
 
 func (x *FsyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[31]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2528,7 +2664,7 @@ func (x *FsyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsyncRequest.ProtoReflect.Descriptor instead.
 func (*FsyncRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{31}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FsyncRequest) GetHandle() uint64 {
@@ -2554,7 +2690,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[32]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2566,7 +2702,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[32]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2579,7 +2715,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{32}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReleaseRequest) GetHandle() uint64 {
@@ -2604,7 +2740,7 @@ type ReaddirRequest struct {
 
 func (x *ReaddirRequest) Reset() {
 	*x = ReaddirRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[33]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2616,7 +2752,7 @@ func (x *ReaddirRequest) String() string {
 func (*ReaddirRequest) ProtoMessage() {}
 
 func (x *ReaddirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[33]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2629,7 +2765,7 @@ func (x *ReaddirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReaddirRequest.ProtoReflect.Descriptor instead.
 func (*ReaddirRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{33}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReaddirRequest) GetHandle() uint64 {
@@ -2676,7 +2812,7 @@ type DirEntry struct {
 
 func (x *DirEntry) Reset() {
 	*x = DirEntry{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[34]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2688,7 +2824,7 @@ func (x *DirEntry) String() string {
 func (*DirEntry) ProtoMessage() {}
 
 func (x *DirEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[34]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2701,7 +2837,7 @@ func (x *DirEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirEntry.ProtoReflect.Descriptor instead.
 func (*DirEntry) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{34}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *DirEntry) GetName() []byte {
@@ -2751,7 +2887,7 @@ type ReaddirResponse struct {
 
 func (x *ReaddirResponse) Reset() {
 	*x = ReaddirResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[35]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2763,7 +2899,7 @@ func (x *ReaddirResponse) String() string {
 func (*ReaddirResponse) ProtoMessage() {}
 
 func (x *ReaddirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[35]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2776,7 +2912,7 @@ func (x *ReaddirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReaddirResponse.ProtoReflect.Descriptor instead.
 func (*ReaddirResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{35}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReaddirResponse) GetErrno() int32 {
@@ -2811,7 +2947,7 @@ type StatfsRequest struct {
 
 func (x *StatfsRequest) Reset() {
 	*x = StatfsRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[36]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2823,7 +2959,7 @@ func (x *StatfsRequest) String() string {
 func (*StatfsRequest) ProtoMessage() {}
 
 func (x *StatfsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[36]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2836,7 +2972,7 @@ func (x *StatfsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatfsRequest.ProtoReflect.Descriptor instead.
 func (*StatfsRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{36}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StatfsRequest) GetMount() uint64 {
@@ -2877,7 +3013,7 @@ type StatfsResponse struct {
 
 func (x *StatfsResponse) Reset() {
 	*x = StatfsResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[37]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2889,7 +3025,7 @@ func (x *StatfsResponse) String() string {
 func (*StatfsResponse) ProtoMessage() {}
 
 func (x *StatfsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[37]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2902,7 +3038,7 @@ func (x *StatfsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatfsResponse.ProtoReflect.Descriptor instead.
 func (*StatfsResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{37}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *StatfsResponse) GetErrno() int32 {
@@ -2982,7 +3118,7 @@ type GetxattrRequest struct {
 
 func (x *GetxattrRequest) Reset() {
 	*x = GetxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[38]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2994,7 +3130,7 @@ func (x *GetxattrRequest) String() string {
 func (*GetxattrRequest) ProtoMessage() {}
 
 func (x *GetxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[38]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3007,7 +3143,7 @@ func (x *GetxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetxattrRequest.ProtoReflect.Descriptor instead.
 func (*GetxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{38}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetxattrRequest) GetMount() uint64 {
@@ -3057,7 +3193,7 @@ type GetxattrResponse struct {
 
 func (x *GetxattrResponse) Reset() {
 	*x = GetxattrResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[39]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3069,7 +3205,7 @@ func (x *GetxattrResponse) String() string {
 func (*GetxattrResponse) ProtoMessage() {}
 
 func (x *GetxattrResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[39]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3082,7 +3218,7 @@ func (x *GetxattrResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetxattrResponse.ProtoReflect.Descriptor instead.
 func (*GetxattrResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{39}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetxattrResponse) GetErrno() int32 {
@@ -3121,7 +3257,7 @@ type SetxattrRequest struct {
 
 func (x *SetxattrRequest) Reset() {
 	*x = SetxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3133,7 +3269,7 @@ func (x *SetxattrRequest) String() string {
 func (*SetxattrRequest) ProtoMessage() {}
 
 func (x *SetxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3146,7 +3282,7 @@ func (x *SetxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetxattrRequest.ProtoReflect.Descriptor instead.
 func (*SetxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{40}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SetxattrRequest) GetMount() uint64 {
@@ -3204,7 +3340,7 @@ type ListxattrRequest struct {
 
 func (x *ListxattrRequest) Reset() {
 	*x = ListxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3216,7 +3352,7 @@ func (x *ListxattrRequest) String() string {
 func (*ListxattrRequest) ProtoMessage() {}
 
 func (x *ListxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3229,7 +3365,7 @@ func (x *ListxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListxattrRequest.ProtoReflect.Descriptor instead.
 func (*ListxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{41}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListxattrRequest) GetMount() uint64 {
@@ -3272,7 +3408,7 @@ type ListxattrResponse struct {
 
 func (x *ListxattrResponse) Reset() {
 	*x = ListxattrResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3284,7 +3420,7 @@ func (x *ListxattrResponse) String() string {
 func (*ListxattrResponse) ProtoMessage() {}
 
 func (x *ListxattrResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3297,7 +3433,7 @@ func (x *ListxattrResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListxattrResponse.ProtoReflect.Descriptor instead.
 func (*ListxattrResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{42}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListxattrResponse) GetErrno() int32 {
@@ -3333,7 +3469,7 @@ type RemovexattrRequest struct {
 
 func (x *RemovexattrRequest) Reset() {
 	*x = RemovexattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3345,7 +3481,7 @@ func (x *RemovexattrRequest) String() string {
 func (*RemovexattrRequest) ProtoMessage() {}
 
 func (x *RemovexattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3358,7 +3494,7 @@ func (x *RemovexattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovexattrRequest.ProtoReflect.Descriptor instead.
 func (*RemovexattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{43}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RemovexattrRequest) GetMount() uint64 {
@@ -3401,7 +3537,7 @@ type FallocateRequest struct {
 
 func (x *FallocateRequest) Reset() {
 	*x = FallocateRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3413,7 +3549,7 @@ func (x *FallocateRequest) String() string {
 func (*FallocateRequest) ProtoMessage() {}
 
 func (x *FallocateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3426,7 +3562,7 @@ func (x *FallocateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FallocateRequest.ProtoReflect.Descriptor instead.
 func (*FallocateRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{44}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *FallocateRequest) GetHandle() uint64 {
@@ -3469,7 +3605,7 @@ type LseekRequest struct {
 
 func (x *LseekRequest) Reset() {
 	*x = LseekRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3481,7 +3617,7 @@ func (x *LseekRequest) String() string {
 func (*LseekRequest) ProtoMessage() {}
 
 func (x *LseekRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3494,7 +3630,7 @@ func (x *LseekRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LseekRequest.ProtoReflect.Descriptor instead.
 func (*LseekRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{45}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *LseekRequest) GetHandle() uint64 {
@@ -3528,7 +3664,7 @@ type LseekResponse struct {
 
 func (x *LseekResponse) Reset() {
 	*x = LseekResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3540,7 +3676,7 @@ func (x *LseekResponse) String() string {
 func (*LseekResponse) ProtoMessage() {}
 
 func (x *LseekResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3553,7 +3689,7 @@ func (x *LseekResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LseekResponse.ProtoReflect.Descriptor instead.
 func (*LseekResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{46}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *LseekResponse) GetErrno() int32 {
@@ -3584,7 +3720,7 @@ type CopyFileRangeRequest struct {
 
 func (x *CopyFileRangeRequest) Reset() {
 	*x = CopyFileRangeRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3596,7 +3732,7 @@ func (x *CopyFileRangeRequest) String() string {
 func (*CopyFileRangeRequest) ProtoMessage() {}
 
 func (x *CopyFileRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3609,7 +3745,7 @@ func (x *CopyFileRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyFileRangeRequest.ProtoReflect.Descriptor instead.
 func (*CopyFileRangeRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{47}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CopyFileRangeRequest) GetHandleIn() uint64 {
@@ -3664,7 +3800,7 @@ type CopyFileRangeResponse struct {
 
 func (x *CopyFileRangeResponse) Reset() {
 	*x = CopyFileRangeResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3676,7 +3812,7 @@ func (x *CopyFileRangeResponse) String() string {
 func (*CopyFileRangeResponse) ProtoMessage() {}
 
 func (x *CopyFileRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3689,7 +3825,7 @@ func (x *CopyFileRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyFileRangeResponse.ProtoReflect.Descriptor instead.
 func (*CopyFileRangeResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{48}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *CopyFileRangeResponse) GetErrno() int32 {
@@ -3721,7 +3857,7 @@ type Lock struct {
 
 func (x *Lock) Reset() {
 	*x = Lock{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3733,7 +3869,7 @@ func (x *Lock) String() string {
 func (*Lock) ProtoMessage() {}
 
 func (x *Lock) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3746,7 +3882,7 @@ func (x *Lock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lock.ProtoReflect.Descriptor instead.
 func (*Lock) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{49}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *Lock) GetStart() uint64 {
@@ -3789,7 +3925,7 @@ type GetlkRequest struct {
 
 func (x *GetlkRequest) Reset() {
 	*x = GetlkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3801,7 +3937,7 @@ func (x *GetlkRequest) String() string {
 func (*GetlkRequest) ProtoMessage() {}
 
 func (x *GetlkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3814,7 +3950,7 @@ func (x *GetlkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetlkRequest.ProtoReflect.Descriptor instead.
 func (*GetlkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{50}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *GetlkRequest) GetHandle() uint64 {
@@ -3849,7 +3985,7 @@ type GetlkResponse struct {
 
 func (x *GetlkResponse) Reset() {
 	*x = GetlkResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3861,7 +3997,7 @@ func (x *GetlkResponse) String() string {
 func (*GetlkResponse) ProtoMessage() {}
 
 func (x *GetlkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3874,7 +4010,7 @@ func (x *GetlkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetlkResponse.ProtoReflect.Descriptor instead.
 func (*GetlkResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{51}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *GetlkResponse) GetErrno() int32 {
@@ -3906,7 +4042,7 @@ type SetlkRequest struct {
 
 func (x *SetlkRequest) Reset() {
 	*x = SetlkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3918,7 +4054,7 @@ func (x *SetlkRequest) String() string {
 func (*SetlkRequest) ProtoMessage() {}
 
 func (x *SetlkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3931,7 +4067,7 @@ func (x *SetlkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetlkRequest.ProtoReflect.Descriptor instead.
 func (*SetlkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{52}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SetlkRequest) GetHandle() uint64 {
@@ -3985,7 +4121,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3997,7 +4133,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4010,7 +4146,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{53}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ExecRequest) GetMsg() isExecRequest_Msg {
@@ -4126,7 +4262,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4138,7 +4274,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4151,7 +4287,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{54}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ExecStart) GetBinary() []byte {
@@ -4222,7 +4358,7 @@ type WindowSize struct {
 
 func (x *WindowSize) Reset() {
 	*x = WindowSize{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4234,7 +4370,7 @@ func (x *WindowSize) String() string {
 func (*WindowSize) ProtoMessage() {}
 
 func (x *WindowSize) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4247,7 +4383,7 @@ func (x *WindowSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
 func (*WindowSize) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{55}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *WindowSize) GetRows() uint32 {
@@ -4295,7 +4431,7 @@ type ExecFile struct {
 
 func (x *ExecFile) Reset() {
 	*x = ExecFile{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4307,7 +4443,7 @@ func (x *ExecFile) String() string {
 func (*ExecFile) ProtoMessage() {}
 
 func (x *ExecFile) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4320,7 +4456,7 @@ func (x *ExecFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecFile.ProtoReflect.Descriptor instead.
 func (*ExecFile) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{56}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ExecFile) GetFd() uint32 {
@@ -4366,7 +4502,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4378,7 +4514,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4391,7 +4527,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{57}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ExecResponse) GetMsg() isExecResponse_Msg {
@@ -4477,7 +4613,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4489,7 +4625,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4502,7 +4638,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{58}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *ExecStarted) GetPid() uint32 {
@@ -4534,7 +4670,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4546,7 +4682,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4559,7 +4695,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{59}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ExecExit) GetCode() int32 {
@@ -4597,7 +4733,7 @@ type SocketRequest struct {
 
 func (x *SocketRequest) Reset() {
 	*x = SocketRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4609,7 +4745,7 @@ func (x *SocketRequest) String() string {
 func (*SocketRequest) ProtoMessage() {}
 
 func (x *SocketRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4622,7 +4758,7 @@ func (x *SocketRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketRequest.ProtoReflect.Descriptor instead.
 func (*SocketRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{60}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *SocketRequest) GetMsg() isSocketRequest_Msg {
@@ -4695,7 +4831,7 @@ type SocketOpen struct {
 
 func (x *SocketOpen) Reset() {
 	*x = SocketOpen{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4707,7 +4843,7 @@ func (x *SocketOpen) String() string {
 func (*SocketOpen) ProtoMessage() {}
 
 func (x *SocketOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4720,7 +4856,7 @@ func (x *SocketOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketOpen.ProtoReflect.Descriptor instead.
 func (*SocketOpen) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{61}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *SocketOpen) GetPath() []byte {
@@ -4745,7 +4881,7 @@ type SocketResponse struct {
 
 func (x *SocketResponse) Reset() {
 	*x = SocketResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4757,7 +4893,7 @@ func (x *SocketResponse) String() string {
 func (*SocketResponse) ProtoMessage() {}
 
 func (x *SocketResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4770,7 +4906,7 @@ func (x *SocketResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketResponse.ProtoReflect.Descriptor instead.
 func (*SocketResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{62}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *SocketResponse) GetMsg() isSocketResponse_Msg {
@@ -4858,7 +4994,7 @@ type SocketConnected struct {
 
 func (x *SocketConnected) Reset() {
 	*x = SocketConnected{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4870,7 +5006,7 @@ func (x *SocketConnected) String() string {
 func (*SocketConnected) ProtoMessage() {}
 
 func (x *SocketConnected) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4883,7 +5019,7 @@ func (x *SocketConnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketConnected.ProtoReflect.Descriptor instead.
 func (*SocketConnected) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{63}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *SocketConnected) GetPath() []byte {
@@ -4907,7 +5043,7 @@ type SocketError struct {
 
 func (x *SocketError) Reset() {
 	*x = SocketError{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4919,7 +5055,7 @@ func (x *SocketError) String() string {
 func (*SocketError) ProtoMessage() {}
 
 func (x *SocketError) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4932,7 +5068,7 @@ func (x *SocketError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketError.ProtoReflect.Descriptor instead.
 func (*SocketError) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{64}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *SocketError) GetErrno() int32 {
@@ -4957,7 +5093,7 @@ type SocketListRequest struct {
 
 func (x *SocketListRequest) Reset() {
 	*x = SocketListRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4969,7 +5105,7 @@ func (x *SocketListRequest) String() string {
 func (*SocketListRequest) ProtoMessage() {}
 
 func (x *SocketListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4982,7 +5118,7 @@ func (x *SocketListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketListRequest.ProtoReflect.Descriptor instead.
 func (*SocketListRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{65}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{66}
 }
 
 type SocketListResponse struct {
@@ -4995,7 +5131,7 @@ type SocketListResponse struct {
 
 func (x *SocketListResponse) Reset() {
 	*x = SocketListResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5007,7 +5143,7 @@ func (x *SocketListResponse) String() string {
 func (*SocketListResponse) ProtoMessage() {}
 
 func (x *SocketListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5020,7 +5156,7 @@ func (x *SocketListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketListResponse.ProtoReflect.Descriptor instead.
 func (*SocketListResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{66}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *SocketListResponse) GetPaths() [][]byte {
@@ -5034,7 +5170,16 @@ var File_qtfs_v1_qtfs_proto protoreflect.FileDescriptor
 
 const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\n" +
-	"\x12qtfs/v1/qtfs.proto\x12\aqtfs.v1\"\x83\x01\n" +
+	"\x12qtfs/v1/qtfs.proto\x12\aqtfs.v1\"\xac\x01\n" +
+	"\tCallFrame\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
+	"\x04body\x18\x03 \x01(\fR\x04body\x12\x1d\n" +
+	"\n" +
+	"timeout_ns\x18\x04 \x01(\x04R\ttimeoutNs\x12\x16\n" +
+	"\x06cancel\x18\x05 \x01(\bR\x06cancel\x12\x12\n" +
+	"\x04code\x18\x06 \x01(\rR\x04code\x12\x18\n" +
+	"\amessage\x18\a \x01(\tR\amessage\"\x83\x01\n" +
 	"\x10HandshakeRequest\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x16\n" +
 	"\x06client\x18\x02 \x01(\tR\x06client\x12,\n" +
@@ -5084,12 +5229,14 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"mtime_nsec\x18\x0e \x01(\rR\tmtimeNsec\x12\x1b\n" +
 	"\tctime_sec\x18\x0f \x01(\x03R\bctimeSec\x12\x1d\n" +
 	"\n" +
-	"ctime_nsec\x18\x10 \x01(\rR\tctimeNsec\"%\n" +
+	"ctime_nsec\x18\x10 \x01(\rR\tctimeNsec\"O\n" +
 	"\rErrnoResponse\x12\x14\n" +
-	"\x05errno\x18\x01 \x01(\x05R\x05errno\"H\n" +
+	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12(\n" +
+	"\bdir_attr\x18\x02 \x01(\v2\r.qtfs.v1.AttrR\adirAttr\"r\n" +
 	"\rEntryResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12!\n" +
-	"\x04attr\x18\x02 \x01(\v2\r.qtfs.v1.AttrR\x04attr\"G\n" +
+	"\x04attr\x18\x02 \x01(\v2\r.qtfs.v1.AttrR\x04attr\x12(\n" +
+	"\bdir_attr\x18\x03 \x01(\v2\r.qtfs.v1.AttrR\adirAttr\"G\n" +
 	"\fAttrResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12!\n" +
 	"\x04attr\x18\x02 \x01(\v2\r.qtfs.v1.AttrR\x04attr\"v\n" +
@@ -5194,11 +5341,12 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x04name\x18\x04 \x01(\fR\x04name\x12\x14\n" +
 	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x12\n" +
 	"\x04mode\x18\x06 \x01(\rR\x04mode\x12\x14\n" +
-	"\x05umask\x18\a \x01(\rR\x05umask\"a\n" +
+	"\x05umask\x18\a \x01(\rR\x05umask\"\x8b\x01\n" +
 	"\x0eCreateResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12!\n" +
-	"\x04attr\x18\x03 \x01(\v2\r.qtfs.v1.AttrR\x04attr\"Q\n" +
+	"\x04attr\x18\x03 \x01(\v2\r.qtfs.v1.AttrR\x04attr\x12(\n" +
+	"\bdir_attr\x18\x04 \x01(\v2\r.qtfs.v1.AttrR\adirAttr\"Q\n" +
 	"\vReadRequest\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\x04R\x06handle\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
@@ -5386,12 +5534,13 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x13\n" +
 	"\x11SocketListRequest\"*\n" +
 	"\x12SocketListResponse\x12\x14\n" +
-	"\x05paths\x18\x01 \x03(\fR\x05paths*m\n" +
+	"\x05paths\x18\x01 \x03(\fR\x05paths*\x86\x01\n" +
 	"\aFeature\x12\x17\n" +
 	"\x13FEATURE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18FEATURE_OPEN_READ_INLINE\x10\x01\x12\x18\n" +
 	"\x14FEATURE_READDIR_PLUS\x10\x02\x12\x11\n" +
-	"\rFEATURE_LOCKS\x10\x03*\x84\x01\n" +
+	"\rFEATURE_LOCKS\x10\x03\x12\x17\n" +
+	"\x13FEATURE_CALL_STREAM\x10\x04*\x84\x01\n" +
 	"\x06FsKind\x12\x17\n" +
 	"\x13FS_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
 	"\x0fFS_KIND_REGULAR\x10\x01\x12\x10\n" +
@@ -5408,7 +5557,7 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x13SETATTR_VALID_ATIME\x10\x10\x12\x17\n" +
 	"\x13SETATTR_VALID_MTIME\x10 \x12\x1b\n" +
 	"\x17SETATTR_VALID_ATIME_NOW\x10@\x12\x1c\n" +
-	"\x17SETATTR_VALID_MTIME_NOW\x10\x80\x012\xc8\x0e\n" +
+	"\x17SETATTR_VALID_MTIME_NOW\x10\x80\x012\xfd\x0e\n" +
 	"\n" +
 	"FileSystem\x12B\n" +
 	"\tHandshake\x12\x19.qtfs.v1.HandshakeRequest\x1a\x1a.qtfs.v1.HandshakeResponse\x126\n" +
@@ -5441,7 +5590,8 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x05Lseek\x12\x15.qtfs.v1.LseekRequest\x1a\x16.qtfs.v1.LseekResponse\x12N\n" +
 	"\rCopyFileRange\x12\x1d.qtfs.v1.CopyFileRangeRequest\x1a\x1e.qtfs.v1.CopyFileRangeResponse\x126\n" +
 	"\x05Getlk\x12\x15.qtfs.v1.GetlkRequest\x1a\x16.qtfs.v1.GetlkResponse\x126\n" +
-	"\x05Setlk\x12\x15.qtfs.v1.SetlkRequest\x1a\x16.qtfs.v1.ErrnoResponse2>\n" +
+	"\x05Setlk\x12\x15.qtfs.v1.SetlkRequest\x1a\x16.qtfs.v1.ErrnoResponse\x123\n" +
+	"\x05Calls\x12\x12.qtfs.v1.CallFrame\x1a\x12.qtfs.v1.CallFrame(\x010\x012>\n" +
 	"\x04Exec\x126\n" +
 	"\x03Run\x12\x14.qtfs.v1.ExecRequest\x1a\x15.qtfs.v1.ExecResponse(\x010\x012\x8e\x01\n" +
 	"\vSocketProxy\x12>\n" +
@@ -5461,196 +5611,202 @@ func file_qtfs_v1_qtfs_proto_rawDescGZIP() []byte {
 }
 
 var file_qtfs_v1_qtfs_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 67)
+var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 68)
 var file_qtfs_v1_qtfs_proto_goTypes = []any{
 	(Feature)(0),                  // 0: qtfs.v1.Feature
 	(FsKind)(0),                   // 1: qtfs.v1.FsKind
 	(SetattrValid)(0),             // 2: qtfs.v1.SetattrValid
-	(*HandshakeRequest)(nil),      // 3: qtfs.v1.HandshakeRequest
-	(*HandshakeResponse)(nil),     // 4: qtfs.v1.HandshakeResponse
-	(*ExportInfo)(nil),            // 5: qtfs.v1.ExportInfo
-	(*MountRequest)(nil),          // 6: qtfs.v1.MountRequest
-	(*MountResponse)(nil),         // 7: qtfs.v1.MountResponse
-	(*Caller)(nil),                // 8: qtfs.v1.Caller
-	(*Attr)(nil),                  // 9: qtfs.v1.Attr
-	(*ErrnoResponse)(nil),         // 10: qtfs.v1.ErrnoResponse
-	(*EntryResponse)(nil),         // 11: qtfs.v1.EntryResponse
-	(*AttrResponse)(nil),          // 12: qtfs.v1.AttrResponse
-	(*LookupRequest)(nil),         // 13: qtfs.v1.LookupRequest
-	(*GetattrRequest)(nil),        // 14: qtfs.v1.GetattrRequest
-	(*SetattrRequest)(nil),        // 15: qtfs.v1.SetattrRequest
-	(*ReadlinkRequest)(nil),       // 16: qtfs.v1.ReadlinkRequest
-	(*ReadlinkResponse)(nil),      // 17: qtfs.v1.ReadlinkResponse
-	(*SymlinkRequest)(nil),        // 18: qtfs.v1.SymlinkRequest
-	(*MknodRequest)(nil),          // 19: qtfs.v1.MknodRequest
-	(*MkdirRequest)(nil),          // 20: qtfs.v1.MkdirRequest
-	(*UnlinkRequest)(nil),         // 21: qtfs.v1.UnlinkRequest
-	(*RmdirRequest)(nil),          // 22: qtfs.v1.RmdirRequest
-	(*RenameRequest)(nil),         // 23: qtfs.v1.RenameRequest
-	(*LinkRequest)(nil),           // 24: qtfs.v1.LinkRequest
-	(*OpenRequest)(nil),           // 25: qtfs.v1.OpenRequest
-	(*OpenResponse)(nil),          // 26: qtfs.v1.OpenResponse
-	(*CreateRequest)(nil),         // 27: qtfs.v1.CreateRequest
-	(*CreateResponse)(nil),        // 28: qtfs.v1.CreateResponse
-	(*ReadRequest)(nil),           // 29: qtfs.v1.ReadRequest
-	(*ReadResponse)(nil),          // 30: qtfs.v1.ReadResponse
-	(*WriteRequest)(nil),          // 31: qtfs.v1.WriteRequest
-	(*WriteResponse)(nil),         // 32: qtfs.v1.WriteResponse
-	(*FlushRequest)(nil),          // 33: qtfs.v1.FlushRequest
-	(*FsyncRequest)(nil),          // 34: qtfs.v1.FsyncRequest
-	(*ReleaseRequest)(nil),        // 35: qtfs.v1.ReleaseRequest
-	(*ReaddirRequest)(nil),        // 36: qtfs.v1.ReaddirRequest
-	(*DirEntry)(nil),              // 37: qtfs.v1.DirEntry
-	(*ReaddirResponse)(nil),       // 38: qtfs.v1.ReaddirResponse
-	(*StatfsRequest)(nil),         // 39: qtfs.v1.StatfsRequest
-	(*StatfsResponse)(nil),        // 40: qtfs.v1.StatfsResponse
-	(*GetxattrRequest)(nil),       // 41: qtfs.v1.GetxattrRequest
-	(*GetxattrResponse)(nil),      // 42: qtfs.v1.GetxattrResponse
-	(*SetxattrRequest)(nil),       // 43: qtfs.v1.SetxattrRequest
-	(*ListxattrRequest)(nil),      // 44: qtfs.v1.ListxattrRequest
-	(*ListxattrResponse)(nil),     // 45: qtfs.v1.ListxattrResponse
-	(*RemovexattrRequest)(nil),    // 46: qtfs.v1.RemovexattrRequest
-	(*FallocateRequest)(nil),      // 47: qtfs.v1.FallocateRequest
-	(*LseekRequest)(nil),          // 48: qtfs.v1.LseekRequest
-	(*LseekResponse)(nil),         // 49: qtfs.v1.LseekResponse
-	(*CopyFileRangeRequest)(nil),  // 50: qtfs.v1.CopyFileRangeRequest
-	(*CopyFileRangeResponse)(nil), // 51: qtfs.v1.CopyFileRangeResponse
-	(*Lock)(nil),                  // 52: qtfs.v1.Lock
-	(*GetlkRequest)(nil),          // 53: qtfs.v1.GetlkRequest
-	(*GetlkResponse)(nil),         // 54: qtfs.v1.GetlkResponse
-	(*SetlkRequest)(nil),          // 55: qtfs.v1.SetlkRequest
-	(*ExecRequest)(nil),           // 56: qtfs.v1.ExecRequest
-	(*ExecStart)(nil),             // 57: qtfs.v1.ExecStart
-	(*WindowSize)(nil),            // 58: qtfs.v1.WindowSize
-	(*ExecFile)(nil),              // 59: qtfs.v1.ExecFile
-	(*ExecResponse)(nil),          // 60: qtfs.v1.ExecResponse
-	(*ExecStarted)(nil),           // 61: qtfs.v1.ExecStarted
-	(*ExecExit)(nil),              // 62: qtfs.v1.ExecExit
-	(*SocketRequest)(nil),         // 63: qtfs.v1.SocketRequest
-	(*SocketOpen)(nil),            // 64: qtfs.v1.SocketOpen
-	(*SocketResponse)(nil),        // 65: qtfs.v1.SocketResponse
-	(*SocketConnected)(nil),       // 66: qtfs.v1.SocketConnected
-	(*SocketError)(nil),           // 67: qtfs.v1.SocketError
-	(*SocketListRequest)(nil),     // 68: qtfs.v1.SocketListRequest
-	(*SocketListResponse)(nil),    // 69: qtfs.v1.SocketListResponse
+	(*CallFrame)(nil),             // 3: qtfs.v1.CallFrame
+	(*HandshakeRequest)(nil),      // 4: qtfs.v1.HandshakeRequest
+	(*HandshakeResponse)(nil),     // 5: qtfs.v1.HandshakeResponse
+	(*ExportInfo)(nil),            // 6: qtfs.v1.ExportInfo
+	(*MountRequest)(nil),          // 7: qtfs.v1.MountRequest
+	(*MountResponse)(nil),         // 8: qtfs.v1.MountResponse
+	(*Caller)(nil),                // 9: qtfs.v1.Caller
+	(*Attr)(nil),                  // 10: qtfs.v1.Attr
+	(*ErrnoResponse)(nil),         // 11: qtfs.v1.ErrnoResponse
+	(*EntryResponse)(nil),         // 12: qtfs.v1.EntryResponse
+	(*AttrResponse)(nil),          // 13: qtfs.v1.AttrResponse
+	(*LookupRequest)(nil),         // 14: qtfs.v1.LookupRequest
+	(*GetattrRequest)(nil),        // 15: qtfs.v1.GetattrRequest
+	(*SetattrRequest)(nil),        // 16: qtfs.v1.SetattrRequest
+	(*ReadlinkRequest)(nil),       // 17: qtfs.v1.ReadlinkRequest
+	(*ReadlinkResponse)(nil),      // 18: qtfs.v1.ReadlinkResponse
+	(*SymlinkRequest)(nil),        // 19: qtfs.v1.SymlinkRequest
+	(*MknodRequest)(nil),          // 20: qtfs.v1.MknodRequest
+	(*MkdirRequest)(nil),          // 21: qtfs.v1.MkdirRequest
+	(*UnlinkRequest)(nil),         // 22: qtfs.v1.UnlinkRequest
+	(*RmdirRequest)(nil),          // 23: qtfs.v1.RmdirRequest
+	(*RenameRequest)(nil),         // 24: qtfs.v1.RenameRequest
+	(*LinkRequest)(nil),           // 25: qtfs.v1.LinkRequest
+	(*OpenRequest)(nil),           // 26: qtfs.v1.OpenRequest
+	(*OpenResponse)(nil),          // 27: qtfs.v1.OpenResponse
+	(*CreateRequest)(nil),         // 28: qtfs.v1.CreateRequest
+	(*CreateResponse)(nil),        // 29: qtfs.v1.CreateResponse
+	(*ReadRequest)(nil),           // 30: qtfs.v1.ReadRequest
+	(*ReadResponse)(nil),          // 31: qtfs.v1.ReadResponse
+	(*WriteRequest)(nil),          // 32: qtfs.v1.WriteRequest
+	(*WriteResponse)(nil),         // 33: qtfs.v1.WriteResponse
+	(*FlushRequest)(nil),          // 34: qtfs.v1.FlushRequest
+	(*FsyncRequest)(nil),          // 35: qtfs.v1.FsyncRequest
+	(*ReleaseRequest)(nil),        // 36: qtfs.v1.ReleaseRequest
+	(*ReaddirRequest)(nil),        // 37: qtfs.v1.ReaddirRequest
+	(*DirEntry)(nil),              // 38: qtfs.v1.DirEntry
+	(*ReaddirResponse)(nil),       // 39: qtfs.v1.ReaddirResponse
+	(*StatfsRequest)(nil),         // 40: qtfs.v1.StatfsRequest
+	(*StatfsResponse)(nil),        // 41: qtfs.v1.StatfsResponse
+	(*GetxattrRequest)(nil),       // 42: qtfs.v1.GetxattrRequest
+	(*GetxattrResponse)(nil),      // 43: qtfs.v1.GetxattrResponse
+	(*SetxattrRequest)(nil),       // 44: qtfs.v1.SetxattrRequest
+	(*ListxattrRequest)(nil),      // 45: qtfs.v1.ListxattrRequest
+	(*ListxattrResponse)(nil),     // 46: qtfs.v1.ListxattrResponse
+	(*RemovexattrRequest)(nil),    // 47: qtfs.v1.RemovexattrRequest
+	(*FallocateRequest)(nil),      // 48: qtfs.v1.FallocateRequest
+	(*LseekRequest)(nil),          // 49: qtfs.v1.LseekRequest
+	(*LseekResponse)(nil),         // 50: qtfs.v1.LseekResponse
+	(*CopyFileRangeRequest)(nil),  // 51: qtfs.v1.CopyFileRangeRequest
+	(*CopyFileRangeResponse)(nil), // 52: qtfs.v1.CopyFileRangeResponse
+	(*Lock)(nil),                  // 53: qtfs.v1.Lock
+	(*GetlkRequest)(nil),          // 54: qtfs.v1.GetlkRequest
+	(*GetlkResponse)(nil),         // 55: qtfs.v1.GetlkResponse
+	(*SetlkRequest)(nil),          // 56: qtfs.v1.SetlkRequest
+	(*ExecRequest)(nil),           // 57: qtfs.v1.ExecRequest
+	(*ExecStart)(nil),             // 58: qtfs.v1.ExecStart
+	(*WindowSize)(nil),            // 59: qtfs.v1.WindowSize
+	(*ExecFile)(nil),              // 60: qtfs.v1.ExecFile
+	(*ExecResponse)(nil),          // 61: qtfs.v1.ExecResponse
+	(*ExecStarted)(nil),           // 62: qtfs.v1.ExecStarted
+	(*ExecExit)(nil),              // 63: qtfs.v1.ExecExit
+	(*SocketRequest)(nil),         // 64: qtfs.v1.SocketRequest
+	(*SocketOpen)(nil),            // 65: qtfs.v1.SocketOpen
+	(*SocketResponse)(nil),        // 66: qtfs.v1.SocketResponse
+	(*SocketConnected)(nil),       // 67: qtfs.v1.SocketConnected
+	(*SocketError)(nil),           // 68: qtfs.v1.SocketError
+	(*SocketListRequest)(nil),     // 69: qtfs.v1.SocketListRequest
+	(*SocketListResponse)(nil),    // 70: qtfs.v1.SocketListResponse
 }
 var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	0,  // 0: qtfs.v1.HandshakeRequest.features:type_name -> qtfs.v1.Feature
 	0,  // 1: qtfs.v1.HandshakeResponse.features:type_name -> qtfs.v1.Feature
-	5,  // 2: qtfs.v1.HandshakeResponse.exports:type_name -> qtfs.v1.ExportInfo
+	6,  // 2: qtfs.v1.HandshakeResponse.exports:type_name -> qtfs.v1.ExportInfo
 	1,  // 3: qtfs.v1.ExportInfo.fs_kind:type_name -> qtfs.v1.FsKind
-	8,  // 4: qtfs.v1.MountRequest.caller:type_name -> qtfs.v1.Caller
-	9,  // 5: qtfs.v1.MountResponse.root:type_name -> qtfs.v1.Attr
+	9,  // 4: qtfs.v1.MountRequest.caller:type_name -> qtfs.v1.Caller
+	10, // 5: qtfs.v1.MountResponse.root:type_name -> qtfs.v1.Attr
 	1,  // 6: qtfs.v1.MountResponse.fs_kind:type_name -> qtfs.v1.FsKind
-	9,  // 7: qtfs.v1.EntryResponse.attr:type_name -> qtfs.v1.Attr
-	9,  // 8: qtfs.v1.AttrResponse.attr:type_name -> qtfs.v1.Attr
-	8,  // 9: qtfs.v1.LookupRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 10: qtfs.v1.GetattrRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 11: qtfs.v1.SetattrRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 12: qtfs.v1.ReadlinkRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 13: qtfs.v1.SymlinkRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 14: qtfs.v1.MknodRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 15: qtfs.v1.MkdirRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 16: qtfs.v1.UnlinkRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 17: qtfs.v1.RmdirRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 18: qtfs.v1.RenameRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 19: qtfs.v1.LinkRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 20: qtfs.v1.OpenRequest.caller:type_name -> qtfs.v1.Caller
-	9,  // 21: qtfs.v1.OpenResponse.attr:type_name -> qtfs.v1.Attr
-	8,  // 22: qtfs.v1.CreateRequest.caller:type_name -> qtfs.v1.Caller
-	9,  // 23: qtfs.v1.CreateResponse.attr:type_name -> qtfs.v1.Attr
-	9,  // 24: qtfs.v1.DirEntry.attr:type_name -> qtfs.v1.Attr
-	37, // 25: qtfs.v1.ReaddirResponse.entries:type_name -> qtfs.v1.DirEntry
-	8,  // 26: qtfs.v1.StatfsRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 27: qtfs.v1.GetxattrRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 28: qtfs.v1.SetxattrRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 29: qtfs.v1.ListxattrRequest.caller:type_name -> qtfs.v1.Caller
-	8,  // 30: qtfs.v1.RemovexattrRequest.caller:type_name -> qtfs.v1.Caller
-	52, // 31: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
-	52, // 32: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
-	52, // 33: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
-	57, // 34: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
-	58, // 35: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
-	58, // 36: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
-	59, // 37: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
-	61, // 38: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
-	62, // 39: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
-	64, // 40: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
-	66, // 41: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
-	67, // 42: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
-	3,  // 43: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
-	6,  // 44: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
-	13, // 45: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
-	14, // 46: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
-	15, // 47: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
-	16, // 48: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
-	18, // 49: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
-	19, // 50: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
-	20, // 51: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
-	21, // 52: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
-	22, // 53: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
-	23, // 54: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
-	24, // 55: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
-	25, // 56: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
-	27, // 57: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
-	29, // 58: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
-	31, // 59: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
-	33, // 60: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
-	34, // 61: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
-	35, // 62: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
-	36, // 63: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
-	39, // 64: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
-	41, // 65: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
-	43, // 66: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
-	44, // 67: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
-	46, // 68: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
-	47, // 69: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
-	48, // 70: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
-	50, // 71: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
-	53, // 72: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
-	55, // 73: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
-	56, // 74: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
-	63, // 75: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
-	68, // 76: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
-	4,  // 77: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
-	7,  // 78: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
-	11, // 79: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
-	12, // 80: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
-	12, // 81: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
-	17, // 82: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
-	11, // 83: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
-	11, // 84: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
-	11, // 85: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
-	10, // 86: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
-	10, // 87: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
-	10, // 88: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
-	11, // 89: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
-	26, // 90: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
-	28, // 91: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
-	30, // 92: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
-	32, // 93: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
-	10, // 94: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
-	10, // 95: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
-	10, // 96: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
-	38, // 97: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
-	40, // 98: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
-	42, // 99: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
-	10, // 100: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
-	45, // 101: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
-	10, // 102: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
-	10, // 103: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
-	49, // 104: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
-	51, // 105: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
-	54, // 106: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
-	10, // 107: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
-	60, // 108: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
-	65, // 109: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
-	69, // 110: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
-	77, // [77:111] is the sub-list for method output_type
-	43, // [43:77] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	10, // 7: qtfs.v1.ErrnoResponse.dir_attr:type_name -> qtfs.v1.Attr
+	10, // 8: qtfs.v1.EntryResponse.attr:type_name -> qtfs.v1.Attr
+	10, // 9: qtfs.v1.EntryResponse.dir_attr:type_name -> qtfs.v1.Attr
+	10, // 10: qtfs.v1.AttrResponse.attr:type_name -> qtfs.v1.Attr
+	9,  // 11: qtfs.v1.LookupRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 12: qtfs.v1.GetattrRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 13: qtfs.v1.SetattrRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 14: qtfs.v1.ReadlinkRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 15: qtfs.v1.SymlinkRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 16: qtfs.v1.MknodRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 17: qtfs.v1.MkdirRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 18: qtfs.v1.UnlinkRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 19: qtfs.v1.RmdirRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 20: qtfs.v1.RenameRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 21: qtfs.v1.LinkRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 22: qtfs.v1.OpenRequest.caller:type_name -> qtfs.v1.Caller
+	10, // 23: qtfs.v1.OpenResponse.attr:type_name -> qtfs.v1.Attr
+	9,  // 24: qtfs.v1.CreateRequest.caller:type_name -> qtfs.v1.Caller
+	10, // 25: qtfs.v1.CreateResponse.attr:type_name -> qtfs.v1.Attr
+	10, // 26: qtfs.v1.CreateResponse.dir_attr:type_name -> qtfs.v1.Attr
+	10, // 27: qtfs.v1.DirEntry.attr:type_name -> qtfs.v1.Attr
+	38, // 28: qtfs.v1.ReaddirResponse.entries:type_name -> qtfs.v1.DirEntry
+	9,  // 29: qtfs.v1.StatfsRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 30: qtfs.v1.GetxattrRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 31: qtfs.v1.SetxattrRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 32: qtfs.v1.ListxattrRequest.caller:type_name -> qtfs.v1.Caller
+	9,  // 33: qtfs.v1.RemovexattrRequest.caller:type_name -> qtfs.v1.Caller
+	53, // 34: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
+	53, // 35: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
+	53, // 36: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
+	58, // 37: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
+	59, // 38: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
+	59, // 39: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
+	60, // 40: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
+	62, // 41: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
+	63, // 42: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
+	65, // 43: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
+	67, // 44: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
+	68, // 45: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
+	4,  // 46: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
+	7,  // 47: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
+	14, // 48: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
+	15, // 49: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
+	16, // 50: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
+	17, // 51: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
+	19, // 52: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
+	20, // 53: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
+	21, // 54: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
+	22, // 55: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
+	23, // 56: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
+	24, // 57: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
+	25, // 58: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
+	26, // 59: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
+	28, // 60: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
+	30, // 61: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
+	32, // 62: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
+	34, // 63: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
+	35, // 64: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
+	36, // 65: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
+	37, // 66: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
+	40, // 67: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
+	42, // 68: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
+	44, // 69: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
+	45, // 70: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
+	47, // 71: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
+	48, // 72: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
+	49, // 73: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
+	51, // 74: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
+	54, // 75: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
+	56, // 76: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
+	3,  // 77: qtfs.v1.FileSystem.Calls:input_type -> qtfs.v1.CallFrame
+	57, // 78: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
+	64, // 79: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
+	69, // 80: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
+	5,  // 81: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
+	8,  // 82: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
+	12, // 83: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
+	13, // 84: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
+	13, // 85: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
+	18, // 86: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
+	12, // 87: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
+	12, // 88: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
+	12, // 89: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
+	11, // 90: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
+	11, // 91: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
+	11, // 92: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
+	12, // 93: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
+	27, // 94: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
+	29, // 95: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
+	31, // 96: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
+	33, // 97: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
+	11, // 98: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
+	11, // 99: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
+	11, // 100: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
+	39, // 101: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
+	41, // 102: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
+	43, // 103: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
+	11, // 104: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
+	46, // 105: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
+	11, // 106: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
+	11, // 107: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
+	50, // 108: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
+	52, // 109: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
+	55, // 110: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
+	11, // 111: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
+	3,  // 112: qtfs.v1.FileSystem.Calls:output_type -> qtfs.v1.CallFrame
+	61, // 113: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
+	66, // 114: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
+	70, // 115: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
+	81, // [81:116] is the sub-list for method output_type
+	46, // [46:81] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_qtfs_v1_qtfs_proto_init() }
@@ -5658,25 +5814,25 @@ func file_qtfs_v1_qtfs_proto_init() {
 	if File_qtfs_v1_qtfs_proto != nil {
 		return
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[53].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[54].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_StdinEof)(nil),
 		(*ExecRequest_Signal)(nil),
 		(*ExecRequest_Resize)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[57].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[58].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[60].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[61].OneofWrappers = []any{
 		(*SocketRequest_Open)(nil),
 		(*SocketRequest_Data)(nil),
 		(*SocketRequest_CloseWrite)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[62].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[63].OneofWrappers = []any{
 		(*SocketResponse_Connected)(nil),
 		(*SocketResponse_Data)(nil),
 		(*SocketResponse_CloseWrite)(nil),
@@ -5688,7 +5844,7 @@ func file_qtfs_v1_qtfs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qtfs_v1_qtfs_proto_rawDesc), len(file_qtfs_v1_qtfs_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   67,
+			NumMessages:   68,
 			NumExtensions: 0,
 			NumServices:   3,
 		},

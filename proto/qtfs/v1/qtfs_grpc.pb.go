@@ -75,6 +75,7 @@ const (
 	FileSystem_CopyFileRange_FullMethodName = "/qtfs.v1.FileSystem/CopyFileRange"
 	FileSystem_Getlk_FullMethodName         = "/qtfs.v1.FileSystem/Getlk"
 	FileSystem_Setlk_FullMethodName         = "/qtfs.v1.FileSystem/Setlk"
+	FileSystem_Calls_FullMethodName         = "/qtfs.v1.FileSystem/Calls"
 )
 
 // FileSystemClient is the client API for FileSystem service.
@@ -149,6 +150,15 @@ type FileSystemClient interface {
 	// Setlk takes or releases a POSIX record lock or a flock(2) lock; with
 	// wait set it blocks until the lock is taken or the call is cancelled.
 	Setlk(ctx context.Context, in *SetlkRequest, opts ...grpc.CallOption) (*ErrnoResponse, error)
+	// Calls carries the calls above over one long-lived stream of the session's
+	// connection (FEATURE_CALL_STREAM): each CallFrame the client sends is one
+	// request; the server answers each with one CallFrame of the same id, in
+	// any order, running them concurrently. It spares every call the cost of
+	// its own HTTP/2 stream (headers, stream set-up and tear-down), which is
+	// most of a small call's cost. Replies, errnos and gRPC status codes mean
+	// what they mean for the unary call; bulk Read and Write stay unary calls
+	// so that a large transfer never queues small calls behind it.
+	Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallFrame, CallFrame], error)
 }
 
 type fileSystemClient struct {
@@ -469,6 +479,19 @@ func (c *fileSystemClient) Setlk(ctx context.Context, in *SetlkRequest, opts ...
 	return out, nil
 }
 
+func (c *fileSystemClient) Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallFrame, CallFrame], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &FileSystem_ServiceDesc.Streams[0], FileSystem_Calls_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CallFrame, CallFrame]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type FileSystem_CallsClient = grpc.BidiStreamingClient[CallFrame, CallFrame]
+
 // FileSystemServer is the server API for FileSystem service.
 // All implementations must embed UnimplementedFileSystemServer
 // for forward compatibility.
@@ -541,6 +564,15 @@ type FileSystemServer interface {
 	// Setlk takes or releases a POSIX record lock or a flock(2) lock; with
 	// wait set it blocks until the lock is taken or the call is cancelled.
 	Setlk(context.Context, *SetlkRequest) (*ErrnoResponse, error)
+	// Calls carries the calls above over one long-lived stream of the session's
+	// connection (FEATURE_CALL_STREAM): each CallFrame the client sends is one
+	// request; the server answers each with one CallFrame of the same id, in
+	// any order, running them concurrently. It spares every call the cost of
+	// its own HTTP/2 stream (headers, stream set-up and tear-down), which is
+	// most of a small call's cost. Replies, errnos and gRPC status codes mean
+	// what they mean for the unary call; bulk Read and Write stay unary calls
+	// so that a large transfer never queues small calls behind it.
+	Calls(grpc.BidiStreamingServer[CallFrame, CallFrame]) error
 	mustEmbedUnimplementedFileSystemServer()
 }
 
@@ -643,6 +675,9 @@ func (UnimplementedFileSystemServer) Getlk(context.Context, *GetlkRequest) (*Get
 }
 func (UnimplementedFileSystemServer) Setlk(context.Context, *SetlkRequest) (*ErrnoResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Setlk not implemented")
+}
+func (UnimplementedFileSystemServer) Calls(grpc.BidiStreamingServer[CallFrame, CallFrame]) error {
+	return status.Error(codes.Unimplemented, "method Calls not implemented")
 }
 func (UnimplementedFileSystemServer) mustEmbedUnimplementedFileSystemServer() {}
 func (UnimplementedFileSystemServer) testEmbeddedByValue()                    {}
@@ -1223,6 +1258,13 @@ func _FileSystem_Setlk_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FileSystem_Calls_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(FileSystemServer).Calls(&grpc.GenericServerStream[CallFrame, CallFrame]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type FileSystem_CallsServer = grpc.BidiStreamingServer[CallFrame, CallFrame]
+
 // FileSystem_ServiceDesc is the grpc.ServiceDesc for FileSystem service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -1355,7 +1397,14 @@ var FileSystem_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _FileSystem_Setlk_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Calls",
+			Handler:       _FileSystem_Calls_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "qtfs/v1/qtfs.proto",
 }
 

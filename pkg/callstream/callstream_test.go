@@ -1,0 +1,385 @@
+package callstream_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/qtfs/qtfs/pkg/callstream"
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// fakeFS serves Getattr (the path says what to do), Read (unary
+// accounting) and Calls.
+type fakeFS struct {
+	qtfsv1.UnimplementedFileSystemServer
+	calls *callstream.Server
+
+	running  atomic.Int32 // Getattr calls running
+	peak     atomic.Int32
+	unary    atomic.Int32 // calls that arrived as plain unary calls
+	canceled chan string  // paths of blocked calls whose context ended
+	release  chan struct{}
+}
+
+func (f *fakeFS) Getattr(ctx context.Context, req *qtfsv1.GetattrRequest) (*qtfsv1.AttrResponse, error) {
+	n := f.running.Add(1)
+	defer f.running.Add(-1)
+	for {
+		p := f.peak.Load()
+		if n <= p || f.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	p := string(req.GetPath())
+	switch {
+	case p == "precondition":
+		return nil, status.Error(codes.FailedPrecondition, "no session")
+	case p == "panic":
+		panic("handler panic")
+	case p == "deadline":
+		dl, ok := ctx.Deadline()
+		if !ok {
+			return &qtfsv1.AttrResponse{Errno: -1}, nil
+		}
+		return &qtfsv1.AttrResponse{Attr: &qtfsv1.Attr{Size: time.Until(dl).Milliseconds()}}, nil
+	case p == "block":
+		select {
+		case <-ctx.Done():
+			f.canceled <- p
+			return nil, status.FromContextError(ctx.Err()).Err()
+		case <-f.release:
+			return &qtfsv1.AttrResponse{}, nil
+		}
+	}
+	return &qtfsv1.AttrResponse{Attr: &qtfsv1.Attr{Ino: req.GetHandle()}}, nil
+}
+
+func (f *fakeFS) Read(_ context.Context, req *qtfsv1.ReadRequest) (*qtfsv1.ReadResponse, error) {
+	return &qtfsv1.ReadResponse{Data: make([]byte, req.GetSize())}, nil
+}
+
+func (f *fakeFS) Calls(st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.CallFrame]) error {
+	return f.calls.Serve(st)
+}
+
+// env is a gRPC server with a fakeFS on a unix socket and a Client to it.
+type env struct {
+	fs   *fakeFS
+	g    *grpc.Server
+	sock string
+	cc   *grpc.ClientConn
+	c    *callstream.Client
+	fsc  qtfsv1.FileSystemClient
+	intc atomic.Int32 // interceptor runs
+}
+
+func newEnv(t testing.TB, maxInflight int) *env {
+	t.Helper()
+	e := &env{sock: filepath.Join(t.TempDir(), "s.sock")}
+	e.fs = &fakeFS{canceled: make(chan string, 16), release: make(chan struct{})}
+	e.fs.calls = callstream.NewServer(&qtfsv1.FileSystem_ServiceDesc, e.fs, callstream.ServerOptions{
+		MaxInflight: maxInflight,
+		Interceptor: func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+			e.intc.Add(1)
+			defer func() {
+				if r := recover(); r != nil {
+					err = status.Errorf(codes.Internal, "%s: recovered", info.FullMethod)
+				}
+			}()
+			return h(ctx, req)
+		},
+	})
+	e.serve(t)
+	cc, err := grpc.NewClient("unix://"+e.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	e.cc = cc
+	e.c = callstream.NewClient(cc, callstream.ClientOptions{Direct: func(method string, req any) bool {
+		r, ok := req.(*qtfsv1.ReadRequest)
+		return ok && r.GetSize() > 1024
+	}})
+	t.Cleanup(func() { e.c.Close() })
+	e.fsc = qtfsv1.NewFileSystemClient(e.c)
+	return e
+}
+
+// serve (re)starts the gRPC server on e.sock.
+func (e *env) serve(t testing.TB) {
+	t.Helper()
+	l, err := net.Listen("unix", e.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.g = grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		e.fs.unary.Add(1)
+		return h(ctx, req)
+	}))
+	qtfsv1.RegisterFileSystemServer(e.g, e.fs)
+	go e.g.Serve(l)
+	g := e.g
+	t.Cleanup(g.Stop)
+}
+
+func getattr(ctx context.Context, fsc qtfsv1.FileSystemClient, path string, h uint64) (*qtfsv1.AttrResponse, error) {
+	return fsc.Getattr(ctx, &qtfsv1.GetattrRequest{Path: []byte(path), Handle: h})
+}
+
+func TestConcurrentCallsGetTheirOwnReplies(t *testing.T) {
+	e := newEnv(t, 0)
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for w := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				h := uint64(w*1000 + i)
+				r, err := getattr(context.Background(), e.fsc, "x", h)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if r.GetAttr().GetIno() != h {
+					errs <- fmt.Errorf("call %d got the reply of %d", h, r.GetAttr().GetIno())
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if got := e.fs.unary.Load(); got != 0 {
+		t.Fatalf("%d calls went as unary calls, want all on the stream", got)
+	}
+	if got := e.intc.Load(); got != 64*50 {
+		t.Fatalf("interceptor ran %d times, want %d", got, 64*50)
+	}
+}
+
+func TestStatusCodesAndPanics(t *testing.T) {
+	e := newEnv(t, 0)
+	for _, tc := range []struct {
+		path string
+		code codes.Code
+	}{
+		{"precondition", codes.FailedPrecondition},
+		{"panic", codes.Internal},
+		{"ok", codes.OK},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			_, err := getattr(context.Background(), e.fsc, tc.path, 1)
+			if got := status.Code(err); got != tc.code {
+				t.Fatalf("code %v (%v), want %v", got, err, tc.code)
+			}
+		})
+	}
+	t.Run("unknown method", func(t *testing.T) {
+		err := e.c.Invoke(context.Background(), "/qtfs.v1.FileSystem/NoSuch", &qtfsv1.GetattrRequest{}, &qtfsv1.AttrResponse{})
+		if status.Code(err) != codes.Unimplemented {
+			t.Fatalf("got %v, want Unimplemented", err)
+		}
+	})
+}
+
+func TestDeadlineReachesTheServer(t *testing.T) {
+	e := newEnv(t, 0)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	r, err := getattr(ctx, e.fsc, "deadline", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.GetErrno() != 0 || r.GetAttr().GetSize() < 4000 || r.GetAttr().GetSize() > 5000 {
+		t.Fatalf("server saw %d ms left (errno %d), want about 5000", r.GetAttr().GetSize(), r.GetErrno())
+	}
+	if r, err := getattr(context.Background(), e.fsc, "deadline", 0); err != nil || r.GetErrno() != -1 {
+		t.Fatalf("without a deadline: %v, errno %d; want no deadline on the server", err, r.GetErrno())
+	}
+}
+
+func TestCallerGivingUpCancelsTheServerCall(t *testing.T) {
+	e := newEnv(t, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := getattr(ctx, e.fsc, "block", 0)
+		done <- err
+	}()
+	waitFor(t, func() bool { return e.fs.running.Load() == 1 })
+	cancel()
+	select {
+	case err := <-done:
+		if status.Code(err) != codes.Canceled {
+			t.Fatalf("caller got %v, want Canceled", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("caller still waiting 5 s after its context ended")
+	}
+	select {
+	case <-e.fs.canceled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("server call not cancelled 5 s after the caller gave up")
+	}
+	// The stream still works.
+	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestInflightBound(t *testing.T) {
+	e := newEnv(t, 2)
+	var wg sync.WaitGroup
+	for range 5 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := getattr(context.Background(), e.fsc, "block", 0); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	waitFor(t, func() bool { return e.fs.running.Load() == 2 })
+	time.Sleep(100 * time.Millisecond) // room for a third call to start wrongly
+	if got := e.fs.peak.Load(); got != 2 {
+		t.Fatalf("%d calls ran at once, want at most 2", got)
+	}
+	// Meanwhile the caller side is not stuck: a call can still be sent (it
+	// waits for a slot).
+	close(e.fs.release)
+	wg.Wait()
+	if got := e.fs.peak.Load(); got != 2 {
+		t.Fatalf("%d calls ran at once, want at most 2", got)
+	}
+}
+
+func TestBulkCallsGoDirect(t *testing.T) {
+	e := newEnv(t, 0)
+	if _, err := e.fsc.Read(context.Background(), &qtfsv1.ReadRequest{Size: 512}); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.fs.unary.Load(); got != 0 {
+		t.Fatalf("a small read went as a unary call")
+	}
+	r, err := e.fsc.Read(context.Background(), &qtfsv1.ReadRequest{Size: 4096})
+	if err != nil || len(r.GetData()) != 4096 {
+		t.Fatalf("read: %v, %d bytes", err, len(r.GetData()))
+	}
+	if got := e.fs.unary.Load(); got != 1 {
+		t.Fatalf("%d unary calls, want the large read as one", got)
+	}
+	if _, err := e.fsc.Getattr(context.Background(), &qtfsv1.GetattrRequest{}, grpc.WaitForReady(true)); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.fs.unary.Load(); got != 2 {
+		t.Fatalf("%d unary calls, want a call with call options sent directly", got)
+	}
+}
+
+func TestServerRestart(t *testing.T) {
+	e := newEnv(t, 0)
+	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := getattr(context.Background(), e.fsc, "block", 0)
+		done <- err
+	}()
+	waitFor(t, func() bool { return e.fs.running.Load() == 1 })
+	go e.g.Stop() // waits for the blocked handler, which the stop cancels
+	select {
+	case err := <-done:
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("call in flight got %v, want Unavailable", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("call in flight still waiting 10 s after the server stopped")
+	}
+	e.serve(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := getattr(ctx, e.fsc, "ok", 0)
+		cancel()
+		if err == nil {
+			break
+		}
+		if c := status.Code(err); c != codes.Unavailable && c != codes.DeadlineExceeded {
+			t.Fatalf("after the restart: %v", err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no call succeeded 20 s after the restart: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestClosedClient(t *testing.T) {
+	e := newEnv(t, 0)
+	e.c.Close()
+	_, err := getattr(context.Background(), e.fsc, "ok", 0)
+	if status.Code(err) != codes.Canceled {
+		t.Fatalf("after Close: %v, want Canceled", err)
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(errors.New("condition not met within 10 s"))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// BenchmarkCallStreamVsUnary runs the same small call as a plain unary
+// call and on the call stream, interleaved in rounds, and reports both
+// latencies and the ratio.
+func BenchmarkCallStreamVsUnary(b *testing.B) {
+	e := newEnv(b, 0)
+	direct := qtfsv1.NewFileSystemClient(e.cc)
+	req := &qtfsv1.GetattrRequest{Path: []byte("ok"), Handle: 7}
+	ctx := context.Background()
+	var tUnary, tStream time.Duration
+	const round = 100
+	b.ResetTimer()
+	for done := 0; done < b.N; done += round {
+		n := min(round, b.N-done)
+		t0 := time.Now()
+		for range n {
+			if _, err := direct.Getattr(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+		t1 := time.Now()
+		for range n {
+			if _, err := e.fsc.Getattr(ctx, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+		tUnary += t1.Sub(t0)
+		tStream += time.Since(t1)
+	}
+	b.ReportMetric(float64(tUnary.Microseconds())/float64(b.N), "unary-µs/call")
+	b.ReportMetric(float64(tStream.Microseconds())/float64(b.N), "stream-µs/call")
+	b.ReportMetric(float64(tUnary)/float64(tStream), "speedup-x")
+}

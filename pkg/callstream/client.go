@@ -1,0 +1,310 @@
+package callstream
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// streamDesc describes FileSystem.Calls for NewStream.
+var streamDesc = &grpc.StreamDesc{StreamName: "Calls", ServerStreams: true, ClientStreams: true}
+
+// ClientOptions configure a Client.
+type ClientOptions struct {
+	// Direct, when set, picks the calls sent as plain unary calls on the
+	// connection rather than on the stream (large transfers).
+	Direct func(method string, req any) bool
+}
+
+// Client sends unary calls over FileSystem.Calls streams of cc. It is safe
+// for concurrent use.
+type Client struct {
+	cc     grpc.ClientConnInterface
+	direct func(method string, req any) bool
+
+	ctx    context.Context // the streams' context; Close cancels it
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	cur     *stream       // the stream new calls use; nil: open one
+	opening chan struct{} // closed when the open under way ends; nil: none
+	openErr error         // the last open's error, for callers that waited on it
+}
+
+var _ grpc.ClientConnInterface = (*Client)(nil)
+
+// NewClient returns a Client over cc. No stream is opened until the first
+// call.
+func NewClient(cc grpc.ClientConnInterface, opts ClientOptions) *Client {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Client{cc: cc, direct: opts.Direct, ctx: ctx, cancel: cancel}
+}
+
+// Close ends the stream; calls in flight fail with codes.Canceled and later
+// calls fail at once. It does not close cc.
+func (c *Client) Close() error {
+	c.cancel()
+	return nil
+}
+
+// NewStream opens a stream on the underlying connection: only unary calls
+// are carried.
+func (c *Client) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	return c.cc.NewStream(ctx, desc, method, opts...)
+}
+
+// Invoke sends one call and waits for its reply, as grpc.ClientConn.Invoke.
+// A call with call options (grpc.WaitForReady...) is sent directly, since
+// they mean nothing on the stream.
+func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	if hasOptions(opts) || (c.direct != nil && c.direct(method, args)) {
+		return c.cc.Invoke(ctx, method, args, reply, opts...)
+	}
+	req, ok := args.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "callstream: %s: request %T is not a protobuf message", method, args)
+	}
+	out, ok := reply.(proto.Message)
+	if !ok {
+		return status.Errorf(codes.Internal, "callstream: %s: reply %T is not a protobuf message", method, reply)
+	}
+	if err := ctx.Err(); err != nil {
+		return status.FromContextError(err).Err()
+	}
+	body, err := proto.Marshal(req)
+	if err != nil {
+		return status.Errorf(codes.Internal, "callstream: %s: marshal request: %v", method, err)
+	}
+	frame := &qtfsv1.CallFrame{Method: method, Body: body}
+	if dl, ok := ctx.Deadline(); ok {
+		d := time.Until(dl)
+		if d <= 0 {
+			return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
+		}
+		frame.TimeoutNs = uint64(d)
+	}
+	st, err := c.stream(ctx)
+	if err != nil {
+		return err
+	}
+	pc, err := st.send(frame)
+	if err != nil {
+		return err
+	}
+	select {
+	case r := <-pc:
+		if r.err != nil {
+			return r.err
+		}
+		if r.frame.GetCode() != 0 {
+			return status.Error(codes.Code(r.frame.GetCode()), r.frame.GetMessage())
+		}
+		if err := proto.Unmarshal(r.frame.GetBody(), out); err != nil {
+			return status.Errorf(codes.Internal, "callstream: %s: unmarshal reply: %v", method, err)
+		}
+		return nil
+	case <-ctx.Done():
+		st.abandon(frame.GetId())
+		return status.FromContextError(ctx.Err()).Err()
+	}
+}
+
+// hasOptions reports whether opts hold more than the StaticMethod option
+// generated clients always pass.
+func hasOptions(opts []grpc.CallOption) bool {
+	for _, o := range opts {
+		if _, static := o.(grpc.StaticMethodCallOption); !static {
+			return true
+		}
+	}
+	return false
+}
+
+// stream returns the stream to send on, opening one when there is none.
+// The open runs under the Client's context, not the caller's, so that a
+// caller that gives up does not end the stream the others use; the caller
+// waits for it only as long as its ctx allows.
+func (c *Client) stream(ctx context.Context) (*stream, error) {
+	for {
+		c.mu.Lock()
+		if st := c.cur; st != nil {
+			c.mu.Unlock()
+			return st, nil
+		}
+		if err := c.ctx.Err(); err != nil {
+			c.mu.Unlock()
+			return nil, status.Error(codes.Canceled, "callstream: client closed")
+		}
+		wait := c.opening
+		if wait == nil {
+			wait = make(chan struct{})
+			c.opening = wait
+			go c.open(wait)
+		}
+		c.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+		c.mu.Lock()
+		st, err := c.cur, c.openErr
+		c.mu.Unlock()
+		if st != nil {
+			return st, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// open opens a stream and makes it current, then closes done.
+func (c *Client) open(done chan struct{}) {
+	cs, err := c.cc.NewStream(c.ctx, streamDesc, qtfsv1.FileSystem_Calls_FullMethodName)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.opening = nil
+	defer close(done)
+	if err != nil {
+		if _, ok := status.FromError(err); !ok {
+			err = status.Errorf(codes.Unavailable, "callstream: open: %v", err)
+		}
+		c.openErr = err
+		return
+	}
+	st := &stream{cs: cs, pending: map[uint64]chan result{}}
+	c.cur, c.openErr = st, nil
+	go c.receive(st)
+}
+
+// receive delivers replies until the stream fails, then fails the calls in
+// flight and drops the stream so that the next call opens another.
+func (c *Client) receive(st *stream) {
+	for {
+		f := new(qtfsv1.CallFrame)
+		if err := st.cs.RecvMsg(f); err != nil {
+			c.mu.Lock()
+			if c.cur == st {
+				c.cur = nil
+			}
+			c.mu.Unlock()
+			st.fail(brokenErr(err))
+			return
+		}
+		st.deliver(f)
+	}
+}
+
+// brokenErr is the error calls in flight get when their stream fails: the
+// status of the failure when it says the call was not refused on purpose,
+// else Unavailable (the call may or may not have been done).
+func brokenErr(err error) error {
+	s, ok := status.FromError(err)
+	if errors.Is(err, context.Canceled) || (ok && s.Code() == codes.Canceled) {
+		return status.Error(codes.Canceled, "callstream: client closed")
+	}
+	msg := err.Error()
+	if ok {
+		msg = s.Message()
+	}
+	return status.Errorf(codes.Unavailable, "callstream: stream ended: %s", msg)
+}
+
+// result is what a caller waiting for a reply gets.
+type result struct {
+	frame *qtfsv1.CallFrame
+	err   error
+}
+
+// stream is one open Calls stream and its calls in flight.
+type stream struct {
+	cs grpc.ClientStream
+
+	sendMu sync.Mutex // SendMsg is not safe for concurrent use
+
+	mu      sync.Mutex
+	nextID  uint64
+	pending map[uint64]chan result
+	err     error // set once the stream failed
+}
+
+// send assigns frame an id and sends it; the reply arrives on the channel.
+func (st *stream) send(frame *qtfsv1.CallFrame) (chan result, error) {
+	ch := make(chan result, 1)
+	st.mu.Lock()
+	if st.err != nil {
+		err := st.err
+		st.mu.Unlock()
+		return nil, err
+	}
+	st.nextID++
+	frame.Id = st.nextID
+	st.pending[frame.Id] = ch
+	st.mu.Unlock()
+
+	st.sendMu.Lock()
+	err := st.cs.SendMsg(frame)
+	st.sendMu.Unlock()
+	if err != nil {
+		// SendMsg fails with io.EOF when the stream ended; the reason
+		// comes from RecvMsg, which fails every call in flight.
+		st.mu.Lock()
+		if st.err != nil {
+			err = st.err
+		} else {
+			err = status.Errorf(codes.Unavailable, "callstream: send: %v", err)
+		}
+		delete(st.pending, frame.Id)
+		st.mu.Unlock()
+		return nil, err
+	}
+	return ch, nil
+}
+
+// abandon forgets call id and asks the server to cancel it.
+func (st *stream) abandon(id uint64) {
+	st.mu.Lock()
+	_, waiting := st.pending[id]
+	delete(st.pending, id)
+	broken := st.err != nil
+	st.mu.Unlock()
+	if !waiting || broken {
+		return
+	}
+	st.sendMu.Lock()
+	_ = st.cs.SendMsg(&qtfsv1.CallFrame{Id: id, Cancel: true})
+	st.sendMu.Unlock()
+}
+
+// deliver hands a reply to the caller waiting for it; replies to calls
+// already given up are dropped.
+func (st *stream) deliver(f *qtfsv1.CallFrame) {
+	st.mu.Lock()
+	ch, ok := st.pending[f.GetId()]
+	delete(st.pending, f.GetId())
+	st.mu.Unlock()
+	if ok {
+		ch <- result{frame: f}
+	}
+}
+
+// fail ends every call in flight with err.
+func (st *stream) fail(err error) {
+	st.mu.Lock()
+	st.err = err
+	pending := st.pending
+	st.pending = map[uint64]chan result{}
+	st.mu.Unlock()
+	for _, ch := range pending {
+		ch <- result{err: err}
+	}
+}

@@ -1,0 +1,28 @@
+// Package callstream carries the unary calls of a gRPC service over one
+// long-lived bidirectional stream (qtfs.v1.FileSystem/Calls), so that a
+// small call costs one message each way instead of an HTTP/2 stream of its
+// own (HEADERS, DATA and trailers, stream set-up and tear-down on both
+// sides): on a loopback connection that is most of a small call's time and
+// CPU.
+//
+// Client implements grpc.ClientConnInterface: a generated client built on
+// it sends each call as one CallFrame and waits for the CallFrame with the
+// same id. Calls whose Direct function says so (bulk data) go as plain
+// unary calls on the underlying connection instead, so that a large
+// transfer never queues small calls behind it in the stream's flow
+// control. The stream is opened on first use and again after it fails;
+// calls in flight when it fails get codes.Unavailable, as calls on a lost
+// connection do, and the caller decides whether to send them again. A
+// caller that gives up (context done) gets the context's status at once
+// and the server is told to cancel the call.
+//
+// Server runs the frames of one stream: each request concurrently (at most
+// MaxInflight at a time; the stream's reader waits beyond that, which
+// pushes back on the client through flow control), through the service's
+// generated method handlers and the unary interceptor the server uses for
+// plain calls, under the stream's context (so the connection's session,
+// peer and tags are the same as for a unary call) with the call's own
+// deadline and cancellation. Replies are sent in completion order.
+//
+// Lock order: Client.mu before stream.mu; stream.sendMu is taken alone.
+package callstream

@@ -1,0 +1,196 @@
+package callstream
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// Server runs the calls of Calls streams through a service's method
+// handlers.
+type Server struct {
+	impl        any
+	methods     map[string]grpc.MethodHandler
+	intercept   grpc.UnaryServerInterceptor
+	maxInflight int
+}
+
+// ServerOptions configure a Server.
+type ServerOptions struct {
+	// Interceptor wraps every call, as grpc.UnaryInterceptor does for plain
+	// calls; nil: none.
+	Interceptor grpc.UnaryServerInterceptor
+	// MaxInflight bounds the calls of one stream that run at once; 0: 64.
+	MaxInflight int
+}
+
+// NewServer returns a Server for the unary methods of desc, implemented by
+// impl (what desc.HandlerType requires).
+func NewServer(desc *grpc.ServiceDesc, impl any, opts ServerOptions) *Server {
+	s := &Server{
+		impl:        impl,
+		methods:     make(map[string]grpc.MethodHandler, len(desc.Methods)),
+		intercept:   opts.Interceptor,
+		maxInflight: opts.MaxInflight,
+	}
+	if s.maxInflight <= 0 {
+		s.maxInflight = 64
+	}
+	for _, m := range desc.Methods {
+		s.methods["/"+desc.ServiceName+"/"+m.MethodName] = m.Handler
+	}
+	return s
+}
+
+// Serve runs one stream until the client ends it or it fails; it returns
+// once every call it started has finished.
+func (s *Server) Serve(st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.CallFrame]) error {
+	ss := &serverStream{
+		s:       s,
+		st:      st,
+		running: map[uint64]context.CancelFunc{},
+		slots:   make(chan struct{}, s.maxInflight),
+	}
+	defer ss.wg.Wait()
+	defer ss.cancelAll()
+	for {
+		f, err := st.Recv()
+		if err != nil {
+			// The client ended the stream or the connection failed: the
+			// calls still running are cancelled (nobody waits for them).
+			return nil
+		}
+		if f.GetCancel() {
+			ss.cancel(f.GetId())
+			continue
+		}
+		select {
+		case ss.slots <- struct{}{}:
+		case <-st.Context().Done():
+			return nil
+		}
+		ctx, cancel := ss.callContext(f)
+		if !ss.start(f.GetId(), cancel) {
+			cancel()
+			<-ss.slots
+			ss.reply(&qtfsv1.CallFrame{Id: f.GetId(), Code: uint32(codes.InvalidArgument),
+				Message: "callstream: call id already in flight"})
+			continue
+		}
+		ss.wg.Add(1)
+		go ss.run(ctx, f)
+	}
+}
+
+// serverStream is the state of one stream being served.
+type serverStream struct {
+	s  *Server
+	st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.CallFrame]
+	wg sync.WaitGroup
+
+	slots chan struct{} // one per call running
+
+	sendMu sync.Mutex // Send is not safe for concurrent use
+
+	mu      sync.Mutex
+	running map[uint64]context.CancelFunc
+}
+
+// callContext is the context of call f: the stream's (the connection's
+// session and peer), with f's deadline.
+func (ss *serverStream) callContext(f *qtfsv1.CallFrame) (context.Context, context.CancelFunc) {
+	if t := f.GetTimeoutNs(); t > 0 {
+		return context.WithTimeout(ss.st.Context(), time.Duration(min(t, uint64(1<<62))))
+	}
+	return context.WithCancel(ss.st.Context())
+}
+
+func (ss *serverStream) start(id uint64, cancel context.CancelFunc) bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if _, dup := ss.running[id]; dup {
+		return false
+	}
+	ss.running[id] = cancel
+	return true
+}
+
+func (ss *serverStream) cancel(id uint64) {
+	ss.mu.Lock()
+	cancel := ss.running[id]
+	ss.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+func (ss *serverStream) cancelAll() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	for _, cancel := range ss.running {
+		cancel()
+	}
+}
+
+// run runs one call and sends its reply.
+func (ss *serverStream) run(ctx context.Context, f *qtfsv1.CallFrame) {
+	defer ss.wg.Done()
+	out := &qtfsv1.CallFrame{Id: f.GetId()}
+	resp, err := ss.s.handle(ctx, f)
+	if err == nil {
+		out.Body, err = proto.Marshal(resp.(proto.Message))
+	}
+	if err != nil {
+		st := status.Convert(err)
+		out.Code, out.Message = uint32(st.Code()), st.Message()
+	}
+	ss.mu.Lock()
+	cancel := ss.running[f.GetId()]
+	delete(ss.running, f.GetId())
+	ss.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	<-ss.slots
+	ss.reply(out)
+}
+
+// handle runs the method handler of f; a panic outside the interceptor
+// (which recovers those of the handler) becomes INTERNAL.
+func (s *Server) handle(ctx context.Context, f *qtfsv1.CallFrame) (resp any, err error) {
+	h, ok := s.methods[f.GetMethod()]
+	if !ok {
+		return nil, status.Errorf(codes.Unimplemented, "callstream: unknown method %q", f.GetMethod())
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			resp, err = nil, status.Errorf(codes.Internal, "callstream: %s: internal error", f.GetMethod())
+		}
+	}()
+	dec := func(m any) error {
+		msg, ok := m.(proto.Message)
+		if !ok {
+			return status.Errorf(codes.Internal, "callstream: %s: request %T is not a protobuf message", f.GetMethod(), m)
+		}
+		if err := proto.Unmarshal(f.GetBody(), msg); err != nil {
+			return status.Errorf(codes.InvalidArgument, "callstream: %s: bad request: %v", f.GetMethod(), err)
+		}
+		return nil
+	}
+	return h(s.impl, ctx, dec, s.intercept)
+}
+
+// reply sends one reply; when the stream has failed the reply is dropped
+// (the client fails the call itself).
+func (ss *serverStream) reply(f *qtfsv1.CallFrame) {
+	ss.sendMu.Lock()
+	defer ss.sendMu.Unlock()
+	_ = ss.st.Send(f)
+}
