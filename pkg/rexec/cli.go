@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/term"
+	"google.golang.org/grpc"
 
 	"github.com/qtfs/qtfs/pkg/client"
 	"github.com/qtfs/qtfs/pkg/config"
@@ -31,7 +32,8 @@ const Name = "rexec"
 // QTFS_SERVER and the config file.
 const ServerEnv = "REXEC_SERVER"
 
-// DialTimeout bounds connecting to the server.
+// DialTimeout is how long rexec waits, by default, for a server that does
+// not answer yet (restarting) before it fails (--connect-timeout).
 const DialTimeout = 15 * time.Second
 
 // ForwardedSignals are the signals rexec delivers to the remote process.
@@ -77,6 +79,8 @@ type invocation struct {
 	args    []string
 	version bool
 	multi   bool
+	// connectTimeout bounds the wait for a server that is not listening.
+	connectTimeout time.Duration
 }
 
 // parse reads argv (os.Args). done is true when there is nothing to run
@@ -90,6 +94,8 @@ func parse(argv []string, stderr io.Writer) (inv *invocation, code int, done boo
 	set.StringVar(&inv.cwd, "cwd", "", "working `dir` on the host (default: the current one, the same path on the host)")
 	set.Var(config.NewStringList(&inv.env), "env", "set `K=V` in the remote environment (repeatable)")
 	set.BoolVar(&inv.version, "version", false, "print the version and exit")
+	set.DurationVar(&inv.connectTimeout, "connect-timeout", DialTimeout,
+		"how long to wait for a server that is not listening yet (restarting) before failing")
 	set.Usage = func() { fmt.Fprint(set.Output(), usage); set.PrintDefaults() }
 
 	name := Name
@@ -207,10 +213,7 @@ func Main(argv []string) int {
 	if err != nil {
 		return fail("%v", err)
 	}
-	sec := inv.s.Security()
-	ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
-	cc, err := transport.Dial(ctx, uri, sec)
-	cancel()
+	cc, err := dialServer(uri, inv.s.Security(), inv.connectTimeout)
 	if err != nil {
 		return fail("%v", err)
 	}
@@ -257,4 +260,27 @@ func Main(argv []string) int {
 		fmt.Fprintf(os.Stderr, "rexec: %s\n", res.Err)
 	}
 	return res.Code
+}
+
+// dialServer connects to the server, waiting up to timeout for one that
+// is not listening yet (restarting: connection refused, no socket file);
+// other failures (TLS, identity) end it at once.
+func dialServer(uri transport.URI, sec transport.Security, timeout time.Duration) (*grpc.ClientConn, error) {
+	deadline := time.Now().Add(timeout)
+	for delay := 50 * time.Millisecond; ; delay = min(2*delay, time.Second) {
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		cc, err := transport.Dial(ctx, uri, sec)
+		cancel()
+		if err == nil {
+			return cc, nil
+		}
+		notListening := errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
+		if !notListening || time.Now().Add(delay).After(deadline) {
+			if notListening {
+				return nil, fmt.Errorf("%w (waited %v: --connect-timeout)", err, timeout)
+			}
+			return nil, err
+		}
+		time.Sleep(delay)
+	}
 }

@@ -53,7 +53,13 @@ func server(t *testing.T, allow ...string) (string, *grpc.ClientConn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	u := transport.URI{Scheme: transport.Unix, Path: filepath.Join(dir, "s")}
+	return serverAt(t, filepath.Join(dir, "s"), allow...)
+}
+
+// serverAt is server on the unix socket path.
+func serverAt(t *testing.T, path string, allow ...string) (string, *grpc.ClientConn) {
+	t.Helper()
+	u := transport.URI{Scheme: transport.Unix, Path: path}
 	var sec transport.Security
 	creds, err := transport.ServerCredentials(sec)
 	if err != nil {
@@ -235,7 +241,7 @@ func TestMainExitCodes(t *testing.T) {
 		{"signal death", []string{"rexec", "--server", uri, "sh", "-c", "kill -USR1 $$"}, nil, 128 + 10, "", ""},
 		{"not allowed", []string{"rexec", "--server", uri, "cat"}, nil, 126, "", "rexec: cat"},
 		{"not found", []string{"rexec", "--server", uri, "no-such-binary-qtfs"}, nil, 127, "", "rexec: no-such-binary-qtfs: not found"},
-		{"unreachable", []string{"rexec", "--server", "unix://" + dir + "/none.sock", "sh"}, nil, 255, "", "rexec: transport: dial unix://"},
+		{"unreachable", []string{"rexec", "--server", "unix://" + dir + "/none.sock", "--connect-timeout", "300ms", "sh"}, nil, 255, "", "rexec: transport: dial unix://"},
 		{"no server", []string{"rexec", "sh"}, nil, 255, "", "rexec: no server"},
 		{"server from REXEC_SERVER", []string{"rexec", "sh", "-c", "echo env"}, []string{"REXEC_SERVER=" + uri}, 0, "env\n", ""},
 		{"multi-call name", []string{filepath.Join(dir, "sh"), "-c", `cat /proc/$$/cmdline`, "arg1"}, []string{"QTFS_SERVER=" + uri}, 0, "arg1\n", ""},
@@ -421,5 +427,33 @@ func TestMainTerminal(t *testing.T) {
 	after, _ := unix.IoctlGetTermios(int(s.Fd()), unix.TCGETS)
 	if after.Lflag != before.Lflag || after.Iflag != before.Iflag || after.Oflag != before.Oflag || after.Cflag != before.Cflag {
 		t.Fatalf("terminal not restored: before %+v after %+v", before, after)
+	}
+}
+
+// TestMainWaitsForServer: rexec started while the server is not listening
+// yet (restarting) waits for it and runs the binary once it is up.
+func TestMainWaitsForServer(t *testing.T) {
+	dir, err := os.MkdirTemp("", "rexec")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s")
+	cmd := helper(t, "rexec", "--server", "unix://"+sock, "--connect-timeout", "20s", "sh", "-c", "echo up")
+	cmd.Env = append(cmd.Env, "QTFS_CONFIG="+filepath.Join(dir, "none.yaml"))
+	os.WriteFile(filepath.Join(dir, "none.yaml"), nil, 0o600)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond)
+	serverAt(t, sock, "sh")
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("rexec: %v; stderr %q", err, errb.String())
+	}
+	if out.String() != "up\n" || time.Since(start) < 700*time.Millisecond {
+		t.Fatalf("stdout %q after %v; want the output once the server is up", out.String(), time.Since(start))
 	}
 }

@@ -22,8 +22,9 @@
 //   - Each RPC runs under its own deadline (MountOptions.OpTimeout) and is
 //     not cancelled by a mere FUSE interrupt: Go programs receive a
 //     preemption signal every few milliseconds, and every signal
-//     interrupts the FUSE request it is blocked in. A read or write of an
-//     interrupted request whose caller is being killed (SIGKILL pending,
+//     interrupts the FUSE request it is blocked in. A read or write
+//     (every part of a large one), fsync or fallocate of an interrupted
+//     request whose caller is being killed (SIGKILL pending,
 //     or a zombie already: interrupt.go) is cancelled by the session's
 //     watchdog, so the killed process does not wait for the server, and
 //     the server stops waiting on a pipe for it. A blocking lock wait
@@ -47,8 +48,13 @@
 // file of an earlier one is mounted or opened again on its first use
 // after the reconnect, by path (the node's current path), with its open
 // flags minus O_CREAT, O_EXCL and O_TRUNC, and only if the path still
-// names the same file (dev, ino); otherwise its calls get EIO. Locks held
-// on the host are lost with a server restart.
+// names the same file (dev, ino); otherwise its calls get EIO. Locks
+// granted through a handle (OFD record locks, flock) are recorded per
+// handle; after a new handshake, and before calls resume, every handle
+// holding locks is opened again and its locks taken again without
+// waiting. A lock someone else took meanwhile makes the handle lost: EIO
+// for every later use, and a warning naming the path. While handles hold
+// locks the watchdog probes the server even when no call waits.
 //   - A call waits for the reconnect at most SessionOptions.ReconnectTimeout;
 //     past it, calls in flight get EIO and new calls ENOTCONN at once
 //     until the session is back. Nothing hangs past that bound.
@@ -120,7 +126,9 @@
 // and Seekdir, the only RPC made under a go-fuse lock. Reconnecting:
 // reconn.genMu (read by calls, write by a new handshake) → handleRec.mu →
 // mountRec.mu → reconn.mu; the Mount and Open RPCs of a re-open are made
-// under genMu (read) and the record's lock. reconn.tmu (the id tables) and
+// under genMu (read) and the record's lock, each with its own deadline; a
+// new handshake holds genMu (write) → handleRec.mu → mountRec.mu while it
+// re-takes locks. reconn.tmu (the id tables) and
 // callers.mu are leaves.
 //
 // Metrics (qtfs_client_*) count from the start and are exported once

@@ -145,7 +145,7 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 	m := f.m
 	chunk := m.sess.chunk
 	if size, ok := f.split(len(dest), false); ok {
-		return f.readParts(dest, off, size)
+		return f.readParts(ctx, dest, off, size)
 	}
 	if len(dest) <= chunk {
 		resp, e := callFor(ctx, m.sess, m.timeout, "Read", m.sess.client.Read,
@@ -196,8 +196,9 @@ func prefix(moved []int, full int) int {
 // readParts reads len(dest) bytes at off in parts of size bytes, at once.
 // The result ends at the first short part; it hands the parts' own
 // buffers to go-fuse, which writes them to the kernel without joining
-// them first.
-func (f *fileHandle) readParts(dest []byte, off int64, size int) (fuse.ReadResult, syscall.Errno) {
+// them first. Every part is made for the FUSE request ctx: when its caller
+// is killed, all of them are cancelled.
+func (f *fileHandle) readParts(ctx context.Context, dest []byte, off int64, size int) (fuse.ReadResult, syscall.Errno) {
 	m := f.m
 	parts := (len(dest) + size - 1) / size
 	data := make([][]byte, parts)
@@ -205,7 +206,7 @@ func (f *fileHandle) readParts(dest []byte, off int64, size int) (fuse.ReadResul
 	full, e := parallel(parts, func(i int) (bool, syscall.Errno) {
 		lo := i * size
 		want := min(size, len(dest)-lo)
-		resp, e := call(m.sess, m.timeout, "Read", m.sess.client.Read,
+		resp, e := callFor(ctx, m.sess, m.timeout, "Read", m.sess.client.Read,
 			&qtfsv1.ReadRequest{Handle: f.h, Offset: off + int64(lo), Size: uint32(want)})
 		if e != 0 {
 			return false, e
@@ -251,15 +252,16 @@ func (r *partsResult) Bytes(buf []byte) ([]byte, fuse.Status) {
 func (r *partsResult) Slices() ([][]byte, fuse.Status) { return r.parts, fuse.OK }
 
 // writeParts writes data at off in parts of size bytes, at once, and
-// returns how much was written from off on without a gap.
-func (f *fileHandle) writeParts(data []byte, off int64, size int) (uint32, syscall.Errno) {
+// returns how much was written from off on without a gap. Like readParts,
+// every part is made for the FUSE request ctx.
+func (f *fileHandle) writeParts(ctx context.Context, data []byte, off int64, size int) (uint32, syscall.Errno) {
 	m := f.m
 	parts := (len(data) + size - 1) / size
 	wrote := make([]int, parts)
 	full, e := parallel(parts, func(i int) (bool, syscall.Errno) {
 		lo := i * size
 		want := min(size, len(data)-lo)
-		resp, e := call(m.sess, m.timeout, "Write", m.sess.client.Write,
+		resp, e := callFor(ctx, m.sess, m.timeout, "Write", m.sess.client.Write,
 			&qtfsv1.WriteRequest{Handle: f.h, Offset: off + int64(lo), Data: data[lo : lo+want]})
 		if e != 0 {
 			return false, e
@@ -288,7 +290,7 @@ func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 		defer f.n.attrsChanged()
 	}
 	if size, ok := f.split(len(data), true); ok {
-		return f.writeParts(data, off, size)
+		return f.writeParts(ctx, data, off, size)
 	}
 	m := f.m
 	n := 0
@@ -331,9 +333,10 @@ func (f *fileHandle) Flush(ctx context.Context) syscall.Errno {
 }
 
 // Fsync reaches the host's fsync(2), or fdatasync(2) when flags say so.
+// Like a read or write, it is cancelled when its caller is killed.
 func (f *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	m := f.m
-	_, e := call(m.sess, m.timeout, "Fsync", m.sess.client.Fsync,
+	_, e := callFor(ctx, m.sess, m.timeout, "Fsync", m.sess.client.Fsync,
 		&qtfsv1.FsyncRequest{Handle: f.h, Datasync: flags&1 != 0})
 	return e
 }
@@ -356,13 +359,13 @@ func (f *fileHandle) Setattr(ctx context.Context, in *fuse.SetAttrIn, out *fuse.
 	return f.n.setattr(ctx, f.h, in, out)
 }
 
-// Allocate is fallocate(2).
+// Allocate is fallocate(2); it is cancelled when its caller is killed.
 func (f *fileHandle) Allocate(ctx context.Context, off, size uint64, mode uint32) syscall.Errno {
 	if off > math.MaxInt64 || size > math.MaxInt64 {
 		return syscall.EFBIG
 	}
 	m := f.m
-	_, e := call(m.sess, m.timeout, "Fallocate", m.sess.client.Fallocate,
+	_, e := callFor(ctx, m.sess, m.timeout, "Fallocate", m.sess.client.Fallocate,
 		&qtfsv1.FallocateRequest{Handle: f.h, Mode: mode, Offset: int64(off), Length: int64(size)})
 	if f.n != nil {
 		f.n.attrsChanged()

@@ -1,7 +1,10 @@
 package fuseclient
 
 import (
+	"cmp"
 	"context"
+	"math"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -92,6 +95,11 @@ type handleRec struct {
 	server uint64
 	gen    uint64
 	gone   bool // could not be opened again: every use is EIO
+	// locks are the locks the server granted through the handle, taken
+	// again when it is opened again.
+	locks handleLocks
+	// forgotten: the handle was released; its locks no longer count.
+	forgotten bool
 }
 
 func (h *handleRec) appending() bool { return h.flags&syscall.O_APPEND != 0 }
@@ -146,6 +154,11 @@ type reconn struct {
 
 	inflight     atomic.Int64
 	lastActivity atomic.Int64 // unix nanoseconds of the last reply, or of the first call after an idle spell
+	// lockHolders counts the handles that hold locks on the server: while
+	// there are any, the watchdog checks the server even when no call
+	// waits, so that a restart is noticed and the locks are taken again
+	// soon, before someone else takes them.
+	lockHolders atomic.Int64
 
 	// callers are the calls made for FUSE requests, whose callers may be
 	// killed meanwhile.
@@ -391,14 +404,52 @@ func (r *reconn) rehandshake(gen uint64) bool {
 		r.s.log.Error("qtfs reconnect: the server now accepts smaller messages than this session's chunk; large reads and writes will fail",
 			zap.Int("max_message_bytes", m), zap.Int("chunk", r.s.chunk))
 	}
+	// Locks first, while no call runs: a call waiting for the session
+	// (a blocking lock wait on another handle) must not take a lock this
+	// client held before the restart.
+	r.retakeLocks(gen + 1)
 	r.setUp(gen + 1)
 	return true
 }
 
+// retakeLocks opens again, in the new server session gen, every handle
+// that holds locks, and takes its locks again (serverHandle). It runs
+// under genMu (write) before the session is marked up. A connection that
+// fails meanwhile leaves the remaining handles to be opened again, and
+// their locks taken again, on first use.
+func (r *reconn) retakeLocks(gen uint64) {
+	r.tmu.Lock()
+	ids := make([]uint64, 0, min(len(r.handles), 64))
+	for id := range r.handles {
+		ids = append(ids, id)
+	}
+	r.tmu.Unlock()
+	slices.Sort(ids) // oldest first, as they were taken
+	for _, id := range ids {
+		r.tmu.Lock()
+		h := r.handles[id]
+		r.tmu.Unlock()
+		if h == nil {
+			continue
+		}
+		h.mu.Lock()
+		held := !h.gone && !h.locks.empty()
+		h.mu.Unlock()
+		if !held {
+			continue
+		}
+		_, _, retry := r.serverHandle(r.life, gen, id)
+		if retry {
+			return
+		}
+	}
+}
+
 // watch is the watchdog. It cancels the calls whose caller is being
-// killed. When calls wait and no reply came for a while, it asks the
-// server (a cheap Getattr) and marks the session down when no answer
-// comes: a dead link (no reset, no error) is noticed this way.
+// killed. When calls wait, or handles hold locks, and no reply came for a
+// while, it asks the server (a cheap Getattr) and marks the session down
+// when no answer comes: a dead link (no reset, no error) is noticed this
+// way, and so is a server restart while locks are held.
 func (r *reconn) watch() {
 	defer r.done.Done()
 	tick := time.NewTicker(r.t.watch)
@@ -414,7 +465,8 @@ func (r *reconn) watch() {
 		}
 		r.callers.reap("/proc", r.t.killCheck, r.s.log)
 		up, gen := r.state()
-		if !up || r.inflight.Load() == 0 || time.Since(time.Unix(0, r.lastActivity.Load())) < r.t.probeAfter {
+		idle := r.inflight.Load() == 0 && r.lockHolders.Load() == 0
+		if !up || idle || time.Since(time.Unix(0, r.lastActivity.Load())) < r.t.probeAfter {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(r.life, r.t.probeTimeout)
@@ -570,6 +622,8 @@ func (r *reconn) serverMount(ctx context.Context, gen, id uint64) (uint64, sysca
 	if m.gen == gen {
 		return m.server, 0, false
 	}
+	ctx, cancel := r.reopenContext(ctx)
+	defer cancel()
 	resp, err := r.s.client.Mount(ctx, &qtfsv1.MountRequest{Path: m.path, Caller: m.caller})
 	if err != nil {
 		if r.sessionFailed(gen, err) {
@@ -610,11 +664,13 @@ func (r *reconn) serverHandle(ctx context.Context, gen, id uint64) (uint64, sysc
 	if e != 0 || retry {
 		return 0, e, retry
 	}
+	ctx, cancel := r.reopenContext(ctx)
+	defer cancel()
 	path := h.path
 	if h.pathFn != nil {
 		p, e := h.pathFn()
 		if e != 0 {
-			h.gone = true
+			r.markGone(h)
 			r.s.metrics.reopens.WithLabelValues("gone").Inc()
 			r.s.log.Warn("qtfs reconnect: an open file has no path any more (unlinked): its calls fail with EIO",
 				zap.ByteString("path", h.path))
@@ -635,18 +691,49 @@ func (r *reconn) serverHandle(ctx context.Context, gen, id uint64) (uint64, sysc
 		e = syscall.ESTALE
 	}
 	if e != 0 {
-		h.gone = true
+		r.markGone(h)
 		r.s.metrics.reopens.WithLabelValues("gone").Inc()
 		r.s.log.Warn("qtfs reconnect: an open file could not be opened again: its calls fail with EIO",
 			zap.ByteString("path", path), zap.String("errno", errnoLabel(e)))
 		return 0, syscall.EIO, false
 	}
-	h.server, h.gen = resp.GetHandle(), gen
+	server := resp.GetHandle()
+	if !h.locks.empty() {
+		lost, e, err := r.relock(ctx, server, &h.locks)
+		if err != nil || e != 0 {
+			// Whatever was taken again goes with the handle.
+			_, _ = r.s.client.Release(ctx, &qtfsv1.ReleaseRequest{Handle: server})
+		}
+		if err != nil {
+			if r.sessionFailed(gen, err) {
+				return 0, 0, true
+			}
+			// Not known whether the lock was taken: try again on the
+			// next use.
+			return 0, r.s.rpcErrno("Setlk", err), false
+		}
+		if e != 0 {
+			r.markGone(h)
+			r.s.metrics.reopens.WithLabelValues("lock_lost").Inc()
+			r.s.log.Warn("qtfs reconnect: a lock held through an open file could not be taken again (someone took it while the server was away): the file's calls fail with EIO",
+				zap.ByteString("path", path), zap.Bool("flock", lost.flock), zap.String("type", lockTypeName(lost.typ)),
+				zap.Uint64("start", lost.start), zap.Uint64("end", lost.end), zap.String("errno", errnoLabel(e)))
+			return 0, syscall.EIO, false
+		}
+	}
+	h.server, h.gen = server, gen
 	r.s.metrics.reopens.WithLabelValues("ok").Inc()
 	if ce := r.s.log.Check(zap.DebugLevel, "qtfs reconnect: file opened again"); ce != nil {
 		ce.Write(zap.ByteString("path", path), zap.Uint64("handle", id))
 	}
 	return h.server, 0, false
+}
+
+// reopenContext bounds the RPCs of one re-open (Mount, or Open and the
+// Setlk calls that take its locks again): the call's own context may have
+// no deadline, and a re-open holds genMu (read) and the record's lock.
+func (r *reconn) reopenContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, 10*r.t.retryProbe)
 }
 
 // sessionFailed tells whether err says the session gen is lost or the
@@ -675,7 +762,67 @@ func (r *reconn) register(gen uint64, req, resp any) {
 	case *qtfsv1.CreateRequest:
 		p := resp.(*qtfsv1.CreateResponse)
 		p.Handle = r.addHandle(gen, q.GetMount(), q.GetCaller(), q.GetFlags(), qfs.JoinPath(q.GetPath(), q.GetName()), p.GetAttr(), p.GetHandle())
+	case *qtfsv1.SetlkRequest:
+		r.recordLock(gen, q)
 	}
+}
+
+// recordLock records a lock the server granted, or released, through
+// the handle of req (the caller's id) in session gen.
+func (r *reconn) recordLock(gen uint64, req *qtfsv1.SetlkRequest) {
+	r.tmu.Lock()
+	h := r.handles[req.GetHandle()]
+	r.tmu.Unlock()
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.forgotten || h.gone || h.gen != gen {
+		return
+	}
+	held := !h.locks.empty()
+	h.locks.apply(req)
+	switch now := !h.locks.empty(); {
+	case now && !held:
+		r.lockHolders.Add(1)
+	case held && !now:
+		r.lockHolders.Add(-1)
+	}
+}
+
+// markGone makes every later use of h fail with EIO; its locks are no
+// longer held. Called with h.mu held.
+func (r *reconn) markGone(h *handleRec) {
+	h.gone = true
+	r.dropLocks(h)
+}
+
+// dropLocks forgets h's locks. Called with h.mu held.
+func (r *reconn) dropLocks(h *handleRec) {
+	if !h.locks.empty() {
+		r.lockHolders.Add(-1)
+	}
+	h.locks = handleLocks{}
+}
+
+// relock takes the locks of ls again, without waiting, through server
+// handle server. It returns the lock it could not take and the errno of
+// the refusal, or a transport error.
+func (r *reconn) relock(ctx context.Context, server uint64, ls *handleLocks) (heldLock, syscall.Errno, error) {
+	for _, l := range ls.all() {
+		resp, err := r.s.client.Setlk(ctx, &qtfsv1.SetlkRequest{
+			Handle: server, Owner: l.owner, Flock: l.flock,
+			Lock: &qtfsv1.Lock{Start: l.start, End: l.end, Type: l.typ},
+		})
+		if err != nil {
+			return l, 0, err
+		}
+		if e := r.s.wireErrno("Setlk", resp.GetErrno()); e != 0 {
+			return l, e, nil
+		}
+	}
+	return heldLock{}, 0, nil
 }
 
 func (r *reconn) add(store func(id uint64)) uint64 {
@@ -726,8 +873,18 @@ func (r *reconn) release(id uint64) (handled bool) {
 
 func (r *reconn) forget(id uint64) {
 	r.tmu.Lock()
+	h := r.handles[id]
 	delete(r.handles, id)
 	r.tmu.Unlock()
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	if !h.forgotten {
+		h.forgotten = true
+		r.dropLocks(h)
+	}
+	h.mu.Unlock()
 }
 
 // forgetMount drops mount id (the mount is gone on the client).
@@ -842,4 +999,118 @@ func withTimeout(ctx context.Context, timeout time.Duration) (context.Context, c
 		return context.WithCancel(ctx)
 	}
 	return context.WithTimeout(ctx, timeout)
+}
+
+// ---------------------------------------------------------------- locks
+
+// heldLock is one lock a handle holds on the server.
+type heldLock struct {
+	flock bool
+	// owner is the kernel's lock owner of the request that took it; the
+	// server does not use it, it is sent again as it came.
+	owner uint64
+	// start and end (inclusive, math.MaxUint64 for "to end of file") are
+	// the range of a record lock.
+	start, end uint64
+	typ        uint32 // F_RDLCK or F_WRLCK
+}
+
+// handleLocks are the locks the server granted through one handle, as
+// the server holds them: its record locks are F_OFD_* locks of the
+// handle's open file description, which all the handle's lock owners
+// share (the server does not use the owner), and its flock(2) lock is the
+// description's too. So a lock replaces, over its range, whatever the
+// handle held there, whoever took it; an unlock removes it; and a new
+// lock merges with a neighbour of the same type, as the host kernel
+// merges them.
+//
+// Requests on one handle are recorded in the order their replies came;
+// two requests on overlapping ranges of one handle that cross on the wire
+// may be recorded in the other order than the server applied them.
+type handleLocks struct {
+	// posix are the record locks, sorted by start, without overlap.
+	posix []heldLock
+	// flock is the flock(2) lock, when flockHeld.
+	flock     heldLock
+	flockHeld bool
+}
+
+func (ls *handleLocks) empty() bool { return len(ls.posix) == 0 && !ls.flockHeld }
+
+// all returns the locks to take again: the record locks in order, then
+// the flock lock.
+func (ls *handleLocks) all() []heldLock {
+	out := slices.Clone(ls.posix)
+	if ls.flockHeld {
+		out = append(out, ls.flock)
+	}
+	return out
+}
+
+// apply records the effect of a granted Setlk request.
+func (ls *handleLocks) apply(req *qtfsv1.SetlkRequest) {
+	l := req.GetLock()
+	typ := l.GetType()
+	locked := typ == syscall.F_RDLCK || typ == syscall.F_WRLCK
+	if req.GetFlock() {
+		ls.flock, ls.flockHeld = heldLock{}, locked
+		if locked {
+			ls.flock = heldLock{flock: true, owner: req.GetOwner(), end: math.MaxUint64, typ: typ}
+		}
+		return
+	}
+	start, end := l.GetStart(), l.GetEnd()
+	if end >= math.MaxInt64 {
+		// The server reads every end from here on as "to end of file".
+		end = math.MaxUint64
+	}
+	if end < start {
+		return
+	}
+	out := make([]heldLock, 0, len(ls.posix)+2)
+	for _, p := range ls.posix {
+		if p.end < start || p.start > end {
+			out = append(out, p)
+			continue
+		}
+		if p.start < start {
+			left := p
+			left.end = start - 1
+			out = append(out, left)
+		}
+		if p.end > end {
+			right := p
+			right.start = end + 1
+			out = append(out, right)
+		}
+	}
+	if locked {
+		out = append(out, heldLock{owner: req.GetOwner(), start: start, end: end, typ: typ})
+	}
+	slices.SortFunc(out, func(a, b heldLock) int { return cmp.Compare(a.start, b.start) })
+	merged := out[:0]
+	for _, p := range out {
+		if n := len(merged); n > 0 {
+			last := &merged[n-1]
+			if last.typ == p.typ && last.end != math.MaxUint64 && last.end+1 == p.start {
+				last.end = p.end
+				continue
+			}
+		}
+		merged = append(merged, p)
+	}
+	ls.posix = merged
+}
+
+// lockTypeName names a lock type for a log line.
+func lockTypeName(typ uint32) string {
+	switch typ {
+	case syscall.F_RDLCK:
+		return "read"
+	case syscall.F_WRLCK:
+		return "write"
+	case syscall.F_UNLCK:
+		return "unlock"
+	}
+	return "unknown"
 }

@@ -3,6 +3,7 @@ package fuseclient
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -22,6 +23,7 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/qtfs/qtfs/pkg/faultproxy"
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
@@ -48,6 +50,12 @@ type flakyServer struct {
 	proxy  *faultproxy.Proxy
 	// slow, when set, delays the rpc of that name (after it ran).
 	slow atomic.Value
+	// stall, when set, names an rpc the server never answers: each call
+	// of it waits, without running, until its client cancels it.
+	stall atomic.Value
+	// stalled counts the calls waiting so; cancelled the ones that ended
+	// because their client cancelled them.
+	stalled, cancelled atomic.Int64
 
 	mu  sync.Mutex
 	srv *hostfs.Server
@@ -76,6 +84,15 @@ func newFlakyServer(t *testing.T) *flakyServer {
 
 func (fs *flakyServer) serve(ln net.Listener) {
 	slow := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if stall, _ := fs.stall.Load().(string); stall != "" && strings.HasSuffix(info.FullMethod, "/"+stall) {
+			fs.stalled.Add(1)
+			<-ctx.Done()
+			fs.stalled.Add(-1)
+			if errors.Is(ctx.Err(), context.Canceled) {
+				fs.cancelled.Add(1)
+			}
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
 		resp, err := h(ctx, req)
 		if slow, _ := fs.slow.Load().(string); slow != "" && strings.HasSuffix(info.FullMethod, "/"+slow) {
 			time.Sleep(500 * time.Millisecond)
@@ -147,6 +164,12 @@ type reconnectClient struct {
 
 func newReconnectClient(t *testing.T, fs *flakyServer, timeout time.Duration) *reconnectClient {
 	t.Helper()
+	return newReconnectClientLog(t, fs, timeout, zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)))
+}
+
+// newReconnectClientLog is newReconnectClient with the session's logger.
+func newReconnectClientLog(t *testing.T, fs *flakyServer, timeout time.Duration, log *zap.Logger) *reconnectClient {
+	t.Helper()
 	cc, err := grpc.NewClient("passthrough:///"+fs.proxy.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -154,8 +177,7 @@ func newReconnectClient(t *testing.T, fs *flakyServer, timeout time.Duration) *r
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	tm := fastTiming
-	s, err := NewSessionWith(ctx, cc, "reconnect-test", zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)),
-		SessionOptions{ReconnectTimeout: timeout, timing: &tm})
+	s, err := NewSessionWith(ctx, cc, "reconnect-test", log, SessionOptions{ReconnectTimeout: timeout, timing: &tm})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -643,5 +665,42 @@ func TestKilledCallerCancels(t *testing.T) {
 			t.Fatalf("%d handles still open on the server: its read did not stop", open)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestPingReconnects: the server restarts while the mount is idle; the
+// status ping notices, says the session is reconnecting, and a later
+// ping answers with the round-trip time of the new server session, with
+// no file operation in between.
+func TestPingReconnects(t *testing.T) {
+	fs := newFlakyServer(t)
+	c := newReconnectClient(t, fs, 10*time.Second)
+	ctx := context.Background()
+	if _, err := c.s.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fs.restart()
+	sawReconnecting := false
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		rtt, err := c.s.Ping(ctx)
+		if err == nil {
+			t.Logf("ping %v after the restart (reconnecting seen: %v)", rtt, sawReconnecting)
+			break
+		}
+		if !errors.Is(err, syscall.ENOTCONN) {
+			t.Fatalf("ping after the restart: %v, want ENOTCONN while reconnecting", err)
+		}
+		sawReconnecting = true
+		if time.Now().After(deadline) {
+			t.Fatalf("ping still failing 10 s after the restart: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !sawReconnecting {
+		t.Fatal("the first ping after the restart succeeded: it cannot have reached the new server session")
+	}
+	if n := metricValue(c.s.metrics.reconnects); n < 1 {
+		t.Fatalf("reconnects %v, want at least 1", n)
 	}
 }

@@ -223,20 +223,32 @@ func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
 		mount = s.mounts[0]
 	}
 	s.mu.Unlock()
-	if s.rc != nil {
-		up, gen := s.rc.state()
-		if !up {
-			return 0, fmt.Errorf("qtfs-client: ping %s: %w (reconnecting)", s.server, syscall.ENOTCONN)
-		}
-		s.rc.genMu.RLock()
-		defer s.rc.genMu.RUnlock()
-		mount = s.rc.currentMount(gen, mount)
-	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, handshakeTimeout)
 		defer cancel()
 	}
+	if s.rc == nil {
+		return s.ping(ctx, mount)
+	}
+	up, gen := s.rc.state()
+	if !up {
+		return 0, fmt.Errorf("qtfs-client: ping %s: %w (reconnecting)", s.server, syscall.ENOTCONN)
+	}
+	s.rc.genMu.RLock()
+	rtt, err := s.ping(ctx, s.rc.currentMount(gen, mount))
+	s.rc.genMu.RUnlock()
+	if c := status.Code(errors.Unwrap(err)); c == codes.FailedPrecondition || c == codes.Unavailable {
+		// The server restarted or the link broke while the mount was
+		// idle: reconnect now rather than on the next call.
+		s.rc.markDown(gen, "ping failed", err)
+		return 0, fmt.Errorf("qtfs-client: ping %s: %w (reconnecting)", s.server, syscall.ENOTCONN)
+	}
+	return rtt, err
+}
+
+// ping times one Getattr of the root of mount.
+func (s *Session) ping(ctx context.Context, mount uint64) (time.Duration, error) {
 	start := time.Now()
 	_, err := s.client.Getattr(ctx, &qtfsv1.GetattrRequest{Mount: mount, Caller: &qtfsv1.Caller{}})
 	if err != nil {
@@ -555,7 +567,7 @@ func newMetrics() *metrics {
 		}),
 		reopens: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "qtfs_client_reopens_total",
-			Help: "Open files and directories opened again after a reconnect, by result (ok, gone: the file is no longer there and its callers get EIO).",
+			Help: "Open files and directories opened again after a reconnect, by result (ok; gone: the file is no longer there; lock_lost: a lock it held was taken by someone else meanwhile; the callers of gone and lock_lost files get EIO).",
 		}, []string{"result"}),
 	}
 }

@@ -1,0 +1,162 @@
+package fuseclient
+
+// The mount of this test is served by the test process itself, so every
+// access to it is made by a child process (dd), never by the test.
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+)
+
+// skipWithoutFUSE skips a test that mounts when it cannot.
+func skipWithoutFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipped: FUSE mount tests mount directly and need root (run the tests as root, e.g. sudo go test)")
+	}
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("skipped: /dev/fuse cannot be opened (%v): load the fuse module (modprobe fuse) or give the container /dev/fuse", err)
+	}
+	f.Close()
+	if _, err := exec.LookPath("dd"); err != nil {
+		t.Skip("skipped: dd(1) is needed to make reads and writes through the mount (install coreutils)")
+	}
+}
+
+// mountFlaky mounts fs's export, served by this process through session
+// c, with an operation timeout of opTimeout.
+func mountFlaky(t *testing.T, fs *flakyServer, c *reconnectClient, opTimeout time.Duration) string {
+	t.Helper()
+	mnt := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	server, err := Mount(ctx, c.s, mnt, MountOptions{
+		RemotePath: fs.export,
+		OpTimeout:  opTimeout,
+		Logger:     zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).Named("mount"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		var err error
+		for range 50 {
+			if err = server.Unmount(); err == nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Errorf("unmount %s: %v; detaching it", mnt, err)
+		_ = syscall.Unmount(mnt, syscall.MNT_DETACH)
+	})
+	return mnt
+}
+
+// TestKilledCallerCancelsParts: a process blocked in a 4 MiB write or
+// direct read, which the client sends as several parts at once, is killed
+// with SIGKILL while the server answers none of them. Every part is
+// cancelled (the server sees each call cancelled, the client counts each
+// as CallerKilled) long before the operation timeout, the process is
+// gone, and the mount still works.
+func TestKilledCallerCancelsParts(t *testing.T) {
+	skipWithoutFUSE(t)
+	const size = 4 << 20
+	const opTimeout = time.Minute
+	// The kernel sends at most max_write (1 MiB) per request; the client
+	// splits it into parts of ioPart.
+	const parts = maxChunk / ioPart
+	for _, tc := range []struct {
+		name, op string
+		dd       func(mnt string) []string
+	}{
+		{"write", "Write", func(mnt string) []string {
+			return []string{"if=/dev/zero", "of=" + filepath.Join(mnt, "f"), "bs=4M", "count=1", "conv=notrunc"}
+		}},
+		{"direct read", "Read", func(mnt string) []string {
+			return []string{"if=" + filepath.Join(mnt, "f"), "of=/dev/null", "bs=4M", "count=1", "iflag=direct"}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs := newFlakyServer(t)
+			if err := os.WriteFile(filepath.Join(fs.export, "f"), bytes.Repeat([]byte("q"), size), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			c := newReconnectClient(t, fs, 10*time.Second)
+			mnt := mountFlaky(t, fs, c, opTimeout)
+			fs.stall.Store(tc.op)
+
+			dd := exec.Command("dd", tc.dd(mnt)...)
+			var out bytes.Buffer
+			dd.Stdout, dd.Stderr = &out, &out
+			if err := dd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			go func() { dd.Wait(); close(exited) }()
+			t.Cleanup(func() {
+				dd.Process.Kill()
+				select {
+				case <-exited:
+				case <-time.After(opTimeout + 10*time.Second):
+					t.Errorf("dd %d never exited", dd.Process.Pid)
+				}
+			})
+			waitFor(t, "the parts waiting on the server", 20*time.Second, func() bool {
+				select {
+				case <-exited:
+					t.Fatalf("dd ended with the server answering nothing: %s", out.String())
+				default:
+				}
+				return fs.stalled.Load() == parts
+			})
+
+			killed := time.Now()
+			if err := dd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			// Far below the operation timeout: only cancelling the parts
+			// ends them this soon.
+			const bound = 5 * time.Second
+			select {
+			case <-exited:
+			case <-time.After(bound):
+				t.Fatalf("the killed dd still waits for the server %v after SIGKILL", bound)
+			}
+			callerKilled := c.s.metrics.rpcErrors.WithLabelValues(tc.op, "CallerKilled")
+			waitFor(t, "every part cancelled", bound-time.Since(killed), func() bool {
+				return fs.stalled.Load() == 0 && fs.cancelled.Load() == parts && metricValue(callerKilled) == parts
+			})
+			t.Logf("dd killed: %d parts cancelled within %v", parts, time.Since(killed).Round(time.Millisecond))
+
+			// The mount answers: a large write and a direct read go through.
+			fs.stall.Store("")
+			for _, args := range [][]string{
+				{"if=/dev/zero", "of=" + filepath.Join(mnt, "g"), "bs=1M", "count=5"},
+				{"if=" + filepath.Join(mnt, "g"), "of=/dev/null", "bs=4M", "iflag=direct"},
+			} {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				b, err := exec.CommandContext(ctx, "dd", args...).CombinedOutput()
+				cancel()
+				if err != nil {
+					t.Fatalf("dd %v after the kill: %v: %s", args, err, b)
+				}
+			}
+			if st, err := os.Stat(filepath.Join(fs.export, "g")); err != nil || st.Size() != 5<<20 {
+				t.Fatalf("host file written after the kill: %v, %v", st, err)
+			}
+			if n := fs.cancelled.Load(); n != parts {
+				t.Fatalf("%d calls cancelled, want %d", n, parts)
+			}
+		})
+	}
+}
