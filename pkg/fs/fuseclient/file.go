@@ -28,6 +28,9 @@ type fileHandle struct {
 	inlinePos int64
 	inlineEOF bool
 	hasInline bool
+	// flushNeedless: the server says close(2) on the file's filesystem
+	// reports nothing write(2) and fsync(2) do not, so Flush sends nothing.
+	flushNeedless bool
 }
 
 var (
@@ -323,9 +326,10 @@ func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 // a process scanning /proc saves a round trip per file.
 func (f *fileHandle) Flush(ctx context.Context) syscall.Errno {
 	m := f.m
-	if m.special || f.flags&syscall.O_ACCMODE == syscall.O_RDONLY {
+	if m.special || f.flags&syscall.O_ACCMODE == syscall.O_RDONLY || f.flushNeedless {
 		// Nor on a read-only file: its close writes nothing back, and
-		// its locks belong to the handle, released with it.
+		// its locks belong to the handle, released with it. Nor where
+		// the host's close(2) could only repeat what the writes said.
 		return 0
 	}
 	_, e := call(m.sess, m.timeout, "Flush", m.sess.client.Flush, &qtfsv1.FlushRequest{Handle: f.h})

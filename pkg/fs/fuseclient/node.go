@@ -521,6 +521,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		return nil, 0, e
 	}
 	fh := m.newFileHandle(resp.GetHandle(), n, flags)
+	fh.flushNeedless = resp.GetFlushNeedless()
 	m.sess.trackPath(fh.h, n.path)
 	if a := resp.GetAttr(); a != nil && n != m.root && m.inos.ino(a.GetDev(), a.GetIno()) != n.StableAttr().Ino {
 		// The path names another file now: open(2) retries with a fresh
@@ -557,6 +558,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 	n.entryChanged(name, resp.GetAttr(), false)
 	n.dirChanged(resp.GetDirAttr())
 	fh := m.newFileHandle(resp.GetHandle(), nil, flags)
+	fh.flushNeedless = resp.GetFlushNeedless()
 	ch, e := n.newChild(ctx, resp.GetAttr(), out)
 	if e != 0 {
 		fh.Release(ctx)

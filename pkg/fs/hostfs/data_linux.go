@@ -104,7 +104,30 @@ func (s *Server) newHandle(op string, ss *session, m *mount, fd, flags int, call
 	}
 	resp.Handle = id
 	resp.Attr = attr
+	resp.FlushNeedless = !dir && s.closeIsSilent(fd, attr.GetDev())
 	return 0
+}
+
+// closeIsSilent reports whether close(2) of fd, on device dev, can report
+// nothing write(2) and fsync(2) do not: local disk filesystems and tmpfs
+// write back on their own and report errors at fsync. Network and FUSE
+// filesystems (and overlayfs, whose upper layer may be either) can fail a
+// close, so Flush is sent for them. Answers are kept per device.
+func (s *Server) closeIsSilent(fd int, dev uint64) bool {
+	if v, ok := s.silentClose.Load(dev); ok {
+		return v.(bool)
+	}
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		return false
+	}
+	silent := false
+	switch uint64(st.Type) {
+	case unix.EXT4_SUPER_MAGIC, unix.XFS_SUPER_MAGIC, unix.BTRFS_SUPER_MAGIC, unix.TMPFS_MAGIC, unix.F2FS_SUPER_MAGIC:
+		silent = true
+	}
+	s.silentClose.Store(dev, silent)
+	return silent
 }
 
 // Create creates (or, without O_EXCL, opens) a regular file and returns a
@@ -160,7 +183,7 @@ func (s *Server) Create(ctx context.Context, req *qtfsv1.CreateRequest) (*qtfsv1
 		if e := s.newHandle(op, ss, m, fd, flags, req.GetCaller(), 0, &or); e != 0 {
 			return e
 		}
-		resp.Handle, resp.Attr = or.Handle, or.Attr
+		resp.Handle, resp.Attr, resp.FlushNeedless = or.Handle, or.Attr, or.FlushNeedless
 		resp.DirAttr = dirAttr(dirfd)
 		return 0
 	})

@@ -86,6 +86,8 @@ type Server struct {
 
 	calls *callstream.Server          // serves Calls streams
 	extra grpc.UnaryServerInterceptor // Options.Interceptor
+	// silentClose caches closeIsSilent by device number.
+	silentClose sync.Map
 
 	log     *zap.Logger
 	met     *metrics

@@ -2127,7 +2127,11 @@ type OpenResponse struct {
 	// Bytes read at offset 0 when read_inline was asked for.
 	InlineData []byte `protobuf:"bytes,4,opt,name=inline_data,json=inlineData,proto3" json:"inline_data,omitempty"`
 	// True when inline_data holds the whole file (the read hit end of file).
-	InlineEof     bool `protobuf:"varint,5,opt,name=inline_eof,json=inlineEof,proto3" json:"inline_eof,omitempty"`
+	InlineEof bool `protobuf:"varint,5,opt,name=inline_eof,json=inlineEof,proto3" json:"inline_eof,omitempty"`
+	// True when Flush need not be sent for this handle: on its filesystem
+	// (a local disk filesystem or tmpfs) close(2) reports nothing that
+	// write(2) and fsync(2) do not.
+	FlushNeedless bool `protobuf:"varint,6,opt,name=flush_needless,json=flushNeedless,proto3" json:"flush_needless,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2193,6 +2197,13 @@ func (x *OpenResponse) GetInlineData() []byte {
 func (x *OpenResponse) GetInlineEof() bool {
 	if x != nil {
 		return x.InlineEof
+	}
+	return false
+}
+
+func (x *OpenResponse) GetFlushNeedless() bool {
+	if x != nil {
+		return x.FlushNeedless
 	}
 	return false
 }
@@ -2295,7 +2306,9 @@ type CreateResponse struct {
 	Handle uint64                 `protobuf:"varint,2,opt,name=handle,proto3" json:"handle,omitempty"`
 	Attr   *Attr                  `protobuf:"bytes,3,opt,name=attr,proto3" json:"attr,omitempty"`
 	// The directory's attributes after the change (see ErrnoResponse.dir_attr).
-	DirAttr       *Attr `protobuf:"bytes,4,opt,name=dir_attr,json=dirAttr,proto3" json:"dir_attr,omitempty"`
+	DirAttr *Attr `protobuf:"bytes,4,opt,name=dir_attr,json=dirAttr,proto3" json:"dir_attr,omitempty"`
+	// See OpenResponse.flush_needless.
+	FlushNeedless bool `protobuf:"varint,5,opt,name=flush_needless,json=flushNeedless,proto3" json:"flush_needless,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2356,6 +2369,13 @@ func (x *CreateResponse) GetDirAttr() *Attr {
 		return x.DirAttr
 	}
 	return nil
+}
+
+func (x *CreateResponse) GetFlushNeedless() bool {
+	if x != nil {
+		return x.FlushNeedless
+	}
+	return false
 }
 
 type ReadRequest struct {
@@ -5325,7 +5345,7 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x04path\x18\x03 \x01(\fR\x04path\x12\x14\n" +
 	"\x05flags\x18\x04 \x01(\rR\x05flags\x12\x1f\n" +
 	"\vread_inline\x18\x05 \x01(\rR\n" +
-	"readInline\"\x9f\x01\n" +
+	"readInline\"\xc6\x01\n" +
 	"\fOpenResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12!\n" +
@@ -5333,7 +5353,8 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\vinline_data\x18\x04 \x01(\fR\n" +
 	"inlineData\x12\x1d\n" +
 	"\n" +
-	"inline_eof\x18\x05 \x01(\bR\tinlineEof\"\xb6\x01\n" +
+	"inline_eof\x18\x05 \x01(\bR\tinlineEof\x12%\n" +
+	"\x0eflush_needless\x18\x06 \x01(\bR\rflushNeedless\"\xb6\x01\n" +
 	"\rCreateRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
@@ -5341,12 +5362,13 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x04name\x18\x04 \x01(\fR\x04name\x12\x14\n" +
 	"\x05flags\x18\x05 \x01(\rR\x05flags\x12\x12\n" +
 	"\x04mode\x18\x06 \x01(\rR\x04mode\x12\x14\n" +
-	"\x05umask\x18\a \x01(\rR\x05umask\"\x8b\x01\n" +
+	"\x05umask\x18\a \x01(\rR\x05umask\"\xb2\x01\n" +
 	"\x0eCreateResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12!\n" +
 	"\x04attr\x18\x03 \x01(\v2\r.qtfs.v1.AttrR\x04attr\x12(\n" +
-	"\bdir_attr\x18\x04 \x01(\v2\r.qtfs.v1.AttrR\adirAttr\"Q\n" +
+	"\bdir_attr\x18\x04 \x01(\v2\r.qtfs.v1.AttrR\adirAttr\x12%\n" +
+	"\x0eflush_needless\x18\x05 \x01(\bR\rflushNeedless\"Q\n" +
 	"\vReadRequest\x12\x16\n" +
 	"\x06handle\x18\x01 \x01(\x04R\x06handle\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x03R\x06offset\x12\x12\n" +
