@@ -29,6 +29,8 @@ type fakeFS struct {
 	running  atomic.Int32 // Getattr calls running
 	peak     atomic.Int32
 	unary    atomic.Int32 // calls that arrived as plain unary calls
+	streams  atomic.Int32 // Calls streams opened
+	ended    atomic.Int32 // Calls streams that ended
 	canceled chan string  // paths of blocked calls whose context ended
 	release  chan struct{}
 }
@@ -71,10 +73,14 @@ func (f *fakeFS) Read(_ context.Context, req *qtfsv1.ReadRequest) (*qtfsv1.ReadR
 }
 
 func (f *fakeFS) Calls(st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.CallFrame]) error {
+	f.streams.Add(1)
+	defer f.ended.Add(1)
 	return f.calls.Serve(st)
 }
 
-// env is a gRPC server with a fakeFS on a unix socket and a Client to it.
+// env is a gRPC server with a fakeFS on a unix socket and a Client to it;
+// with channels, also a call channel server on a socket of its own, which
+// binds the token "good", and a Client that uses it.
 type env struct {
 	fs   *fakeFS
 	g    *grpc.Server
@@ -83,11 +89,37 @@ type env struct {
 	c    *callstream.Client
 	fsc  qtfsv1.FileSystemClient
 	intc atomic.Int32 // interceptor runs
+
+	chSock     string
+	binds      atomic.Int32 // channels bound
+	refused    atomic.Int32 // channels refused
+	chFailures atomic.Int32 // ChannelFailed calls
+	chMu       sync.Mutex
+	chConns    []net.Conn // the server's ends of the channels
 }
 
-func newEnv(t testing.TB, maxInflight int) *env {
+// carriers runs test once with calls on a Calls stream and once on a call
+// channel.
+func carriers(t *testing.T, test func(t *testing.T, channels bool)) {
+	t.Run("stream", func(t *testing.T) { test(t, false) })
+	t.Run("channel", func(t *testing.T) { test(t, true) })
+}
+
+// checkCarrier fails when calls did not go on the carrier e was made for.
+func (e *env) checkCarrier(t *testing.T, channels bool) {
 	t.Helper()
-	e := &env{sock: filepath.Join(t.TempDir(), "s.sock")}
+	if channels && (e.fs.streams.Load() != 0 || e.binds.Load() == 0) {
+		t.Fatalf("%d streams and %d channels: want calls on a channel only", e.fs.streams.Load(), e.binds.Load())
+	}
+	if !channels && e.fs.streams.Load() == 0 {
+		t.Fatal("no Calls stream was opened")
+	}
+}
+
+func newEnv(t testing.TB, maxInflight int, channels bool) *env {
+	t.Helper()
+	dir := t.TempDir()
+	e := &env{sock: filepath.Join(dir, "s.sock"), chSock: filepath.Join(dir, "ch.sock")}
 	e.fs = &fakeFS{canceled: make(chan string, 16), release: make(chan struct{})}
 	e.fs.calls = callstream.NewServer(&qtfsv1.FileSystem_ServiceDesc, e.fs, callstream.ServerOptions{
 		MaxInflight: maxInflight,
@@ -108,10 +140,22 @@ func newEnv(t testing.TB, maxInflight int) *env {
 	}
 	t.Cleanup(func() { cc.Close() })
 	e.cc = cc
-	e.c = callstream.NewClient(cc, callstream.ClientOptions{Direct: func(method string, req any) bool {
+	opts := callstream.ClientOptions{Direct: func(method string, req any) bool {
 		r, ok := req.(*qtfsv1.ReadRequest)
 		return ok && r.GetSize() > 1024
-	}})
+	}}
+	if channels {
+		e.serveChannels(t)
+		opts.Channel = func(ctx context.Context) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", e.chSock)
+		}
+		opts.ChannelFailed = func(error) { e.chFailures.Add(1) }
+	}
+	e.c = callstream.NewClient(cc, opts)
+	if channels {
+		e.c.SetChannelToken([]byte("good"))
+	}
 	t.Cleanup(func() { e.c.Close() })
 	e.fsc = qtfsv1.NewFileSystemClient(e.c)
 	return e
@@ -134,166 +178,221 @@ func (e *env) serve(t testing.TB) {
 	t.Cleanup(g.Stop)
 }
 
+// serveChannels serves call channels on e.chSock.
+func (e *env) serveChannels(t testing.TB) {
+	t.Helper()
+	l, err := net.Listen("unix", e.chSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		l.Close()
+		e.closeChannels()
+	})
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			e.chMu.Lock()
+			e.chConns = append(e.chConns, conn)
+			e.chMu.Unlock()
+			go e.fs.calls.ServeChannel(conn, func(token []byte) (context.Context, func(), error) {
+				if string(token) != "good" {
+					e.refused.Add(1)
+					return nil, nil, status.Error(codes.PermissionDenied, "bad token")
+				}
+				e.binds.Add(1)
+				return context.Background(), func() {}, nil
+			})
+		}
+	}()
+}
+
+// closeChannels closes the server's end of every channel.
+func (e *env) closeChannels() {
+	e.chMu.Lock()
+	defer e.chMu.Unlock()
+	for _, c := range e.chConns {
+		c.Close()
+	}
+	e.chConns = nil
+}
+
 func getattr(ctx context.Context, fsc qtfsv1.FileSystemClient, path string, h uint64) (*qtfsv1.AttrResponse, error) {
 	return fsc.Getattr(ctx, &qtfsv1.GetattrRequest{Path: []byte(path), Handle: h})
 }
 
 func TestConcurrentCallsGetTheirOwnReplies(t *testing.T) {
-	e := newEnv(t, 0)
-	var wg sync.WaitGroup
-	errs := make(chan error, 64)
-	for w := range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range 50 {
-				h := uint64(w*1000 + i)
-				r, err := getattr(context.Background(), e.fsc, "x", h)
-				if err != nil {
-					errs <- err
-					return
+	carriers(t, func(t *testing.T, channels bool) {
+		e := newEnv(t, 0, channels)
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for w := range 64 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 50 {
+					h := uint64(w*1000 + i)
+					r, err := getattr(context.Background(), e.fsc, "x", h)
+					if err != nil {
+						errs <- err
+						return
+					}
+					if r.GetAttr().GetIno() != h {
+						errs <- fmt.Errorf("call %d got the reply of %d", h, r.GetAttr().GetIno())
+						return
+					}
 				}
-				if r.GetAttr().GetIno() != h {
-					errs <- fmt.Errorf("call %d got the reply of %d", h, r.GetAttr().GetIno())
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	if got := e.fs.unary.Load(); got != 0 {
-		t.Fatalf("%d calls went as unary calls, want all on the stream", got)
-	}
-	if got := e.intc.Load(); got != 64*50 {
-		t.Fatalf("interceptor ran %d times, want %d", got, 64*50)
-	}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		if got := e.fs.unary.Load(); got != 0 {
+			t.Fatalf("%d calls went as unary calls, want all on the stream", got)
+		}
+		if got := e.intc.Load(); got != 64*50 {
+			t.Fatalf("interceptor ran %d times, want %d", got, 64*50)
+		}
+		e.checkCarrier(t, channels)
+	})
 }
 
 func TestStatusCodesAndPanics(t *testing.T) {
-	e := newEnv(t, 0)
-	for _, tc := range []struct {
-		path string
-		code codes.Code
-	}{
-		{"precondition", codes.FailedPrecondition},
-		{"panic", codes.Internal},
-		{"ok", codes.OK},
-	} {
-		t.Run(tc.path, func(t *testing.T) {
-			_, err := getattr(context.Background(), e.fsc, tc.path, 1)
-			if got := status.Code(err); got != tc.code {
-				t.Fatalf("code %v (%v), want %v", got, err, tc.code)
+	carriers(t, func(t *testing.T, channels bool) {
+		e := newEnv(t, 0, channels)
+		for _, tc := range []struct {
+			path string
+			code codes.Code
+		}{
+			{"precondition", codes.FailedPrecondition},
+			{"panic", codes.Internal},
+			{"ok", codes.OK},
+		} {
+			t.Run(tc.path, func(t *testing.T) {
+				_, err := getattr(context.Background(), e.fsc, tc.path, 1)
+				if got := status.Code(err); got != tc.code {
+					t.Fatalf("code %v (%v), want %v", got, err, tc.code)
+				}
+			})
+		}
+		t.Run("unknown method", func(t *testing.T) {
+			err := e.c.Invoke(context.Background(), "/qtfs.v1.FileSystem/NoSuch", &qtfsv1.GetattrRequest{}, &qtfsv1.AttrResponse{})
+			if status.Code(err) != codes.Unimplemented {
+				t.Fatalf("got %v, want Unimplemented", err)
 			}
 		})
-	}
-	t.Run("unknown method", func(t *testing.T) {
-		err := e.c.Invoke(context.Background(), "/qtfs.v1.FileSystem/NoSuch", &qtfsv1.GetattrRequest{}, &qtfsv1.AttrResponse{})
-		if status.Code(err) != codes.Unimplemented {
-			t.Fatalf("got %v, want Unimplemented", err)
-		}
 	})
 }
 
 func TestDeadlineReachesTheServer(t *testing.T) {
-	e := newEnv(t, 0)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	r, err := getattr(ctx, e.fsc, "deadline", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.GetErrno() != 0 || r.GetAttr().GetSize() < 4000 || r.GetAttr().GetSize() > 5000 {
-		t.Fatalf("server saw %d ms left (errno %d), want about 5000", r.GetAttr().GetSize(), r.GetErrno())
-	}
-	if r, err := getattr(context.Background(), e.fsc, "deadline", 0); err != nil || r.GetErrno() != -1 {
-		t.Fatalf("without a deadline: %v, errno %d; want no deadline on the server", err, r.GetErrno())
-	}
+	carriers(t, func(t *testing.T, channels bool) {
+		e := newEnv(t, 0, channels)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := getattr(ctx, e.fsc, "deadline", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetErrno() != 0 || r.GetAttr().GetSize() < 4000 || r.GetAttr().GetSize() > 5000 {
+			t.Fatalf("server saw %d ms left (errno %d), want about 5000", r.GetAttr().GetSize(), r.GetErrno())
+		}
+		if r, err := getattr(context.Background(), e.fsc, "deadline", 0); err != nil || r.GetErrno() != -1 {
+			t.Fatalf("without a deadline: %v, errno %d; want no deadline on the server", err, r.GetErrno())
+		}
+	})
 }
 
 func TestCallerGivingUpCancelsTheServerCall(t *testing.T) {
-	e := newEnv(t, 0)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := getattr(ctx, e.fsc, "block", 0)
-		done <- err
-	}()
-	waitFor(t, func() bool { return e.fs.running.Load() == 1 })
-	cancel()
-	select {
-	case err := <-done:
-		if status.Code(err) != codes.Canceled {
-			t.Fatalf("caller got %v, want Canceled", err)
+	carriers(t, func(t *testing.T, channels bool) {
+		e := newEnv(t, 0, channels)
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() {
+			_, err := getattr(ctx, e.fsc, "block", 0)
+			done <- err
+		}()
+		waitFor(t, func() bool { return e.fs.running.Load() == 1 })
+		cancel()
+		select {
+		case err := <-done:
+			if status.Code(err) != codes.Canceled {
+				t.Fatalf("caller got %v, want Canceled", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("caller still waiting 5 s after its context ended")
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("caller still waiting 5 s after its context ended")
-	}
-	select {
-	case <-e.fs.canceled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("server call not cancelled 5 s after the caller gave up")
-	}
-	// The stream still works.
-	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
-		t.Fatal(err)
-	}
+		select {
+		case <-e.fs.canceled:
+		case <-time.After(5 * time.Second):
+			t.Fatal("server call not cancelled 5 s after the caller gave up")
+		}
+		// The stream still works.
+		if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
 
 func TestInflightBound(t *testing.T) {
-	e := newEnv(t, 2)
-	var wg sync.WaitGroup
-	for range 5 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := getattr(context.Background(), e.fsc, "block", 0); err != nil {
-				t.Error(err)
-			}
-		}()
-	}
-	waitFor(t, func() bool { return e.fs.running.Load() == 2 })
-	time.Sleep(100 * time.Millisecond) // room for a third call to start wrongly
-	if got := e.fs.peak.Load(); got != 2 {
-		t.Fatalf("%d calls ran at once, want at most 2", got)
-	}
-	// Meanwhile the caller side is not stuck: a call can still be sent (it
-	// waits for a slot).
-	close(e.fs.release)
-	wg.Wait()
-	if got := e.fs.peak.Load(); got != 2 {
-		t.Fatalf("%d calls ran at once, want at most 2", got)
-	}
+	carriers(t, func(t *testing.T, channels bool) {
+		e := newEnv(t, 2, channels)
+		var wg sync.WaitGroup
+		for range 5 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := getattr(context.Background(), e.fsc, "block", 0); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		waitFor(t, func() bool { return e.fs.running.Load() == 2 })
+		time.Sleep(100 * time.Millisecond) // room for a third call to start wrongly
+		if got := e.fs.peak.Load(); got != 2 {
+			t.Fatalf("%d calls ran at once, want at most 2", got)
+		}
+		// Meanwhile the caller side is not stuck: a call can still be sent (it
+		// waits for a slot).
+		close(e.fs.release)
+		wg.Wait()
+		if got := e.fs.peak.Load(); got != 2 {
+			t.Fatalf("%d calls ran at once, want at most 2", got)
+		}
+	})
 }
 
 func TestBulkCallsGoDirect(t *testing.T) {
-	e := newEnv(t, 0)
-	if _, err := e.fsc.Read(context.Background(), &qtfsv1.ReadRequest{Size: 512}); err != nil {
-		t.Fatal(err)
-	}
-	if got := e.fs.unary.Load(); got != 0 {
-		t.Fatalf("a small read went as a unary call")
-	}
-	r, err := e.fsc.Read(context.Background(), &qtfsv1.ReadRequest{Size: 4096})
-	if err != nil || len(r.GetData()) != 4096 {
-		t.Fatalf("read: %v, %d bytes", err, len(r.GetData()))
-	}
-	if got := e.fs.unary.Load(); got != 1 {
-		t.Fatalf("%d unary calls, want the large read as one", got)
-	}
-	if _, err := e.fsc.Getattr(context.Background(), &qtfsv1.GetattrRequest{}, grpc.WaitForReady(true)); err != nil {
-		t.Fatal(err)
-	}
-	if got := e.fs.unary.Load(); got != 2 {
-		t.Fatalf("%d unary calls, want a call with call options sent directly", got)
-	}
+	carriers(t, func(t *testing.T, channels bool) {
+		e := newEnv(t, 0, channels)
+		if _, err := e.fsc.Read(context.Background(), &qtfsv1.ReadRequest{Size: 512}); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.fs.unary.Load(); got != 0 {
+			t.Fatalf("a small read went as a unary call")
+		}
+		r, err := e.fsc.Read(context.Background(), &qtfsv1.ReadRequest{Size: 4096})
+		if err != nil || len(r.GetData()) != 4096 {
+			t.Fatalf("read: %v, %d bytes", err, len(r.GetData()))
+		}
+		if got := e.fs.unary.Load(); got != 1 {
+			t.Fatalf("%d unary calls, want the large read as one", got)
+		}
+		if _, err := e.fsc.Getattr(context.Background(), &qtfsv1.GetattrRequest{}, grpc.WaitForReady(true)); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.fs.unary.Load(); got != 2 {
+			t.Fatalf("%d unary calls, want a call with call options sent directly", got)
+		}
+	})
 }
 
 func TestServerRestart(t *testing.T) {
-	e := newEnv(t, 0)
+	e := newEnv(t, 0, false)
 	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -332,11 +431,89 @@ func TestServerRestart(t *testing.T) {
 }
 
 func TestClosedClient(t *testing.T) {
-	e := newEnv(t, 0)
-	e.c.Close()
-	_, err := getattr(context.Background(), e.fsc, "ok", 0)
-	if status.Code(err) != codes.Canceled {
-		t.Fatalf("after Close: %v, want Canceled", err)
+	carriers(t, func(t *testing.T, channels bool) {
+		e := newEnv(t, 0, channels)
+		e.c.Close()
+		_, err := getattr(context.Background(), e.fsc, "ok", 0)
+		if status.Code(err) != codes.Canceled {
+			t.Fatalf("after Close: %v, want Canceled", err)
+		}
+	})
+}
+
+func TestChannelRefusedFallsBackToStream(t *testing.T) {
+	e := newEnv(t, 0, true)
+	e.c.SetChannelToken([]byte("stolen"))
+	for i := range 20 {
+		if _, err := getattr(context.Background(), e.fsc, "ok", uint64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e.refused.Load() != 1 || e.binds.Load() != 0 || e.fs.streams.Load() != 1 {
+		t.Fatalf("%d channels refused, %d bound, %d streams: want the one refusal, then calls on a stream",
+			e.refused.Load(), e.binds.Load(), e.fs.streams.Load())
+	}
+	if got := e.chFailures.Load(); got != 1 {
+		t.Fatalf("ChannelFailed called %d times, want once", got)
+	}
+	// A new token (a new server connection) retires the stream: the next
+	// call opens a channel with it, and the stream ends.
+	e.c.SetChannelToken([]byte("good"))
+	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
+		t.Fatal(err)
+	}
+	if e.binds.Load() != 1 {
+		t.Fatalf("%d channels bound after the new token, want 1", e.binds.Load())
+	}
+	waitFor(t, func() bool { return e.fs.ended.Load() == 1 })
+}
+
+func TestChannelBreakFailsCallsInFlight(t *testing.T) {
+	e := newEnv(t, 0, true)
+	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := getattr(context.Background(), e.fsc, "block", 0)
+		done <- err
+	}()
+	waitFor(t, func() bool { return e.fs.running.Load() == 1 })
+	e.closeChannels()
+	select {
+	case err := <-done:
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("call in flight got %v, want Unavailable", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("call in flight still waiting 10 s after its channel closed")
+	}
+	// The server cancels what ran on the lost channel.
+	select {
+	case <-e.fs.canceled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server call of the lost channel was not cancelled")
+	}
+	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
+		t.Fatalf("after the break: %v", err)
+	}
+	if e.binds.Load() != 2 || e.fs.streams.Load() != 0 {
+		t.Fatalf("%d channels bound, %d streams: want a second channel", e.binds.Load(), e.fs.streams.Load())
+	}
+}
+
+func TestChannelFrameLimit(t *testing.T) {
+	e := newEnv(t, 0, true)
+	huge := make([]byte, 5<<20) // more than the server's 4 MiB frames
+	_, err := getattr(context.Background(), e.fsc, string(huge), 0)
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("a 5 MiB call: %v, want Unavailable (the server drops the channel)", err)
+	}
+	if e.fs.running.Load() != 0 || e.intc.Load() != 0 {
+		t.Fatal("the oversized call ran")
+	}
+	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
+		t.Fatalf("after the oversized frame: %v", err)
 	}
 }
 
@@ -351,35 +528,37 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-// BenchmarkCallStreamVsUnary runs the same small call as a plain unary
-// call and on the call stream, interleaved in rounds, and reports both
-// latencies and the ratio.
-func BenchmarkCallStreamVsUnary(b *testing.B) {
-	e := newEnv(b, 0)
-	direct := qtfsv1.NewFileSystemClient(e.cc)
+// BenchmarkCallCarriers runs the same small call as a plain unary call,
+// on a Calls stream and on a call channel (both over unix sockets),
+// interleaved in rounds, and reports each latency and the ratios.
+func BenchmarkCallCarriers(b *testing.B) {
+	streamEnv := newEnv(b, 0, false)
+	chanEnv := newEnv(b, 0, true)
+	direct := qtfsv1.NewFileSystemClient(streamEnv.cc)
 	req := &qtfsv1.GetattrRequest{Path: []byte("ok"), Handle: 7}
 	ctx := context.Background()
-	var tUnary, tStream time.Duration
+	peers := []struct {
+		name string
+		fsc  qtfsv1.FileSystemClient
+		took time.Duration
+	}{{"unary", direct, 0}, {"stream", streamEnv.fsc, 0}, {"channel", chanEnv.fsc, 0}}
 	const round = 100
 	b.ResetTimer()
 	for done := 0; done < b.N; done += round {
 		n := min(round, b.N-done)
-		t0 := time.Now()
-		for range n {
-			if _, err := direct.Getattr(ctx, req); err != nil {
-				b.Fatal(err)
+		for i := range peers {
+			t0 := time.Now()
+			for range n {
+				if _, err := peers[i].fsc.Getattr(ctx, req); err != nil {
+					b.Fatal(err)
+				}
 			}
+			peers[i].took += time.Since(t0)
 		}
-		t1 := time.Now()
-		for range n {
-			if _, err := e.fsc.Getattr(ctx, req); err != nil {
-				b.Fatal(err)
-			}
-		}
-		tUnary += t1.Sub(t0)
-		tStream += time.Since(t1)
 	}
-	b.ReportMetric(float64(tUnary.Microseconds())/float64(b.N), "unary-µs/call")
-	b.ReportMetric(float64(tStream.Microseconds())/float64(b.N), "stream-µs/call")
-	b.ReportMetric(float64(tUnary)/float64(tStream), "speedup-x")
+	for _, p := range peers {
+		b.ReportMetric(float64(p.took.Nanoseconds())/1e3/float64(b.N), p.name+"-µs/call")
+	}
+	b.ReportMetric(float64(peers[0].took)/float64(peers[2].took), "channel-vs-unary-x")
+	b.ReportMetric(float64(peers[1].took)/float64(peers[2].took), "channel-vs-stream-x")
 }

@@ -3,6 +3,7 @@ package callstream
 import (
 	"context"
 	"errors"
+	"net"
 	"sync"
 	"time"
 
@@ -22,6 +23,17 @@ type ClientOptions struct {
 	// Direct, when set, picks the calls sent as plain unary calls on the
 	// connection rather than on the stream (large transfers).
 	Direct func(method string, req any) bool
+	// Channel, when set, connects to the server for a call channel: it
+	// dials and does the transport's security handshake (see
+	// transport.DialChannel). Calls then go on a channel, bound with the
+	// token SetChannelToken gave, rather than on a Calls stream; when a
+	// channel cannot be opened they go on a stream until that fails.
+	Channel func(ctx context.Context) (net.Conn, error)
+	// ChannelFailed, when set, is told why a channel could not be opened
+	// (once per failure after a success, so that logs are not flooded).
+	ChannelFailed func(error)
+	// MaxFrameBytes bounds a frame read from a channel; 0: 4 MiB.
+	MaxFrameBytes int
 }
 
 // Client sends unary calls over FileSystem.Calls streams of cc. It is safe
@@ -29,6 +41,7 @@ type ClientOptions struct {
 type Client struct {
 	cc     grpc.ClientConnInterface
 	direct func(method string, req any) bool
+	opts   ClientOptions
 
 	ctx    context.Context // the streams' context; Close cancels it
 	cancel context.CancelFunc
@@ -37,6 +50,8 @@ type Client struct {
 	cur     *stream       // the stream new calls use; nil: open one
 	opening chan struct{} // closed when the open under way ends; nil: none
 	openErr error         // the last open's error, for callers that waited on it
+	token   []byte        // binds a call channel; nil: use streams
+	chanBad bool          // the last channel open failed (ChannelFailed was told)
 }
 
 var _ grpc.ClientConnInterface = (*Client)(nil)
@@ -45,7 +60,27 @@ var _ grpc.ClientConnInterface = (*Client)(nil)
 // call.
 func NewClient(cc grpc.ClientConnInterface, opts ClientOptions) *Client {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Client{cc: cc, direct: opts.Direct, ctx: ctx, cancel: cancel}
+	if opts.MaxFrameBytes <= 0 {
+		opts.MaxFrameBytes = 4 << 20
+	}
+	return &Client{cc: cc, direct: opts.Direct, opts: opts, ctx: ctx, cancel: cancel}
+}
+
+// SetChannelToken sets the token that binds call channels to the session
+// (HandshakeResponse.call_channel_token; nil: no channels). A new token
+// means a new server connection: the carrier in use is retired (calls in
+// flight on it finish there) and the next call opens a channel with it.
+func (c *Client) SetChannelToken(token []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if string(token) == string(c.token) {
+		return
+	}
+	c.token = append([]byte(nil), token...)
+	if st := c.cur; st != nil {
+		c.cur = nil
+		st.retire()
+	}
 }
 
 // Close ends the stream; calls in flight fail with codes.Canceled and later
@@ -167,9 +202,10 @@ func (c *Client) stream(ctx context.Context) (*stream, error) {
 	}
 }
 
-// open opens a stream and makes it current, then closes done.
+// open opens a channel, or else a stream, and makes it current, then
+// closes done.
 func (c *Client) open(done chan struct{}) {
-	cs, err := c.cc.NewStream(c.ctx, streamDesc, qtfsv1.FileSystem_Calls_FullMethodName)
+	car, err := c.openCarrier()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.opening = nil
@@ -181,23 +217,57 @@ func (c *Client) open(done chan struct{}) {
 		c.openErr = err
 		return
 	}
-	st := &stream{cs: cs, pending: map[uint64]chan result{}}
+	st := &stream{c: car, pending: map[uint64]chan result{}}
 	c.cur, c.openErr = st, nil
 	go c.receive(st)
+}
+
+// openCarrier opens a call channel when there is a token, and a Calls
+// stream when there is none or the channel cannot be had.
+func (c *Client) openCarrier() (carrier, error) {
+	c.mu.Lock()
+	token := c.token
+	c.mu.Unlock()
+	if c.opts.Channel != nil && token != nil {
+		ctx, cancel := context.WithTimeout(c.ctx, helloTimeout)
+		conn, err := c.opts.Channel(ctx)
+		if err == nil {
+			conn, err = OpenChannel(ctx, conn, token)
+		}
+		cancel()
+		c.mu.Lock()
+		tell := err != nil && !c.chanBad
+		c.chanBad = err != nil
+		c.mu.Unlock()
+		if err == nil {
+			return newChannel(conn, c.opts.MaxFrameBytes), nil
+		}
+		if tell && c.opts.ChannelFailed != nil {
+			c.opts.ChannelFailed(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(c.ctx)
+	cs, err := c.cc.NewStream(ctx, streamDesc, qtfsv1.FileSystem_Calls_FullMethodName)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	return clientStream{cs: cs, cancel: cancel}, nil
 }
 
 // receive delivers replies until the stream fails, then fails the calls in
 // flight and drops the stream so that the next call opens another.
 func (c *Client) receive(st *stream) {
 	for {
-		f := new(qtfsv1.CallFrame)
-		if err := st.cs.RecvMsg(f); err != nil {
+		f, err := st.c.recv()
+		if err != nil {
 			c.mu.Lock()
 			if c.cur == st {
 				c.cur = nil
 			}
 			c.mu.Unlock()
 			st.fail(brokenErr(err))
+			st.c.close()
 			return
 		}
 		st.deliver(f)
@@ -225,16 +295,29 @@ type result struct {
 	err   error
 }
 
-// stream is one open Calls stream and its calls in flight.
+// stream is one open carrier (Calls stream or call channel) and its calls
+// in flight.
 type stream struct {
-	cs grpc.ClientStream
+	c carrier
 
-	sendMu sync.Mutex // SendMsg is not safe for concurrent use
+	sendMu sync.Mutex // carrier.send is not safe for concurrent use
 
 	mu      sync.Mutex
 	nextID  uint64
 	pending map[uint64]chan result
 	err     error // set once the stream failed
+	retired bool  // no new calls: closed when the last reply is in
+}
+
+// retire closes the stream once its calls in flight have their replies.
+func (st *stream) retire() {
+	st.mu.Lock()
+	st.retired = true
+	idle := len(st.pending) == 0
+	st.mu.Unlock()
+	if idle {
+		st.c.close()
+	}
 }
 
 // send assigns frame an id and sends it; the reply arrives on the channel.
@@ -252,11 +335,12 @@ func (st *stream) send(frame *qtfsv1.CallFrame) (chan result, error) {
 	st.mu.Unlock()
 
 	st.sendMu.Lock()
-	err := st.cs.SendMsg(frame)
+	err := st.c.send(frame)
 	st.sendMu.Unlock()
 	if err != nil {
-		// SendMsg fails with io.EOF when the stream ended; the reason
-		// comes from RecvMsg, which fails every call in flight.
+		// A stream's send fails with io.EOF when the stream ended; the
+		// reason comes from recv, which fails every call in flight; a
+		// channel closes itself, which ends recv.
 		st.mu.Lock()
 		if st.err != nil {
 			err = st.err
@@ -276,12 +360,17 @@ func (st *stream) abandon(id uint64) {
 	_, waiting := st.pending[id]
 	delete(st.pending, id)
 	broken := st.err != nil
+	done := st.retired && len(st.pending) == 0
 	st.mu.Unlock()
+	if done {
+		st.c.close()
+		return
+	}
 	if !waiting || broken {
 		return
 	}
 	st.sendMu.Lock()
-	_ = st.cs.SendMsg(&qtfsv1.CallFrame{Id: id, Cancel: true})
+	_ = st.c.send(&qtfsv1.CallFrame{Id: id, Cancel: true})
 	st.sendMu.Unlock()
 }
 
@@ -291,9 +380,13 @@ func (st *stream) deliver(f *qtfsv1.CallFrame) {
 	st.mu.Lock()
 	ch, ok := st.pending[f.GetId()]
 	delete(st.pending, f.GetId())
+	done := st.retired && len(st.pending) == 0
 	st.mu.Unlock()
 	if ok {
 		ch <- result{frame: f}
+	}
+	if done {
+		st.c.close()
 	}
 }
 

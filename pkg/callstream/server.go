@@ -20,6 +20,7 @@ type Server struct {
 	methods     map[string]grpc.MethodHandler
 	intercept   grpc.UnaryServerInterceptor
 	maxInflight int
+	maxFrame    int
 }
 
 // ServerOptions configure a Server.
@@ -29,6 +30,8 @@ type ServerOptions struct {
 	Interceptor grpc.UnaryServerInterceptor
 	// MaxInflight bounds the calls of one stream that run at once; 0: 64.
 	MaxInflight int
+	// MaxFrameBytes bounds a frame read from a call channel; 0: 4 MiB.
+	MaxFrameBytes int
 }
 
 // NewServer returns a Server for the unary methods of desc, implemented by
@@ -39,9 +42,13 @@ func NewServer(desc *grpc.ServiceDesc, impl any, opts ServerOptions) *Server {
 		methods:     make(map[string]grpc.MethodHandler, len(desc.Methods)),
 		intercept:   opts.Interceptor,
 		maxInflight: opts.MaxInflight,
+		maxFrame:    opts.MaxFrameBytes,
 	}
 	if s.maxInflight <= 0 {
 		s.maxInflight = 64
+	}
+	if s.maxFrame <= 0 {
+		s.maxFrame = 4 << 20
 	}
 	for _, m := range desc.Methods {
 		s.methods["/"+desc.ServiceName+"/"+m.MethodName] = m.Handler
@@ -52,16 +59,22 @@ func NewServer(desc *grpc.ServiceDesc, impl any, opts ServerOptions) *Server {
 // Serve runs one stream until the client ends it or it fails; it returns
 // once every call it started has finished.
 func (s *Server) Serve(st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.CallFrame]) error {
+	return s.serve(st.Context(), serverStreamCarrier{st})
+}
+
+// serve runs the calls that arrive on c under ctx.
+func (s *Server) serve(ctx context.Context, c carrier) error {
 	ss := &serverStream{
 		s:       s,
-		st:      st,
+		ctx:     ctx,
+		c:       c,
 		running: map[uint64]context.CancelFunc{},
 		slots:   make(chan struct{}, s.maxInflight),
 	}
 	defer ss.wg.Wait()
 	defer ss.cancelAll()
 	for {
-		f, err := st.Recv()
+		f, err := c.recv()
 		if err != nil {
 			// The client ended the stream or the connection failed: the
 			// calls still running are cancelled (nobody waits for them).
@@ -73,7 +86,7 @@ func (s *Server) Serve(st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.Call
 		}
 		select {
 		case ss.slots <- struct{}{}:
-		case <-st.Context().Done():
+		case <-ctx.Done():
 			return nil
 		}
 		ctx, cancel := ss.callContext(f)
@@ -89,15 +102,16 @@ func (s *Server) Serve(st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.Call
 	}
 }
 
-// serverStream is the state of one stream being served.
+// serverStream is the state of one stream or channel being served.
 type serverStream struct {
-	s  *Server
-	st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.CallFrame]
-	wg sync.WaitGroup
+	s   *Server
+	ctx context.Context // the calls' parent
+	c   carrier
+	wg  sync.WaitGroup
 
 	slots chan struct{} // one per call running
 
-	sendMu sync.Mutex // Send is not safe for concurrent use
+	sendMu sync.Mutex // carrier.send is not safe for concurrent use
 
 	mu      sync.Mutex
 	running map[uint64]context.CancelFunc
@@ -107,9 +121,9 @@ type serverStream struct {
 // session and peer), with f's deadline.
 func (ss *serverStream) callContext(f *qtfsv1.CallFrame) (context.Context, context.CancelFunc) {
 	if t := f.GetTimeoutNs(); t > 0 {
-		return context.WithTimeout(ss.st.Context(), time.Duration(min(t, uint64(1<<62))))
+		return context.WithTimeout(ss.ctx, time.Duration(min(t, uint64(1<<62))))
 	}
-	return context.WithCancel(ss.st.Context())
+	return context.WithCancel(ss.ctx)
 }
 
 func (ss *serverStream) start(id uint64, cancel context.CancelFunc) bool {
@@ -192,5 +206,5 @@ func (s *Server) handle(ctx context.Context, f *qtfsv1.CallFrame) (resp any, err
 func (ss *serverStream) reply(f *qtfsv1.CallFrame) {
 	ss.sendMu.Lock()
 	defer ss.sendMu.Unlock()
-	_ = ss.st.Send(f)
+	_ = ss.c.send(f) // a channel that fails closes itself, which ends the reader
 }

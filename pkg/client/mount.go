@@ -105,6 +105,11 @@ func Background(req MountRequest, args []string) error {
 	}
 }
 
+// channelDialer dials the call channels of a session with the server at u.
+func channelDialer(u transport.URI, sec transport.Security) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) { return transport.DialChannel(ctx, u, sec) }
+}
+
 // pprofEnv names a loopback address ("127.0.0.1:6061") on which a mount
 // daemon serves the Go runtime's profiles under /debug/pprof/; unset, it
 // serves none. It is a diagnostic for profiling, not a setting.
@@ -214,7 +219,7 @@ func Foreground(ctx context.Context, req MountRequest, newLog func(w string) (*z
 	}
 	defer cc.Close()
 	sess, err := fuseclient.NewSessionWith(dialCtx, cc, "qtfs-client "+version.Version, log,
-		fuseclient.SessionOptions{ReconnectTimeout: req.Flags.ReconnectTimeout})
+		fuseclient.SessionOptions{ReconnectTimeout: req.Flags.ReconnectTimeout, DialChannel: channelDialer(uri, sec)})
 	if err != nil {
 		return fmt.Errorf("server %s: %w", uri, err)
 	}

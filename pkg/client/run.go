@@ -213,7 +213,7 @@ func (d *runDaemon) connect(ctx context.Context) (*grpc.ClientConn, *fuseclient.
 		}))
 		if err == nil {
 			sess, serr := fuseclient.NewSessionWith(dctx, cc, "qtfs-client run "+version.Version, d.log,
-				fuseclient.SessionOptions{ReconnectTimeout: d.plan.reconnect})
+				fuseclient.SessionOptions{ReconnectTimeout: d.plan.reconnect, DialChannel: channelDialer(uri, sec)})
 			if serr == nil {
 				cancel()
 				d.mu.Lock()

@@ -45,6 +45,8 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 		Registerer: reg,
 		ServerName: "qtfs-server " + version.Version,
 		Limits:     v.limits,
+		// Every listener below hands its call channels to fsrv.
+		CallChannels: true,
 	})
 	if err != nil {
 		return err
@@ -96,7 +98,12 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 		if err != nil {
 			return err
 		}
-		listeners = append(listeners, l)
+		split, err := transport.SplitChannels(l, creds, fsrv.ServeChannel)
+		if err != nil {
+			l.Close()
+			return err
+		}
+		listeners = append(listeners, split)
 	}
 
 	errc := make(chan error, len(listeners)+1)

@@ -2,8 +2,10 @@ package transport
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -75,6 +77,35 @@ func PeerIdentity(ctx context.Context) string {
 		return "unknown addr=" + addr
 	default:
 		return ai.AuthType() + ":addr=" + addr
+	}
+}
+
+// PeerPrincipal names who a peer is, without where it connects from: the
+// SHA-256 of its TLS certificate, its uid, its CID, or for plain TCP its
+// IP address. Two connections of the same client have the same
+// principal, which is how a call channel is matched to its connection.
+func PeerPrincipal(info credentials.AuthInfo) string {
+	switch ai := info.(type) {
+	case credentials.TLSInfo:
+		if certs := ai.State.PeerCertificates; len(certs) > 0 {
+			sum := sha256.Sum256(certs[0].Raw)
+			return "tls:" + hex.EncodeToString(sum[:])
+		}
+		return "tls:-"
+	case UnixPeer:
+		return "unix:uid=" + strconv.FormatUint(uint64(ai.UID), 10)
+	case VsockPeer:
+		return "vsock:cid=" + strconv.FormatUint(uint64(ai.CID), 10)
+	case InsecurePeer:
+		host, _, err := net.SplitHostPort(ai.Addr)
+		if err != nil {
+			host = ai.Addr
+		}
+		return "insecure:" + host
+	case nil:
+		return "unknown"
+	default:
+		return ai.AuthType()
 	}
 }
 
@@ -153,7 +184,7 @@ func serverTLSConfig(sec Security) (*tls.Config, error) {
 		Certificates: []tls.Certificate{cert},
 		ClientCAs:    pool,
 		ClientAuth:   tls.RequireAndVerifyClientCert,
-		NextProtos:   []string{http2ALPN},
+		NextProtos:   []string{http2ALPN, ChannelALPN},
 	}, nil
 }
 
@@ -204,8 +235,14 @@ func (c *serverCreds) ClientHandshake(context.Context, string, net.Conn) (net.Co
 }
 
 func (c *serverCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return c.serverHandshake(raw, http2ALPN)
+}
+
+// serverHandshake does the handshake of a connection that speaks the
+// application protocol alpn (gRPC's, or a call channel's) over TLS.
+func (c *serverCreds) serverHandshake(raw net.Conn, alpn string) (net.Conn, credentials.AuthInfo, error) {
 	kind := kindOf(raw)
-	conn, info, err := c.handshake(kind, raw)
+	conn, info, err := c.handshake(kind, raw, alpn)
 	if err != nil {
 		lingerClose(raw)
 		if errors.Is(err, io.EOF) {
@@ -231,7 +268,7 @@ func (c *serverCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 	return conn, info, nil
 }
 
-func (c *serverCreds) handshake(kind string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+func (c *serverCreds) handshake(kind string, raw net.Conn, alpn string) (net.Conn, credentials.AuthInfo, error) {
 	switch kind {
 	case "tcp":
 		if c.sec.Insecure {
@@ -251,8 +288,8 @@ func (c *serverCreds) handshake(kind string, raw net.Conn) (net.Conn, credential
 			return nil, nil, err
 		}
 		st := conn.ConnectionState()
-		if st.NegotiatedProtocol != http2ALPN {
-			return nil, nil, fmt.Errorf("tls: client did not negotiate ALPN %q (not a gRPC client?)", http2ALPN)
+		if st.NegotiatedProtocol != alpn {
+			return nil, nil, fmt.Errorf("tls: client did not negotiate ALPN %q (not a qtfs client?)", alpn)
 		}
 		return conn, credentials.TLSInfo{State: st, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
 	case "unix":

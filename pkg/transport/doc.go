@@ -20,6 +20,15 @@
 // first connection is ready (or with an error naming the URI and the
 // reason); later reconnects are gRPC's.
 //
+// Call channels (pkg/callstream) share the listener: SplitChannels wraps it
+// and looks at the first bytes of each connection. A client's DialChannel
+// sends ChannelMagic in the clear first; such a connection goes through the
+// same security handshake (TLS negotiating ChannelALPN instead of "h2") and
+// then to a ChannelHandler, every other connection to gRPC with its first
+// bytes put back. PeerPrincipal names a peer without its address, so that
+// the server can check that a channel comes from the client of the gRPC
+// connection it asks to be bound to.
+//
 // Invariants:
 //   - Plain TCP without TLS happens only with Security.Insecure on both
 //     sides, and only on loopback unless InsecureNonLoopback is set too;
@@ -35,6 +44,9 @@
 //     ServerHandshake hands it back as credentials.ErrConnDispatched.
 //   - Listen never removes a file that is not a socket, nor a socket that
 //     a live server still answers on.
+//   - A call channel gets exactly the checks a gRPC connection gets; a
+//     connection that sends nothing in its first seconds is dropped
+//     without holding up the others.
 //   - Every handshake refusal on the server is logged (when a logger is
 //     given) and counted (when a Registerer is given); no metric label holds
 //     an address or a path.

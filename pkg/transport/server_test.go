@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -15,17 +16,20 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 // testServer is a real gRPC server with the health service, serving on
 // listeners from Listen with credentials from ServerCredentials.
+// Its listeners are split: call channels go to an echo handler.
 type testServer struct {
-	uris []URI       // where it listens (tcp ports resolved)
-	ids  chan string // PeerIdentity of each call
-	logs *observer.ObservedLogs
-	reg  *prometheus.Registry
+	uris     []URI       // where it listens (tcp ports resolved)
+	ids      chan string // PeerIdentity of each call
+	channels chan string // PeerPrincipal of each call channel
+	logs     *observer.ObservedLogs
+	reg      *prometheus.Registry
 }
 
 func startServer(t *testing.T, sec Security, uris ...string) *testServer {
@@ -34,7 +38,7 @@ func startServer(t *testing.T, sec Security, uris ...string) *testServer {
 	log := zaptest.NewLogger(t, zaptest.WrapOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core {
 		return zapcore.NewTee(c, core)
 	})))
-	ts := &testServer{ids: make(chan string, 64), logs: logs, reg: prometheus.NewRegistry()}
+	ts := &testServer{ids: make(chan string, 64), channels: make(chan string, 64), logs: logs, reg: prometheus.NewRegistry()}
 	creds, err := ServerCredentials(sec, WithLogger(log), WithRegisterer(ts.reg))
 	if err != nil {
 		t.Fatalf("ServerCredentials: %v", err)
@@ -54,9 +58,13 @@ func startServer(t *testing.T, sec Security, uris ...string) *testServer {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := Listen(context.Background(), u, sec)
+		raw, err := Listen(context.Background(), u, sec)
 		if err != nil {
 			t.Fatalf("Listen: %v", err)
+		}
+		l, err := SplitChannels(raw, creds, ts.echo)
+		if err != nil {
+			t.Fatal(err)
 		}
 		if ta, ok := l.Addr().(*net.TCPAddr); ok {
 			u.Port = uint32(ta.Port)
@@ -69,6 +77,16 @@ func startServer(t *testing.T, sec Security, uris ...string) *testServer {
 		}()
 	}
 	return ts
+}
+
+// echo serves a call channel: it records the peer and echoes what it reads.
+func (ts *testServer) echo(conn net.Conn, info credentials.AuthInfo) {
+	defer conn.Close()
+	select {
+	case ts.channels <- PeerPrincipal(info):
+	default:
+	}
+	_, _ = io.Copy(conn, conn)
 }
 
 // call dials u and makes one health check.

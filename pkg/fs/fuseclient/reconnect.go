@@ -404,6 +404,9 @@ func (r *reconn) rehandshake(gen uint64) bool {
 		r.s.log.Error("qtfs reconnect: the server now accepts smaller messages than this session's chunk; large reads and writes will fail",
 			zap.Int("max_message_bytes", m), zap.Int("chunk", r.s.chunk))
 	}
+	if r.s.calls != nil {
+		r.s.calls.SetChannelToken(channelToken(resp))
+	}
 	// Locks first, while no call runs: a call waiting for the session
 	// (a blocking lock wait on another handle) must not take a lock this
 	// client held before the restart.

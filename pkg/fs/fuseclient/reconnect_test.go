@@ -27,6 +27,7 @@ import (
 
 	"github.com/qtfs/qtfs/pkg/faultproxy"
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/transport"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -100,17 +101,27 @@ func (fs *flakyServer) serve(ln net.Listener) {
 		return resp, err
 	}
 	srv, err := hostfs.New(hostfs.Options{
-		Exports:     []hostfs.Export{{Path: fs.export}},
-		Logger:      zaptest.NewLogger(fs.t, zaptest.Level(zap.WarnLevel)).Named("hostfs"),
-		ServerName:  "flaky",
-		Interceptor: slow,
+		Exports:      []hostfs.Export{{Path: fs.export}},
+		Logger:       zaptest.NewLogger(fs.t, zaptest.Level(zap.WarnLevel)).Named("hostfs"),
+		ServerName:   "flaky",
+		Interceptor:  slow,
+		CallChannels: true,
 	})
 	if err != nil {
 		fs.t.Fatal(err)
 	}
-	g := grpc.NewServer(srv.ServerOptions()...)
+	// As qtfs-server serves: call channels beside the gRPC connections.
+	creds, err := transport.ServerCredentials(transport.Security{Insecure: true})
+	if err != nil {
+		fs.t.Fatal(err)
+	}
+	split, err := transport.SplitChannels(ln, creds, srv.ServeChannel)
+	if err != nil {
+		fs.t.Fatal(err)
+	}
+	g := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(creds))...)
 	srv.Register(g)
-	go g.Serve(ln)
+	go g.Serve(split)
 	fs.mu.Lock()
 	fs.srv, fs.g = srv, g
 	fs.mu.Unlock()
@@ -177,7 +188,15 @@ func newReconnectClientLog(t *testing.T, fs *flakyServer, timeout time.Duration,
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	tm := fastTiming
-	s, err := NewSessionWith(ctx, cc, "reconnect-test", log, SessionOptions{ReconnectTimeout: timeout, timing: &tm})
+	// Call channels go through the proxy too, so its faults cut them.
+	proxyURI, err := transport.ParseURI("tcp://" + fs.proxy.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialChannel := func(ctx context.Context) (net.Conn, error) {
+		return transport.DialChannel(ctx, proxyURI, transport.Security{Insecure: true})
+	}
+	s, err := NewSessionWith(ctx, cc, "reconnect-test", log, SessionOptions{ReconnectTimeout: timeout, timing: &tm, DialChannel: dialChannel})
 	if err != nil {
 		t.Fatal(err)
 	}

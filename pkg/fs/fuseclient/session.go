@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"sync"
 	"syscall"
@@ -84,6 +85,12 @@ type SessionOptions struct {
 	// reconnecting off (every transport failure is EIO).
 	ReconnectTimeout time.Duration
 
+	// DialChannel, when set, connects to the server for a call channel
+	// (transport.DialChannel): small calls then go on a connection of
+	// their own rather than on a stream of the gRPC connection, when the
+	// server offers it (FEATURE_CALL_CHANNEL).
+	DialChannel func(ctx context.Context) (net.Conn, error)
+
 	// timing paces liveness checks and reconnect attempts; tests shorten
 	// it. nil means defaultTiming.
 	timing *timing
@@ -146,7 +153,16 @@ func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName
 		s.features[f] = true
 	}
 	if s.features[qtfsv1.Feature_FEATURE_CALL_STREAM] {
-		s.calls = callstream.NewClient(cc, callstream.ClientOptions{Direct: bulkCall})
+		copts := callstream.ClientOptions{Direct: bulkCall, MaxFrameBytes: chunk + messageMargin}
+		if opts.DialChannel != nil {
+			copts.Channel = opts.DialChannel
+			copts.ChannelFailed = func(err error) {
+				log.Warn("qtfs call channel: cannot open one; calls go on a stream of the gRPC connection meanwhile",
+					zap.String("server", resp.GetServer()), zap.Error(err))
+			}
+		}
+		s.calls = callstream.NewClient(cc, copts)
+		s.calls.SetChannelToken(channelToken(resp))
 		s.client = qtfsv1.NewFileSystemClient(s.calls)
 	}
 	for _, e := range resp.GetExports() {
@@ -177,6 +193,17 @@ func (s *Session) Close() error {
 	}
 	if s.calls != nil {
 		s.calls.Close()
+	}
+	return nil
+}
+
+// channelToken is the call channel token of a handshake's reply; nil when
+// the server offers no channels.
+func channelToken(resp *qtfsv1.HandshakeResponse) []byte {
+	for _, f := range resp.GetFeatures() {
+		if f == qtfsv1.Feature_FEATURE_CALL_CHANNEL && len(resp.GetCallChannelToken()) > 0 {
+			return resp.GetCallChannelToken()
+		}
 	}
 	return nil
 }

@@ -71,7 +71,7 @@
 // handle.dirMu (serialises Readdir on one directory handle) and handle.ra.mu
 // (a handle's sequential-read state) are taken with none of the others
 // held. No lock is held across a blocking wait (Setlk, a pipe).
-// Server.limitLog.mu is a leaf.
+// Server.limitLog.mu and Server.tokenMu are leaves.
 //
 // The package is Linux only (openat2, Linux 5.6 or later).
 package hostfs

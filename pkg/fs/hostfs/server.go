@@ -3,6 +3,7 @@ package hostfs
 import (
 	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -69,6 +70,10 @@ type Options struct {
 	// plain calls and calls on a Calls stream alike (tests count and delay
 	// calls with it).
 	Interceptor grpc.UnaryServerInterceptor
+	// CallChannels offers call channels in Handshake: set it when the
+	// server's listener hands them to ServeChannel
+	// (transport.SplitChannels).
+	CallChannels bool
 }
 
 // export is an Export with its root directory open.
@@ -86,6 +91,8 @@ type Server struct {
 
 	calls *callstream.Server          // serves Calls streams
 	extra grpc.UnaryServerInterceptor // Options.Interceptor
+	// callChannels is Options.CallChannels.
+	callChannels bool
 	// silentClose caches closeIsSilent by device number.
 	silentClose sync.Map
 
@@ -104,6 +111,9 @@ type Server struct {
 	exports []*export // sorted by path length, longest first
 	conns   map[*connState]struct{}
 	closed  bool
+
+	tokenMu sync.Mutex            // a leaf
+	tokens  map[string]*connState // call channel tokens
 
 	sessionSeq  atomic.Uint64
 	sessions    atomic.Int64
@@ -133,12 +143,14 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("hostfs: openat2 (Linux 5.6 or later) is required: %w", err)
 	}
 	s := &Server{
-		extra:   opts.Interceptor,
-		log:     log,
-		maxData: maxData,
-		name:    opts.ServerName,
-		limits:  limits,
-		conns:   make(map[*connState]struct{}),
+		extra:        opts.Interceptor,
+		callChannels: opts.CallChannels,
+		log:          log,
+		maxData:      maxData,
+		name:         opts.ServerName,
+		limits:       limits,
+		conns:        make(map[*connState]struct{}),
+		tokens:       make(map[string]*connState),
 	}
 	creds, err := newCredSwitcher(log)
 	if err != nil {
@@ -178,8 +190,9 @@ func New(opts Options) (*Server, error) {
 	}
 	s.met = met
 	s.calls = callstream.NewServer(&qtfsv1.FileSystem_ServiceDesc, s, callstream.ServerOptions{
-		Interceptor: s.interceptAll,
-		MaxInflight: limits.MaxInflightPerSession,
+		Interceptor:   s.interceptAll,
+		MaxInflight:   limits.MaxInflightPerSession,
+		MaxFrameBytes: maxData + messageMargin,
 	})
 	for _, ex := range s.exports {
 		log.Info("export", zap.String("path", ex.path), zap.Bool("read_only", ex.readOnly),
@@ -264,6 +277,12 @@ type connState struct {
 	sess   *session // nil until Handshake
 	ended  bool
 	server *Server
+	// token binds call channels to the connection (made at its first
+	// Handshake; "" before), principal is who may present it, channels
+	// are those bound.
+	token     string
+	principal string
+	channels  map[net.Conn]struct{}
 }
 
 func withConn(ctx context.Context, cs *connState) context.Context {
@@ -277,7 +296,7 @@ func connFrom(ctx context.Context) *connState {
 
 // newConn registers a connection; it returns nil when the server is closed.
 func (s *Server) newConn(peer string) *connState {
-	cs := &connState{peer: peer, server: s}
+	cs := &connState{peer: peer, server: s, channels: map[net.Conn]struct{}{}}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -297,6 +316,7 @@ func (s *Server) endConn(cs *connState) {
 	sess := cs.sess
 	cs.sess = nil
 	cs.ended = true
+	s.endChannels(cs)
 	cs.mu.Unlock()
 	if sess != nil {
 		s.sessions.Add(-1)

@@ -61,7 +61,7 @@ func (s *Server) Handshake(ctx context.Context, req *qtfsv1.HandshakeRequest) (*
 	}
 	s.log.Info("session opened", zap.Uint64("session", sess.id), zap.String("peer", cs.peer),
 		zap.String("client", client), zap.Uint32("protocol_version", v))
-	return &qtfsv1.HandshakeResponse{
+	resp := &qtfsv1.HandshakeResponse{
 		ProtocolVersion: v,
 		Server:          s.name,
 		Features: []qtfsv1.Feature{
@@ -72,5 +72,12 @@ func (s *Server) Handshake(ctx context.Context, req *qtfsv1.HandshakeRequest) (*
 		},
 		Exports:         exports,
 		MaxMessageBytes: uint32(s.maxData),
-	}, nil
+	}
+	if s.callChannels {
+		if t := s.channelToken(ctx, cs); t != nil {
+			resp.Features = append(resp.Features, qtfsv1.Feature_FEATURE_CALL_CHANNEL)
+			resp.CallChannelToken = t
+		}
+	}
+	return resp, nil
 }

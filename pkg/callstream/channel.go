@@ -1,0 +1,223 @@
+package callstream
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// carrier moves CallFrames between client and server: a Calls stream or a
+// call channel. send is called by one goroutine at a time (the caller
+// holds a send lock), recv by the one reading goroutine.
+type carrier interface {
+	send(*qtfsv1.CallFrame) error
+	recv() (*qtfsv1.CallFrame, error)
+	close()
+}
+
+// ---------------------------------------------------------------- Calls streams
+
+// clientStream carries frames on a FileSystem.Calls stream.
+type clientStream struct {
+	cs     grpc.ClientStream
+	cancel context.CancelFunc // ends the stream
+}
+
+func (s clientStream) send(f *qtfsv1.CallFrame) error { return s.cs.SendMsg(f) }
+
+func (s clientStream) recv() (*qtfsv1.CallFrame, error) {
+	f := new(qtfsv1.CallFrame)
+	return f, s.cs.RecvMsg(f)
+}
+
+func (s clientStream) close() { s.cancel() }
+
+// serverStreamCarrier is the server's end of a Calls stream.
+type serverStreamCarrier struct {
+	st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.CallFrame]
+}
+
+func (s serverStreamCarrier) send(f *qtfsv1.CallFrame) error   { return s.st.Send(f) }
+func (s serverStreamCarrier) recv() (*qtfsv1.CallFrame, error) { return s.st.Recv() }
+func (serverStreamCarrier) close()                             {}
+
+// ---------------------------------------------------------------- call channels
+
+const (
+	// frameHeader is the length prefix of every frame on a channel.
+	frameHeader = 4
+	// helloTimeout bounds the exchange of ChannelHello and ChannelWelcome.
+	helloTimeout = 10 * time.Second
+	// maxHelloBytes bounds the first frames, which carry a token or a
+	// short message.
+	maxHelloBytes = 4 << 10
+	// channelWriteTimeout bounds one write: a peer that stops reading
+	// fails the channel (and its calls) instead of holding every sender.
+	channelWriteTimeout = 20 * time.Second
+	// keptWriteBuffer is the largest send buffer kept for the next frame.
+	keptWriteBuffer = 64 << 10
+)
+
+// channel carries frames on a connection of its own: each frame is a
+// 4-byte big-endian length and the marshalled message.
+type channel struct {
+	conn     net.Conn
+	r        *bufio.Reader
+	maxFrame int    // the largest frame recv accepts
+	wbuf     []byte // reused by send
+}
+
+func newChannel(conn net.Conn, maxFrame int) *channel {
+	return &channel{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), maxFrame: maxFrame}
+}
+
+// send sends f; a channel that cannot be written to is closed, which
+// ends its reader (and fails the calls in flight) too.
+func (c *channel) send(f *qtfsv1.CallFrame) error {
+	err := c.write(f)
+	if err != nil {
+		c.conn.Close()
+	}
+	return err
+}
+
+// write sends m as one frame, in one write(2).
+func (c *channel) write(m proto.Message) error {
+	b := append(c.wbuf[:0], 0, 0, 0, 0)
+	b, err := proto.MarshalOptions{}.MarshalAppend(b, m)
+	if err != nil {
+		return err
+	}
+	binary.BigEndian.PutUint32(b, uint32(len(b)-frameHeader))
+	if err := c.conn.SetWriteDeadline(time.Now().Add(channelWriteTimeout)); err != nil {
+		return err
+	}
+	_, err = c.conn.Write(b)
+	if cap(b) <= keptWriteBuffer {
+		c.wbuf = b[:0]
+	} else {
+		c.wbuf = nil
+	}
+	return err
+}
+
+func (c *channel) recv() (*qtfsv1.CallFrame, error) {
+	f := new(qtfsv1.CallFrame)
+	return f, c.read(f, c.maxFrame)
+}
+
+// read reads one frame of at most max bytes into m.
+func (c *channel) read(m proto.Message, max int) error {
+	var hdr [frameHeader]byte
+	if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+		return err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if uint64(n) > uint64(max) {
+		return fmt.Errorf("callstream: channel frame of %d bytes, more than the %d accepted", n, max)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(c.r, buf); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return err
+	}
+	return proto.Unmarshal(buf, m)
+}
+
+func (c *channel) close() { c.conn.Close() }
+
+// OpenChannel binds conn, a connection to the server on which the
+// transport's security handshake is done, as a call channel of the
+// session whose token it presents. On failure conn is closed; a refusal
+// by the server is a status error with the server's code and reason.
+func OpenChannel(ctx context.Context, conn net.Conn, token []byte) (net.Conn, error) {
+	ch := newChannel(conn, maxHelloBytes)
+	dl := time.Now().Add(helloTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(dl) {
+		dl = d
+	}
+	if err := conn.SetDeadline(dl); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var w qtfsv1.ChannelWelcome
+	err := ch.write(&qtfsv1.ChannelHello{Token: token})
+	if err == nil {
+		err = ch.read(&w, maxHelloBytes)
+	}
+	if err == nil && ch.r.Buffered() > 0 {
+		err = fmt.Errorf("callstream: channel: the server sent frames before the first call")
+	}
+	if err == nil && w.GetCode() != 0 {
+		err = status.Error(codes.Code(w.GetCode()), "callstream: channel refused: "+w.GetMessage())
+	}
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	if err == nil {
+		err = conn.SetDeadline(time.Time{})
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// BindFunc binds a call channel that presented token: it returns the
+// context its calls run in (the session's connection, the peer), and a
+// function the server calls when the channel ends. An error (a status:
+// its code and message reach the client) refuses the channel.
+type BindFunc func(token []byte) (ctx context.Context, done func(), err error)
+
+// ServeChannel serves the call channel on conn, a connection on which the
+// transport's security handshake is done: it reads the ChannelHello,
+// binds it with bind, then runs its calls as Serve runs those of a
+// stream, until the client closes it, the connection fails or the bound
+// context ends. It closes conn before it returns.
+func (s *Server) ServeChannel(conn net.Conn, bind BindFunc) error {
+	defer conn.Close()
+	ch := newChannel(conn, s.maxFrame)
+	if err := conn.SetDeadline(time.Now().Add(helloTimeout)); err != nil {
+		return err
+	}
+	var hello qtfsv1.ChannelHello
+	if err := ch.read(&hello, maxHelloBytes); err != nil {
+		return fmt.Errorf("callstream: channel hello: %w", err)
+	}
+	ctx, done, err := bind(hello.GetToken())
+	if err != nil {
+		st := status.Convert(err)
+		_ = ch.write(&qtfsv1.ChannelWelcome{Code: uint32(st.Code()), Message: st.Message()})
+		return err
+	}
+	defer done()
+	if err := ch.write(&qtfsv1.ChannelWelcome{}); err != nil {
+		return err
+	}
+	if err := conn.SetDeadline(time.Time{}); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// The bound context ending (the session's connection closed) ends the
+	// channel: closing conn wakes the reader.
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	return s.serve(ctx, ch)
+}

@@ -1,0 +1,179 @@
+package hostfs_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/qtfs/qtfs/pkg/callstream"
+	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/transport"
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// channelServer is a hostfs server behind a split listener on plain TCP
+// loopback (whose principal is the peer's IP address), as qtfs-server runs
+// it.
+type channelServer struct {
+	s   *hostfs.Server
+	reg *prometheus.Registry
+	u   transport.URI
+	sec transport.Security
+	dir string // the export
+}
+
+func startChannelServer(t *testing.T) *channelServer {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	dir := t.TempDir()
+	s, err := hostfs.New(hostfs.Options{
+		Exports:      []hostfs.Export{{Path: dir}},
+		Logger:       zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)),
+		Registerer:   reg,
+		CallChannels: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	sec := transport.Security{Insecure: true}
+	creds, err := transport.ServerCredentials(sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := transport.ParseURI("tcp://127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := transport.Listen(t.Context(), u, sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := transport.SplitChannels(raw, creds, s.ServeChannel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Port = uint32(raw.Addr().(*net.TCPAddr).Port)
+	g := grpc.NewServer(append(s.ServerOptions(), grpc.Creds(creds))...)
+	s.Register(g)
+	go g.Serve(l)
+	t.Cleanup(g.Stop)
+	return &channelServer{s: s, reg: reg, u: u, sec: sec, dir: dir}
+}
+
+// handshake opens a gRPC connection and a session on it; it returns the
+// connection and the call channel token.
+func (cs *channelServer) handshake(t *testing.T) (*grpc.ClientConn, []byte) {
+	t.Helper()
+	cc, err := transport.Dial(t.Context(), cs.u, cs.sec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	r, err := qtfsv1.NewFileSystemClient(cc).Handshake(t.Context(), &qtfsv1.HandshakeRequest{ProtocolVersion: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hasFeature := false
+	for _, f := range r.GetFeatures() {
+		hasFeature = hasFeature || f == qtfsv1.Feature_FEATURE_CALL_CHANNEL
+	}
+	if !hasFeature || len(r.GetCallChannelToken()) != 32 {
+		t.Fatalf("handshake: features %v, token of %d bytes; want a call channel offered", r.GetFeatures(), len(r.GetCallChannelToken()))
+	}
+	return cc, r.GetCallChannelToken()
+}
+
+// dialFrom opens a call channel from local address from (127.0.0.x) and
+// presents token.
+func (cs *channelServer) dialFrom(t *testing.T, from string, token []byte) (net.Conn, error) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	raw, err := d.DialContext(t.Context(), "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(cs.u.Port))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(raw, transport.ChannelMagic); err != nil {
+		t.Fatal(err)
+	}
+	return callstream.OpenChannel(t.Context(), raw, token)
+}
+
+func TestCallChannelBinding(t *testing.T) {
+	cs := startChannelServer(t)
+	cc, token := cs.handshake(t)
+
+	// Calls on a channel bound with the token run in that session.
+	client := callstream.NewClient(cc, callstream.ClientOptions{
+		Channel: func(ctx context.Context) (net.Conn, error) { return transport.DialChannel(ctx, cs.u, cs.sec) },
+		ChannelFailed: func(err error) {
+			t.Errorf("the channel failed: %v", err)
+		},
+	})
+	defer client.Close()
+	client.SetChannelToken(token)
+	fsc := qtfsv1.NewFileSystemClient(client)
+	m, err := fsc.Mount(t.Context(), &qtfsv1.MountRequest{Path: []byte(cs.dir), Caller: root})
+	if err != nil || m.GetErrno() != 0 {
+		t.Fatalf("mount over the channel: %v errno %d", err, m.GetErrno())
+	}
+	a, err := fsc.Getattr(t.Context(), &qtfsv1.GetattrRequest{Mount: m.GetMount(), Caller: root})
+	if err != nil || a.GetErrno() != 0 || a.GetAttr().GetMode()&0o40000 == 0 {
+		t.Fatalf("getattr over the channel: %v errno %d", err, a.GetErrno())
+	}
+	// The mount made on the channel is the gRPC connection's session's.
+	direct := qtfsv1.NewFileSystemClient(cc)
+	if a, err := direct.Getattr(t.Context(), &qtfsv1.GetattrRequest{Mount: m.GetMount(), Caller: root}); err != nil || a.GetErrno() != 0 {
+		t.Fatalf("the channel's mount on the gRPC connection: %v errno %d", err, a.GetErrno())
+	}
+
+	counted := map[string]float64{}
+	refused := func(name string, conn net.Conn, err error, want string) {
+		t.Helper()
+		if err == nil {
+			conn.Close()
+			t.Fatalf("%s: the channel was bound", name)
+		}
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("%s: %v, want PermissionDenied", name, err)
+		}
+		got := gather(t, cs.reg, "qtfs_server_refusals_total", map[string]string{"reason": want})
+		if got != counted[want]+1 {
+			t.Fatalf("%s: refusal %q counted %v times, want %v", name, want, got, counted[want]+1)
+		}
+		counted[want] = got
+	}
+	// A wrong token.
+	bad := append([]byte(nil), token...)
+	bad[0] ^= 0xff
+	conn, err := cs.dialFrom(t, "127.0.0.1", bad)
+	refused("wrong token", conn, err, "channel_token")
+	// The right token from another principal (another source address).
+	conn, err = cs.dialFrom(t, "127.0.0.2", token)
+	refused("another peer", conn, err, "channel_peer")
+
+	// The channel ends with the connection it was bound to.
+	conn, err = cs.dialFrom(t, "127.0.0.1", token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cc.Close()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("channel read after its connection closed: %v, want EOF", err)
+	}
+	// And its token is no longer good.
+	conn, err = cs.dialFrom(t, "127.0.0.1", token)
+	refused("token of an ended connection", conn, err, "channel_token")
+}
