@@ -31,6 +31,10 @@ type fileHandle struct {
 	// flushNeedless: the server says close(2) on the file's filesystem
 	// reports nothing write(2) and fsync(2) do not, so Flush sends nothing.
 	flushNeedless bool
+	// closedAtOpen: the server closed the file after the Open's inline
+	// read (a small /proc or /sys file read whole). A use that needs the
+	// server's file opens it again; fstat goes by path instead.
+	closedAtOpen bool
 }
 
 var (
@@ -101,7 +105,15 @@ func parallel(parts int, part func(i int) (full bool, e syscall.Errno)) (int, sy
 	return n, 0
 }
 
-func (f *fileHandle) handleID() uint64 { return f.h }
+// handleID is the handle stat and attribute changes go through: none (the
+// path) for a file the server closed at open, which a stat should not
+// open again.
+func (f *fileHandle) handleID() uint64 {
+	if f.closedAtOpen {
+		return 0
+	}
+	return f.h
+}
 
 func (f *fileHandle) setInline(data []byte, eof bool) {
 	f.mu.Lock()
@@ -154,7 +166,7 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 		resp, e := callFor(ctx, m.sess, m.timeout, "Read", m.sess.client.Read,
 			&qtfsv1.ReadRequest{Handle: f.h, Offset: off, Size: uint32(len(dest))})
 		if e != 0 {
-			return nil, e
+			return nil, f.vanished(e)
 		}
 		if len(resp.GetData()) > len(dest) {
 			return nil, syscall.EIO
@@ -184,6 +196,21 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 		}
 	}
 	return fuse.ReadResultData(dest[:n]), 0
+}
+
+// vanished is the errno of a read of a file the server closed at open
+// that could not be opened again for it: a read through a file held open
+// on the host gives ESRCH once its process ended (/proc/PID) and ENODEV
+// once its device or cgroup is removed (sysfs, cgroupfs), where opening
+// it again gives ENOENT.
+func (f *fileHandle) vanished(e syscall.Errno) syscall.Errno {
+	if !f.closedAtOpen || e != syscall.ENOENT {
+		return e
+	}
+	if f.m.kind == qtfsv1.FsKind_FS_KIND_PROC {
+		return syscall.ESRCH
+	}
+	return syscall.ENODEV
 }
 
 // prefix is the bytes the parts moved without a gap: the full parts and
@@ -355,7 +382,7 @@ func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
 
 // Getattr is fstat(2): it works once the file is unlinked.
 func (f *fileHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
-	return f.n.getattr(ctx, f.h, out)
+	return f.n.getattr(ctx, f.handleID(), out)
 }
 
 // Setattr is ftruncate(2), fchmod(2), fchown(2) and futimens(3).

@@ -515,6 +515,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	req := &qtfsv1.OpenRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Flags: openFlags(flags)}
 	if m.readInline > 0 && flags&syscall.O_ACCMODE == syscall.O_RDONLY {
 		req.ReadInline = m.readInline
+		// A handle the server closed is opened again on use by the
+		// reconnect machinery; without it, keep the handle open.
+		req.CloseAtEof = m.sess.rc != nil
 	}
 	resp, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, req)
 	if e != 0 {
@@ -522,6 +525,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	fh := m.newFileHandle(resp.GetHandle(), n, flags)
 	fh.flushNeedless = resp.GetFlushNeedless()
+	fh.closedAtOpen = resp.GetClosed()
 	m.sess.trackPath(fh.h, n.path)
 	if a := resp.GetAttr(); a != nil && n != m.root && m.inos.ino(a.GetDev(), a.GetIno()) != n.StableAttr().Ino {
 		// The path names another file now: open(2) retries with a fresh

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -528,4 +529,60 @@ func withoutSigQ(status []byte) []byte {
 		}
 	}
 	return bytes.Join(out, []byte("\n"))
+}
+
+// TestProcOpenReadClose: a small /proc file read whole at open costs one
+// Open (the server closes it at once: no Release), and the same open file
+// can still be read again from the start (it is opened again), stat'ed,
+// and closed.
+func TestProcOpenReadClose(t *testing.T) {
+	tm := requireProcMount(t, "/proc", "")
+	want, err := os.ReadFile("/proc/sys/kernel/ostype")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.ReadFile(tm.path("sys/kernel/ostype")); err != nil { // looked up
+		t.Fatal(err)
+	}
+	tm.resetStats()
+	const n = 20
+	for range n {
+		got, err := os.ReadFile(tm.path("sys/kernel/ostype"))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read: %q, %v; want %q", got, err, want)
+		}
+	}
+	st := tm.stats()
+	if st["Open"] != n || st["Release"] != 0 {
+		t.Fatalf("%d whole reads: %v; want %d Opens and no Release", n, st, n)
+	}
+
+	f, err := os.Open(tm.path("uptime"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := io.ReadAll(f)
+	if err != nil || len(first) == 0 {
+		t.Fatalf("read uptime: %q, %v", first, err)
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		t.Fatalf("fstat of a file closed on the server: %v, %v", fi, err)
+	}
+	again := make([]byte, 256)
+	k, err := f.ReadAt(again, 0)
+	if k == 0 || (err != nil && err != io.EOF) {
+		t.Fatalf("read again from the start: %d bytes, %v", k, err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel sends the Release after close(2) returns.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if st = tm.stats(); st["Release"] > 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if st["Open"] != n+2 || st["Release"] != 1 {
+		t.Fatalf("open, read, stat, re-read, close: %v; want 2 more Opens (the re-read opens again) and its Release", st)
+	}
 }

@@ -55,6 +55,15 @@ var defaultTiming = timing{
 	killCheck:    500 * time.Millisecond,
 }
 
+// closedGen is the session generation of a handle the server closed
+// right after opening it (OpenResponse.closed): no session has it, so its
+// first use opens the file again and its Release sends nothing.
+// closedHandle stands for its server id, which it has none of.
+const (
+	closedGen    = math.MaxUint64
+	closedHandle = math.MaxUint64
+)
+
 // reopenMask are the open flags never replayed when a file is opened
 // again after a reconnect: the file exists, and it must not be emptied.
 const reopenMask = syscall.O_CREAT | syscall.O_EXCL | syscall.O_TRUNC
@@ -94,7 +103,11 @@ type handleRec struct {
 	pathFn func() ([]byte, syscall.Errno)
 	server uint64
 	gen    uint64
-	gone   bool // could not be opened again: every use is EIO
+	gone   bool // could not be opened again: every use fails, with EIO
+	// or goneErrno: the open's own errno for a file closed at open, whose
+	// open later is part of its life (a /proc file of a process that
+	// ended), not a failed recovery.
+	goneErrno syscall.Errno
 	// locks are the locks the server granted through the handle, taken
 	// again when it is opened again.
 	locks handleLocks
@@ -658,6 +671,8 @@ func (r *reconn) serverHandle(ctx context.Context, gen, id uint64) (uint64, sysc
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	switch {
+	case h.gone && h.goneErrno != 0:
+		return 0, h.goneErrno, false
 	case h.gone:
 		return 0, syscall.EIO, false
 	case h.gen == gen:
@@ -693,6 +708,11 @@ func (r *reconn) serverHandle(ctx context.Context, gen, id uint64) (uint64, sysc
 		_, _ = r.s.client.Release(ctx, &qtfsv1.ReleaseRequest{Handle: resp.GetHandle()})
 		e = syscall.ESTALE
 	}
+	if e != 0 && h.gen == closedGen {
+		r.markGone(h)
+		h.goneErrno = e
+		return 0, e, false
+	}
 	if e != 0 {
 		r.markGone(h)
 		r.s.metrics.reopens.WithLabelValues("gone").Inc()
@@ -724,8 +744,10 @@ func (r *reconn) serverHandle(ctx context.Context, gen, id uint64) (uint64, sysc
 			return 0, syscall.EIO, false
 		}
 	}
+	if h.gen != closedGen {
+		r.s.metrics.reopens.WithLabelValues("ok").Inc()
+	}
 	h.server, h.gen = server, gen
-	r.s.metrics.reopens.WithLabelValues("ok").Inc()
 	if ce := r.s.log.Check(zap.DebugLevel, "qtfs reconnect: file opened again"); ce != nil {
 		ce.Write(zap.ByteString("path", path), zap.Uint64("handle", id))
 	}
@@ -761,6 +783,12 @@ func (r *reconn) register(gen uint64, req, resp any) {
 		p.Mount = r.add(func(id uint64) { r.mounts[id] = m })
 	case *qtfsv1.OpenRequest:
 		p := resp.(*qtfsv1.OpenResponse)
+		if p.GetClosed() {
+			// Closed on the server after its inline read: opened
+			// again on first use, like a handle of a lost session.
+			p.Handle = r.addHandle(closedGen, q.GetMount(), q.GetCaller(), q.GetFlags(), q.GetPath(), p.GetAttr(), closedHandle)
+			break
+		}
 		p.Handle = r.addHandle(gen, q.GetMount(), q.GetCaller(), q.GetFlags(), q.GetPath(), p.GetAttr(), p.GetHandle())
 	case *qtfsv1.CreateRequest:
 		p := resp.(*qtfsv1.CreateResponse)

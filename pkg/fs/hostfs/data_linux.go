@@ -61,7 +61,7 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 		if err != nil {
 			return s.walkErrno(op, req.GetPath(), err)
 		}
-		return s.newHandle(op, ss, m, fd, flags, req.GetCaller(), req.GetReadInline(), resp)
+		return s.newHandle(op, ss, m, fd, flags, req.GetCaller(), req.GetReadInline(), req.GetCloseAtEof(), resp)
 	})
 	if err != nil {
 		return nil, err
@@ -73,9 +73,10 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 }
 
 // newHandle finishes an open: restores the blocking mode, stats, reads
-// inline data and stores the handle. fd is consumed.
+// inline data and stores the handle, or with closeAtEOF closes the file
+// when the inline read took all of it. fd is consumed.
 func (s *Server) newHandle(op string, ss *session, m *mount, fd, flags int, caller *qtfsv1.Caller,
-	inline uint32, resp *qtfsv1.OpenResponse) syscall.Errno {
+	inline uint32, closeAtEOF bool, resp *qtfsv1.OpenResponse) syscall.Errno {
 	if flags&unix.O_NONBLOCK == 0 {
 		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
 			_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
@@ -97,6 +98,11 @@ func (s *Server) newHandle(op string, ss *session, m *mount, fd, flags int, call
 			resp.InlineEof = got < n
 			s.met.read(got)
 		}
+	}
+	if closeAtEOF && resp.InlineEof && flags&unix.O_ACCMODE == unix.O_RDONLY {
+		closeFd(fd)
+		resp.Closed, resp.Attr, resp.FlushNeedless = true, attr, true
+		return 0
 	}
 	id, e := ss.addHandle(fd, flags, dir, m, caller)
 	if e != 0 {
@@ -180,7 +186,7 @@ func (s *Server) Create(ctx context.Context, req *qtfsv1.CreateRequest) (*qtfsv1
 			}
 		}
 		var or qtfsv1.OpenResponse
-		if e := s.newHandle(op, ss, m, fd, flags, req.GetCaller(), 0, &or); e != 0 {
+		if e := s.newHandle(op, ss, m, fd, flags, req.GetCaller(), 0, false, &or); e != 0 {
 			return e
 		}
 		resp.Handle, resp.Attr, resp.FlushNeedless = or.Handle, or.Attr, or.FlushNeedless

@@ -2177,7 +2177,13 @@ type OpenRequest struct {
 	Flags uint32 `protobuf:"varint,4,opt,name=flags,proto3" json:"flags,omitempty"`
 	// When non-zero and the handle is readable, the reply carries up to this
 	// many bytes read at offset 0 (saves a round trip for /proc and /sys).
-	ReadInline    uint32 `protobuf:"varint,5,opt,name=read_inline,json=readInline,proto3" json:"read_inline,omitempty"`
+	ReadInline uint32 `protobuf:"varint,5,opt,name=read_inline,json=readInline,proto3" json:"read_inline,omitempty"`
+	// With read_inline, on a file opened read-only: when the inline read
+	// reaches end of file, close the file at once and say so
+	// (OpenResponse.closed), which spares the Release of the common
+	// open-read-close of a small /proc or /sys file. The client opens the
+	// file again by path if it needs more than those bytes.
+	CloseAtEof    bool `protobuf:"varint,6,opt,name=close_at_eof,json=closeAtEof,proto3" json:"close_at_eof,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2247,6 +2253,13 @@ func (x *OpenRequest) GetReadInline() uint32 {
 	return 0
 }
 
+func (x *OpenRequest) GetCloseAtEof() bool {
+	if x != nil {
+		return x.CloseAtEof
+	}
+	return false
+}
+
 type OpenResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Errno  int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
@@ -2260,6 +2273,9 @@ type OpenResponse struct {
 	// (a local disk filesystem or tmpfs) close(2) reports nothing that
 	// write(2) and fsync(2) do not.
 	FlushNeedless bool `protobuf:"varint,6,opt,name=flush_needless,json=flushNeedless,proto3" json:"flush_needless,omitempty"`
+	// The file was closed after the inline read (close_at_eof): handle is 0
+	// and no Release is due.
+	Closed        bool `protobuf:"varint,7,opt,name=closed,proto3" json:"closed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2332,6 +2348,13 @@ func (x *OpenResponse) GetInlineEof() bool {
 func (x *OpenResponse) GetFlushNeedless() bool {
 	if x != nil {
 		return x.FlushNeedless
+	}
+	return false
+}
+
+func (x *OpenResponse) GetClosed() bool {
+	if x != nil {
+		return x.Closed
 	}
 	return false
 }
@@ -5472,14 +5495,16 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\fR\x04path\x12\x19\n" +
 	"\bnew_path\x18\x04 \x01(\fR\anewPath\x12\x19\n" +
-	"\bnew_name\x18\x05 \x01(\fR\anewName\"\x97\x01\n" +
+	"\bnew_name\x18\x05 \x01(\fR\anewName\"\xb9\x01\n" +
 	"\vOpenRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\fR\x04path\x12\x14\n" +
 	"\x05flags\x18\x04 \x01(\rR\x05flags\x12\x1f\n" +
 	"\vread_inline\x18\x05 \x01(\rR\n" +
-	"readInline\"\xc6\x01\n" +
+	"readInline\x12 \n" +
+	"\fclose_at_eof\x18\x06 \x01(\bR\n" +
+	"closeAtEof\"\xde\x01\n" +
 	"\fOpenResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12!\n" +
@@ -5488,7 +5513,8 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"inlineData\x12\x1d\n" +
 	"\n" +
 	"inline_eof\x18\x05 \x01(\bR\tinlineEof\x12%\n" +
-	"\x0eflush_needless\x18\x06 \x01(\bR\rflushNeedless\"\xb6\x01\n" +
+	"\x0eflush_needless\x18\x06 \x01(\bR\rflushNeedless\x12\x16\n" +
+	"\x06closed\x18\a \x01(\bR\x06closed\"\xb6\x01\n" +
 	"\rCreateRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
