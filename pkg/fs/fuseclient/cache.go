@@ -450,8 +450,11 @@ func (n *node) readListing(caller *qtfsv1.Caller) (map[string]*qtfsv1.Attr, sysc
 	if e != 0 {
 		return nil, e
 	}
+	// The first batch comes with the open; a directory listed whole is
+	// closed by the server at once (its Release costs nothing).
 	open, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, &qtfsv1.OpenRequest{
 		Mount: m.id, Caller: caller, Path: p, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY,
+		ReaddirInline: listingBatch, CloseAtEof: m.sess.rc != nil,
 	})
 	if e != 0 {
 		return nil, e
@@ -461,15 +464,20 @@ func (n *node) readListing(caller *qtfsv1.Caller) (map[string]*qtfsv1.Attr, sysc
 		return nil, syscall.ESTALE // the path names another directory now
 	}
 	entries := map[string]*qtfsv1.Attr{}
+	des, eof := open.GetEntries(), open.GetEntriesEof()
+	inline := len(des) > 0 || eof
 	var off uint64
 	for {
-		resp, e := call(m.sess, m.timeout, "Readdir", m.sess.client.Readdir, &qtfsv1.ReaddirRequest{
-			Handle: open.GetHandle(), Offset: off, MaxEntries: listingBatch, Plus: true,
-		})
-		if e != 0 {
-			return nil, e
+		if !inline {
+			resp, e := call(m.sess, m.timeout, "Readdir", m.sess.client.Readdir, &qtfsv1.ReaddirRequest{
+				Handle: open.GetHandle(), Offset: off, MaxEntries: listingBatch, Plus: true,
+			})
+			if e != 0 {
+				return nil, e
+			}
+			des, eof = resp.GetEntries(), resp.GetEof()
 		}
-		des := resp.GetEntries()
+		inline = false
 		if len(des) > listingBatch || len(entries)+len(des) > maxListing {
 			return nil, syscall.EFBIG
 		}
@@ -480,7 +488,7 @@ func (n *node) readListing(caller *qtfsv1.Caller) (map[string]*qtfsv1.Attr, sysc
 			}
 			entries[string(name)] = de.GetAttr()
 		}
-		if resp.GetEof() || len(des) == 0 {
+		if eof || len(des) == 0 {
 			return entries, 0
 		}
 		off = des[len(des)-1].GetOffset()

@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,7 +87,7 @@ func TestListingAnswersLookups(t *testing.T) {
 			return []string{fmt.Sprintf("took %v", took)}, true
 		}
 		var problems []string
-		if stats["Readdir"] < 1 {
+		if stats["Open"] < 1 {
 			problems = append(problems, "the directory was never listed")
 		}
 		if got := stats["Lookup"]; got > n/4 {
@@ -206,7 +207,7 @@ func TestListingSeesHostChanges(t *testing.T) {
 	// Let the background listing land, then look it up again so that it
 	// is used.
 	time.Sleep(100 * time.Millisecond)
-	if st := tm.stats(); st["Readdir"] < 1 {
+	if st := tm.stats(); st["Open"] < 1 {
 		t.Logf("the directory was not listed (RPCs %v): the checks below test the server path", st)
 	}
 
@@ -265,7 +266,7 @@ func TestNoListingWithCacheNone(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := tm.stats()
-	if st["Readdir"] != 0 || st["Lookup"] < 41 {
+	if st["Open"]+st["Readdir"] != 0 || st["Lookup"] < 41 {
 		t.Errorf("cache=none: RPCs %v, want a Lookup per name and no listing", st)
 	}
 }
@@ -498,4 +499,77 @@ func TestDirChangesNeedNoGetattr(t *testing.T) {
 		}
 		return problems, false
 	})
+}
+
+// TestListingInOpen: a directory listed whole comes with its open, which
+// the server closes at once: opendir, readdir and closedir cost one Open.
+// A larger one goes on with Readdir on the open handle, and a rewind of a
+// directory closed at open opens it again.
+func TestListingInOpen(t *testing.T) {
+	tm := startMount(t, mountCfg{})
+	for dir, n := range map[string]int{"small": 10, "large": 1500} {
+		if err := os.Mkdir(tm.host(dir), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			if err := os.WriteFile(tm.host(dir, fmt.Sprintf("f%04d", i)), nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The kernel sends a Release after closedir(3) returns.
+	waitRelease := func() map[string]int {
+		t.Helper()
+		st := tm.stats()
+		for deadline := time.Now().Add(5 * time.Second); st["Release"] == 0 && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+			st = tm.stats()
+		}
+		return st
+	}
+	if _, err := os.Stat(tm.path("small")); err != nil {
+		t.Fatal(err)
+	}
+	tm.resetStats()
+	ents, err := os.ReadDir(tm.path("small"))
+	if err != nil || len(ents) != 10 {
+		t.Fatalf("list small: %d entries, %v", len(ents), err)
+	}
+	time.Sleep(100 * time.Millisecond) // room for a Release that should not come
+	if st := tm.stats(); st["Open"] != 1 || st["Readdir"] != 0 || st["Release"] != 0 {
+		t.Fatalf("listing 10 entries: %v; want one Open and nothing else", st)
+	}
+
+	if _, err := os.Stat(tm.path("large")); err != nil {
+		t.Fatal(err)
+	}
+	tm.resetStats()
+	ents, err = os.ReadDir(tm.path("large"))
+	if err != nil || len(ents) != 1500 {
+		t.Fatalf("list large: %d entries, %v", len(ents), err)
+	}
+	if st := waitRelease(); st["Open"] != 1 || st["Readdir"] < 1 || st["Release"] != 1 {
+		t.Fatalf("listing 1500 entries: %v; want one Open, Readdir and one Release", st)
+	}
+
+	// Read, rewind, read again through one open directory.
+	f, err := os.Open(tm.path("small"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	first, err := f.Readdirnames(-1)
+	if err != nil || len(first) != 10 {
+		t.Fatalf("first pass: %d names, %v", len(first), err)
+	}
+	if err := os.WriteFile(tm.host("small", "new"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	again, err := f.Readdirnames(-1)
+	if err != nil || len(again) != 11 {
+		t.Fatalf("after a rewind: %d names (%v), %v; want the 11 the directory holds now", len(again), again, err)
+	}
 }

@@ -48,6 +48,10 @@ type dirHandle struct {
 	localSet   map[uint32]bool
 	localPhase bool
 	localNext  int
+
+	// closedAtOpen: the Open listed the whole directory and the server
+	// closed it; a rewind opens it again (as after a reconnect).
+	closedAtOpen bool
 }
 
 // dotsOffset shifts the server's cookies (d_off, at most 2^63-1) past the
@@ -112,7 +116,14 @@ func (d *dirHandle) nextLocal() *fuse.DirEntry {
 	}
 }
 
-func (d *dirHandle) handleID() uint64 { return d.h }
+// handleID is the handle stat goes through: none (the path) for a
+// directory the server closed at open.
+func (d *dirHandle) handleID() uint64 {
+	if d.closedAtOpen {
+		return 0
+	}
+	return d.h
+}
 
 // fill fetches the next batch of entries, with attributes.
 func (d *dirHandle) fill() syscall.Errno {
@@ -123,7 +134,13 @@ func (d *dirHandle) fill() syscall.Errno {
 	if e != 0 {
 		return e
 	}
-	entries := resp.GetEntries()
+	return d.take(resp.GetEntries(), resp.GetEof())
+}
+
+// take makes entries, from a Readdir or the Open's inline listing, the
+// current batch; eof says they end the directory.
+func (d *dirHandle) take(entries []*qtfsv1.DirEntry, eof bool) syscall.Errno {
+	m := d.m
 	if len(entries) > readdirBatch {
 		m.log.Warn("qtfs readdir reply larger than asked", zap.Int("entries", len(entries)))
 		return syscall.EIO
@@ -143,7 +160,7 @@ func (d *dirHandle) fill() syscall.Errno {
 	if len(entries) > 0 {
 		d.off = entries[len(entries)-1].GetOffset()
 	}
-	d.eof = resp.GetEof() || len(entries) == 0
+	d.eof = eof || len(entries) == 0
 	return 0
 }
 
@@ -273,5 +290,5 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 
 // Getattr is fstat(2) of the open directory.
 func (d *dirHandle) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
-	return d.n.getattr(ctx, d.h, out)
+	return d.n.getattr(ctx, d.handleID(), out)
 }

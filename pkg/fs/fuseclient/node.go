@@ -592,12 +592,21 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	m := n.m
 	resp, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, &qtfsv1.OpenRequest{
 		Mount: m.id, Caller: m.caller(ctx), Path: p, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY,
+		ReaddirInline: readdirBatch, CloseAtEof: m.sess.rc != nil,
 	})
 	if e != 0 {
 		return nil, 0, e
 	}
 	m.sess.trackPath(resp.GetHandle(), n.path)
-	return m.newDirHandle(resp.GetHandle(), n), 0, 0
+	d := m.newDirHandle(resp.GetHandle(), n)
+	d.closedAtOpen = resp.GetClosed()
+	if len(resp.GetEntries()) > 0 || resp.GetEntriesEof() {
+		if e := d.take(resp.GetEntries(), resp.GetEntriesEof()); e != 0 {
+			d.Releasedir(ctx, 0)
+			return nil, 0, e
+		}
+	}
+	return d, 0, 0
 }
 
 // Statfs answers statfs(2) for the filesystem the node lies on.

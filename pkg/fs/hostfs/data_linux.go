@@ -61,7 +61,8 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 		if err != nil {
 			return s.walkErrno(op, req.GetPath(), err)
 		}
-		return s.newHandle(op, ss, m, fd, flags, req.GetCaller(), req.GetReadInline(), req.GetCloseAtEof(), resp)
+		return s.newHandle(op, ss, m, fd, flags, req.GetCaller(), inlineReads{
+			data: req.GetReadInline(), entries: req.GetReaddirInline(), closeAtEOF: req.GetCloseAtEof()}, resp)
 	})
 	if err != nil {
 		return nil, err
@@ -72,11 +73,18 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 	return resp, nil
 }
 
+// inlineReads are the reads an Open does for its client (OpenRequest
+// read_inline, readdir_inline, close_at_eof).
+type inlineReads struct {
+	data, entries uint32
+	closeAtEOF    bool
+}
+
 // newHandle finishes an open: restores the blocking mode, stats, reads
-// inline data and stores the handle, or with closeAtEOF closes the file
-// when the inline read took all of it. fd is consumed.
+// inline data or entries and stores the handle, or with closeAtEOF
+// closes the file when the inline read took all of it. fd is consumed.
 func (s *Server) newHandle(op string, ss *session, m *mount, fd, flags int, caller *qtfsv1.Caller,
-	inline uint32, closeAtEOF bool, resp *qtfsv1.OpenResponse) syscall.Errno {
+	in inlineReads, resp *qtfsv1.OpenResponse) syscall.Errno {
 	if flags&unix.O_NONBLOCK == 0 {
 		if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil {
 			_, _ = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl&^unix.O_NONBLOCK)
@@ -88,8 +96,14 @@ func (s *Server) newHandle(op string, ss *session, m *mount, fd, flags int, call
 		return s.errnoOf(op, err)
 	}
 	dir := attr.Mode&unix.S_IFMT == unix.S_IFDIR
-	if inline > 0 && !dir && flags&unix.O_ACCMODE != unix.O_WRONLY {
-		n := min(int(inline), s.maxData)
+	if dir && in.entries > 0 && m.ops.allows("Readdir") {
+		if e := s.listInline(op, fd, in.entries, resp); e != 0 {
+			closeFd(fd)
+			return e
+		}
+	}
+	if in.data > 0 && !dir && flags&unix.O_ACCMODE != unix.O_WRONLY {
+		n := min(int(in.data), s.maxData)
 		buf := make([]byte, n)
 		// A failed inline read leaves the handle usable: the client's
 		// next Read reports the error.
@@ -99,7 +113,7 @@ func (s *Server) newHandle(op string, ss *session, m *mount, fd, flags int, call
 			s.met.read(got)
 		}
 	}
-	if closeAtEOF && resp.InlineEof && flags&unix.O_ACCMODE == unix.O_RDONLY {
+	if in.closeAtEOF && (resp.InlineEof || resp.EntriesEof) && flags&unix.O_ACCMODE == unix.O_RDONLY {
 		closeFd(fd)
 		resp.Closed, resp.Attr, resp.FlushNeedless = true, attr, true
 		return 0
@@ -186,7 +200,7 @@ func (s *Server) Create(ctx context.Context, req *qtfsv1.CreateRequest) (*qtfsv1
 			}
 		}
 		var or qtfsv1.OpenResponse
-		if e := s.newHandle(op, ss, m, fd, flags, req.GetCaller(), 0, false, &or); e != 0 {
+		if e := s.newHandle(op, ss, m, fd, flags, req.GetCaller(), inlineReads{}, &or); e != 0 {
 			return e
 		}
 		resp.Handle, resp.Attr, resp.FlushNeedless = or.Handle, or.Attr, or.FlushNeedless

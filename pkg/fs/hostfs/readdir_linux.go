@@ -50,6 +50,23 @@ func (s *Server) Readdir(ctx context.Context, req *qtfsv1.ReaddirRequest) (*qtfs
 	return reply(resp, err)
 }
 
+// listInline lists the first entries of directory fd, with attributes,
+// into an Open's reply (readdir_inline), and leaves fd at its start for
+// the handle's own Readdir calls. The caller's identity is in force (Open
+// runs as the caller), as for Readdir.
+func (s *Server) listInline(op string, fd int, max uint32, resp *qtfsv1.OpenResponse) syscall.Errno {
+	h := &handle{fd: fd, dir: true}
+	var rd qtfsv1.ReaddirResponse
+	if e := s.readdir(op, h, 0, min(int(max), maxReaddirEntries), true, &rd); e != 0 {
+		return e
+	}
+	if _, err := unix.Seek(fd, 0, unix.SEEK_SET); err != nil {
+		return s.errnoOf(op, err)
+	}
+	resp.Entries, resp.EntriesEof = rd.Entries, rd.Eof
+	return 0
+}
+
 // readdir fills resp from h; h.dirMu is held.
 func (s *Server) readdir(op string, h *handle, offset uint64, max int, plus bool, resp *qtfsv1.ReaddirResponse) syscall.Errno {
 	if offset != h.dirPos {

@@ -513,3 +513,65 @@ func TestMaxMessageBytes(t *testing.T) {
 		t.Errorf("oversized write: errno %d", r.GetErrno())
 	}
 }
+
+// TestOpenListsInline: Open of a directory with readdir_inline returns
+// its first entries with attributes; listed whole with close_at_eof, the
+// directory is closed at once. An export whose operations leave out
+// Readdir lists nothing so.
+func TestOpenListsInline(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"a", "b", "c"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ := newServer(t, []contract.Export{{Path: dir}})
+	c, mnt := session(t, s, dir)
+	open := func(max uint32, closeAtEOF bool) *qtfsv1.OpenResponse {
+		t.Helper()
+		r, err := c.Open(t.Context(), &qtfsv1.OpenRequest{Mount: mnt, Caller: root, Flags: unix.O_RDONLY | unix.O_DIRECTORY,
+			ReaddirInline: max, CloseAtEof: closeAtEOF})
+		if err != nil || r.GetErrno() != 0 {
+			t.Fatalf("open: %v errno %d", err, r.GetErrno())
+		}
+		return r
+	}
+	before := s.OpenHandles()
+	r := open(2, true)
+	if len(r.GetEntries()) != 2 || r.GetEntriesEof() || r.GetClosed() || r.GetHandle() == 0 {
+		t.Fatalf("2 of 3 entries: %d entries, eof %v, closed %v, handle %d", len(r.GetEntries()), r.GetEntriesEof(), r.GetClosed(), r.GetHandle())
+	}
+	for _, e := range r.GetEntries() {
+		if e.GetAttr().GetSize() != 1 {
+			t.Fatalf("entry %s without its attributes", e.GetName())
+		}
+	}
+	rest, err := c.Readdir(t.Context(), &qtfsv1.ReaddirRequest{Handle: r.GetHandle(), Offset: r.GetEntries()[1].GetOffset(), MaxEntries: 10, Plus: true})
+	if err != nil || len(rest.GetEntries()) != 1 || !rest.GetEof() {
+		t.Fatalf("the rest after the inline entries: %v, %d entries", err, len(rest.GetEntries()))
+	}
+	if _, err := c.Release(t.Context(), &qtfsv1.ReleaseRequest{Handle: r.GetHandle()}); err != nil {
+		t.Fatal(err)
+	}
+	r = open(10, true)
+	if len(r.GetEntries()) != 3 || !r.GetEntriesEof() || !r.GetClosed() || r.GetHandle() != 0 {
+		t.Fatalf("whole listing: %d entries, eof %v, closed %v, handle %d", len(r.GetEntries()), r.GetEntriesEof(), r.GetClosed(), r.GetHandle())
+	}
+	if n := s.OpenHandles(); n != before {
+		t.Fatalf("%d handles open after a listing closed at open, want %d", n, before)
+	}
+
+	ro, err := hostfs.New(hostfs.Options{Exports: []hostfs.Export{{Path: dir, Ops: []string{"Lookup", "Getattr", "Open"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	c2, mnt2 := session(t, ro, dir)
+	r2, err := c2.Open(t.Context(), &qtfsv1.OpenRequest{Mount: mnt2, Caller: root, Flags: unix.O_RDONLY | unix.O_DIRECTORY, ReaddirInline: 10, CloseAtEof: true})
+	if err != nil || r2.GetErrno() != 0 {
+		t.Fatalf("open on an export without Readdir: %v errno %d", err, r2.GetErrno())
+	}
+	if len(r2.GetEntries()) != 0 || r2.GetClosed() {
+		t.Fatalf("an export without Readdir listed %d entries in Open", len(r2.GetEntries()))
+	}
+}

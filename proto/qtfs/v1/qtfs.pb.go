@@ -2183,7 +2183,12 @@ type OpenRequest struct {
 	// (OpenResponse.closed), which spares the Release of the common
 	// open-read-close of a small /proc or /sys file. The client opens the
 	// file again by path if it needs more than those bytes.
-	CloseAtEof    bool `protobuf:"varint,6,opt,name=close_at_eof,json=closeAtEof,proto3" json:"close_at_eof,omitempty"`
+	CloseAtEof bool `protobuf:"varint,6,opt,name=close_at_eof,json=closeAtEof,proto3" json:"close_at_eof,omitempty"`
+	// On a directory: list up to this many entries (with attributes, as
+	// Readdir with plus) in the reply, from the start. With close_at_eof,
+	// a directory listed whole is closed at once: opendir, readdir and
+	// closedir cost one round trip.
+	ReaddirInline uint32 `protobuf:"varint,7,opt,name=readdir_inline,json=readdirInline,proto3" json:"readdir_inline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2260,6 +2265,13 @@ func (x *OpenRequest) GetCloseAtEof() bool {
 	return false
 }
 
+func (x *OpenRequest) GetReaddirInline() uint32 {
+	if x != nil {
+		return x.ReaddirInline
+	}
+	return 0
+}
+
 type OpenResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Errno  int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
@@ -2275,7 +2287,11 @@ type OpenResponse struct {
 	FlushNeedless bool `protobuf:"varint,6,opt,name=flush_needless,json=flushNeedless,proto3" json:"flush_needless,omitempty"`
 	// The file was closed after the inline read (close_at_eof): handle is 0
 	// and no Release is due.
-	Closed        bool `protobuf:"varint,7,opt,name=closed,proto3" json:"closed,omitempty"`
+	Closed bool `protobuf:"varint,7,opt,name=closed,proto3" json:"closed,omitempty"`
+	// With readdir_inline: the directory's first entries, as Readdir returns
+	// them, and whether they are all of them.
+	Entries       []*DirEntry `protobuf:"bytes,8,rep,name=entries,proto3" json:"entries,omitempty"`
+	EntriesEof    bool        `protobuf:"varint,9,opt,name=entries_eof,json=entriesEof,proto3" json:"entries_eof,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2355,6 +2371,20 @@ func (x *OpenResponse) GetFlushNeedless() bool {
 func (x *OpenResponse) GetClosed() bool {
 	if x != nil {
 		return x.Closed
+	}
+	return false
+}
+
+func (x *OpenResponse) GetEntries() []*DirEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *OpenResponse) GetEntriesEof() bool {
+	if x != nil {
+		return x.EntriesEof
 	}
 	return false
 }
@@ -5495,7 +5525,7 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\fR\x04path\x12\x19\n" +
 	"\bnew_path\x18\x04 \x01(\fR\anewPath\x12\x19\n" +
-	"\bnew_name\x18\x05 \x01(\fR\anewName\"\xb9\x01\n" +
+	"\bnew_name\x18\x05 \x01(\fR\anewName\"\xe0\x01\n" +
 	"\vOpenRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
@@ -5504,7 +5534,8 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\vread_inline\x18\x05 \x01(\rR\n" +
 	"readInline\x12 \n" +
 	"\fclose_at_eof\x18\x06 \x01(\bR\n" +
-	"closeAtEof\"\xde\x01\n" +
+	"closeAtEof\x12%\n" +
+	"\x0ereaddir_inline\x18\a \x01(\rR\rreaddirInline\"\xac\x02\n" +
 	"\fOpenResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12!\n" +
@@ -5514,7 +5545,10 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\n" +
 	"inline_eof\x18\x05 \x01(\bR\tinlineEof\x12%\n" +
 	"\x0eflush_needless\x18\x06 \x01(\bR\rflushNeedless\x12\x16\n" +
-	"\x06closed\x18\a \x01(\bR\x06closed\"\xb6\x01\n" +
+	"\x06closed\x18\a \x01(\bR\x06closed\x12+\n" +
+	"\aentries\x18\b \x03(\v2\x11.qtfs.v1.DirEntryR\aentries\x12\x1f\n" +
+	"\ventries_eof\x18\t \x01(\bR\n" +
+	"entriesEof\"\xb6\x01\n" +
 	"\rCreateRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
@@ -5895,103 +5929,104 @@ var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	11, // 21: qtfs.v1.LinkRequest.caller:type_name -> qtfs.v1.Caller
 	11, // 22: qtfs.v1.OpenRequest.caller:type_name -> qtfs.v1.Caller
 	12, // 23: qtfs.v1.OpenResponse.attr:type_name -> qtfs.v1.Attr
-	11, // 24: qtfs.v1.CreateRequest.caller:type_name -> qtfs.v1.Caller
-	12, // 25: qtfs.v1.CreateResponse.attr:type_name -> qtfs.v1.Attr
-	12, // 26: qtfs.v1.CreateResponse.dir_attr:type_name -> qtfs.v1.Attr
-	12, // 27: qtfs.v1.DirEntry.attr:type_name -> qtfs.v1.Attr
-	40, // 28: qtfs.v1.ReaddirResponse.entries:type_name -> qtfs.v1.DirEntry
-	11, // 29: qtfs.v1.StatfsRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 30: qtfs.v1.GetxattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 31: qtfs.v1.SetxattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 32: qtfs.v1.ListxattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 33: qtfs.v1.RemovexattrRequest.caller:type_name -> qtfs.v1.Caller
-	55, // 34: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
-	55, // 35: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
-	55, // 36: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
-	60, // 37: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
-	61, // 38: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
-	61, // 39: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
-	62, // 40: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
-	64, // 41: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
-	65, // 42: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
-	67, // 43: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
-	69, // 44: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
-	70, // 45: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
-	6,  // 46: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
-	9,  // 47: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
-	16, // 48: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
-	17, // 49: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
-	18, // 50: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
-	19, // 51: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
-	21, // 52: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
-	22, // 53: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
-	23, // 54: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
-	24, // 55: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
-	25, // 56: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
-	26, // 57: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
-	27, // 58: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
-	28, // 59: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
-	30, // 60: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
-	32, // 61: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
-	34, // 62: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
-	36, // 63: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
-	37, // 64: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
-	38, // 65: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
-	39, // 66: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
-	42, // 67: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
-	44, // 68: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
-	46, // 69: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
-	47, // 70: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
-	49, // 71: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
-	50, // 72: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
-	51, // 73: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
-	53, // 74: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
-	56, // 75: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
-	58, // 76: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
-	3,  // 77: qtfs.v1.FileSystem.Calls:input_type -> qtfs.v1.CallFrame
-	59, // 78: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
-	66, // 79: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
-	71, // 80: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
-	7,  // 81: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
-	10, // 82: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
-	14, // 83: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
-	15, // 84: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
-	15, // 85: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
-	20, // 86: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
-	14, // 87: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
-	14, // 88: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
-	14, // 89: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
-	13, // 90: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
-	13, // 91: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
-	13, // 92: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
-	14, // 93: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
-	29, // 94: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
-	31, // 95: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
-	33, // 96: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
-	35, // 97: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
-	13, // 98: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
-	13, // 99: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
-	13, // 100: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
-	41, // 101: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
-	43, // 102: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
-	45, // 103: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
-	13, // 104: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
-	48, // 105: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
-	13, // 106: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
-	13, // 107: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
-	52, // 108: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
-	54, // 109: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
-	57, // 110: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
-	13, // 111: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
-	3,  // 112: qtfs.v1.FileSystem.Calls:output_type -> qtfs.v1.CallFrame
-	63, // 113: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
-	68, // 114: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
-	72, // 115: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
-	81, // [81:116] is the sub-list for method output_type
-	46, // [46:81] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	40, // 24: qtfs.v1.OpenResponse.entries:type_name -> qtfs.v1.DirEntry
+	11, // 25: qtfs.v1.CreateRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 26: qtfs.v1.CreateResponse.attr:type_name -> qtfs.v1.Attr
+	12, // 27: qtfs.v1.CreateResponse.dir_attr:type_name -> qtfs.v1.Attr
+	12, // 28: qtfs.v1.DirEntry.attr:type_name -> qtfs.v1.Attr
+	40, // 29: qtfs.v1.ReaddirResponse.entries:type_name -> qtfs.v1.DirEntry
+	11, // 30: qtfs.v1.StatfsRequest.caller:type_name -> qtfs.v1.Caller
+	11, // 31: qtfs.v1.GetxattrRequest.caller:type_name -> qtfs.v1.Caller
+	11, // 32: qtfs.v1.SetxattrRequest.caller:type_name -> qtfs.v1.Caller
+	11, // 33: qtfs.v1.ListxattrRequest.caller:type_name -> qtfs.v1.Caller
+	11, // 34: qtfs.v1.RemovexattrRequest.caller:type_name -> qtfs.v1.Caller
+	55, // 35: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
+	55, // 36: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
+	55, // 37: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
+	60, // 38: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
+	61, // 39: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
+	61, // 40: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
+	62, // 41: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
+	64, // 42: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
+	65, // 43: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
+	67, // 44: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
+	69, // 45: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
+	70, // 46: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
+	6,  // 47: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
+	9,  // 48: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
+	16, // 49: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
+	17, // 50: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
+	18, // 51: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
+	19, // 52: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
+	21, // 53: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
+	22, // 54: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
+	23, // 55: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
+	24, // 56: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
+	25, // 57: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
+	26, // 58: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
+	27, // 59: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
+	28, // 60: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
+	30, // 61: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
+	32, // 62: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
+	34, // 63: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
+	36, // 64: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
+	37, // 65: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
+	38, // 66: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
+	39, // 67: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
+	42, // 68: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
+	44, // 69: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
+	46, // 70: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
+	47, // 71: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
+	49, // 72: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
+	50, // 73: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
+	51, // 74: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
+	53, // 75: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
+	56, // 76: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
+	58, // 77: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
+	3,  // 78: qtfs.v1.FileSystem.Calls:input_type -> qtfs.v1.CallFrame
+	59, // 79: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
+	66, // 80: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
+	71, // 81: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
+	7,  // 82: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
+	10, // 83: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
+	14, // 84: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
+	15, // 85: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
+	15, // 86: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
+	20, // 87: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
+	14, // 88: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
+	14, // 89: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
+	14, // 90: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
+	13, // 91: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
+	13, // 92: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
+	13, // 93: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
+	14, // 94: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
+	29, // 95: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
+	31, // 96: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
+	33, // 97: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
+	35, // 98: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
+	13, // 99: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
+	13, // 100: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
+	13, // 101: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
+	41, // 102: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
+	43, // 103: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
+	45, // 104: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
+	13, // 105: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
+	48, // 106: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
+	13, // 107: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
+	13, // 108: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
+	52, // 109: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
+	54, // 110: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
+	57, // 111: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
+	13, // 112: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
+	3,  // 113: qtfs.v1.FileSystem.Calls:output_type -> qtfs.v1.CallFrame
+	63, // 114: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
+	68, // 115: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
+	72, // 116: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
+	82, // [82:117] is the sub-list for method output_type
+	47, // [47:82] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_qtfs_v1_qtfs_proto_init() }
