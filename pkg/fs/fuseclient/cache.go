@@ -626,24 +626,38 @@ func (n *node) dirChanged(a *qtfsv1.Attr) {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if old := n.dirAttr; old != nil && (old.GetCtimeSec() > a.GetCtimeSec() ||
+	if old := n.keptAttr; old != nil && (old.GetCtimeSec() > a.GetCtimeSec() ||
 		old.GetCtimeSec() == a.GetCtimeSec() && old.GetCtimeNsec() > a.GetCtimeNsec()) {
 		return
 	}
-	n.dirAttr, n.dirAttrUntil = a, time.Now().Add(n.m.cache.attr)
+	n.keptAttr, n.keptUntil = a, time.Now().Add(n.m.cache.attr)
 }
 
-// takeDirAttr returns, once, the attributes dirChanged kept if they are
-// still fresh.
-func (n *node) takeDirAttr() *qtfsv1.Attr {
+// keepOpenAttr keeps the attributes the Open of a /proc or /sys file
+// returned: reading such a file makes the kernel drop its atime, and the
+// fstat(2) that follows most opens (stdio, Python, Go's os.ReadFile) would
+// cost a GETATTR call; it is answered from these while the mount's
+// attribute timeout for such files runs.
+func (n *node) keepOpenAttr(a *qtfsv1.Attr) {
+	if a == nil || n.m.specialTTL <= 0 {
+		return
+	}
+	n.mu.Lock()
+	n.keptAttr, n.keptUntil = a, time.Now().Add(n.m.specialTTL)
+	n.mu.Unlock()
+}
+
+// takeKeptAttr returns, once, the attributes dirChanged or keepOpenAttr
+// kept if they are still fresh.
+func (n *node) takeKeptAttr() *qtfsv1.Attr {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	a := n.dirAttr
+	a := n.keptAttr
 	if a == nil {
 		return nil
 	}
-	n.dirAttr = nil
-	if time.Now().After(n.dirAttrUntil) {
+	n.keptAttr = nil
+	if time.Now().After(n.keptUntil) {
 		return nil
 	}
 	return a

@@ -42,10 +42,12 @@ type node struct {
 	// noCapsUntil: until then the file is known to have no
 	// security.capability attribute (see capsKnownAbsent).
 	noCapsUntil time.Time
-	// dirAttr, until dirAttrUntil, are a directory's attributes the server
-	// sent with a change this client made in it (see dirChanged).
-	dirAttr      *qtfsv1.Attr
-	dirAttrUntil time.Time
+	// keptAttr, until keptUntil, are attributes the server just sent
+	// that answer the kernel's next GETATTR: a directory's with a change
+	// this client made in it (see dirChanged), a /proc or /sys file's
+	// with its open (see keepOpenAttr).
+	keptAttr  *qtfsv1.Attr
+	keptUntil time.Time
 }
 
 var (
@@ -191,8 +193,11 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 func (n *node) getattr(ctx context.Context, h uint64, out *fuse.AttrOut) syscall.Errno {
 	m := n.m
 	if h == 0 {
-		if a := n.takeDirAttr(); a != nil {
+		if a := n.takeKeptAttr(); a != nil {
 			m.fillAttr(&out.Attr, a)
+			if m.specialTTL > 0 {
+				out.SetTimeout(m.specialTTL)
+			}
 			return 0
 		}
 	}
@@ -526,6 +531,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	fh := m.newFileHandle(resp.GetHandle(), n, flags)
 	fh.flushNeedless = resp.GetFlushNeedless()
 	fh.closedAtOpen = resp.GetClosed()
+	n.keepOpenAttr(resp.GetAttr())
 	m.sess.trackPath(fh.h, n.path)
 	if a := resp.GetAttr(); a != nil && n != m.root && m.inos.ino(a.GetDev(), a.GetIno()) != n.StableAttr().Ino {
 		// The path names another file now: open(2) retries with a fresh

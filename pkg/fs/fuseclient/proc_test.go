@@ -532,7 +532,8 @@ func withoutSigQ(status []byte) []byte {
 }
 
 // TestProcOpenReadClose: a small /proc file read whole at open costs one
-// Open (the server closes it at once: no Release), and the same open file
+// Open (the server closes it at once: no Release; its attributes answer
+// the fstat that follows), and the same open file
 // can still be read again from the start (it is opened again), stat'ed,
 // and closed.
 func TestProcOpenReadClose(t *testing.T) {
@@ -553,8 +554,8 @@ func TestProcOpenReadClose(t *testing.T) {
 		}
 	}
 	st := tm.stats()
-	if st["Open"] != n || st["Release"] != 0 {
-		t.Fatalf("%d whole reads: %v; want %d Opens and no Release", n, st, n)
+	if st["Open"] != n || st["Release"] != 0 || st["Getattr"] != 0 {
+		t.Fatalf("%d whole reads (open, fstat, read, close): %v; want %d Opens, no Getattr (the Open's attributes answer fstat) and no Release", n, st, n)
 	}
 
 	f, err := os.Open(tm.path("uptime"))
