@@ -606,11 +606,36 @@ func (n *node) capsKnownAbsent() bool {
 	return time.Now().Before(n.noCapsUntil)
 }
 
-// capsUnknown forgets what capsAbsent recorded: an extended attribute of
-// n is being changed through this client.
+// xattrsAbsent records that n has no extended attribute at all: a
+// Listxattr said so. Programs that copy a file's attributes (cp -a, rsync
+// -X, tar --xattrs) ask for the list twice (its size, then the list) and
+// then for the ACL by name; for one attribute timeout the second list and
+// every Getxattr are answered without an RPC, as capsAbsent does for the
+// capability attribute, with the same staleness: an attribute the host
+// adds meanwhile is seen when the timeout ends.
+func (n *node) xattrsAbsent() {
+	if n.m.cache.attr <= 0 || n.m.special {
+		return
+	}
+	n.mu.Lock()
+	n.noXattrsUntil = time.Now().Add(n.m.cache.attr)
+	n.noCapsUntil = n.noXattrsUntil
+	n.mu.Unlock()
+}
+
+// xattrsKnownAbsent reports whether n is known to have no extended
+// attribute.
+func (n *node) xattrsKnownAbsent() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return time.Now().Before(n.noXattrsUntil)
+}
+
+// capsUnknown forgets what capsAbsent and xattrsAbsent recorded: an
+// extended attribute of n is being changed through this client.
 func (n *node) capsUnknown() {
 	n.mu.Lock()
-	n.noCapsUntil = time.Time{}
+	n.noCapsUntil, n.noXattrsUntil = time.Time{}, time.Time{}
 	n.mu.Unlock()
 }
 

@@ -573,3 +573,66 @@ func TestListingInOpen(t *testing.T) {
 		t.Fatalf("after a rewind: %d names (%v), %v; want the 11 the directory holds now", len(again), again, err)
 	}
 }
+
+// TestNoXattrsKnown: a file whose attribute list came back empty answers
+// the list and any attribute by name without an RPC for an attribute
+// timeout, as cp -a asks for them; an attribute set through the mount is
+// seen at once, and one set on the host once the timeout has passed.
+func TestNoXattrsKnown(t *testing.T) {
+	tm := startMount(t, mountCfg{cache: "auto"})
+	if err := os.WriteFile(tm.host("f"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 256)
+	retryFast(t, func() ([]string, bool) {
+		time.Sleep(1100 * time.Millisecond) // what an earlier attempt learnt has expired
+		tm.resetStats()
+		start := time.Now()
+		for range 5 {
+			if n, err := unix.Listxattr(tm.path("f"), nil); err != nil || n != 0 {
+				t.Fatalf("listxattr size: %d, %v", n, err)
+			}
+			if n, err := unix.Listxattr(tm.path("f"), buf); err != nil || n != 0 {
+				t.Fatalf("listxattr: %d, %v", n, err)
+			}
+			if _, err := unix.Getxattr(tm.path("f"), "system.posix_acl_access", buf); !errors.Is(err, unix.ENODATA) {
+				t.Fatalf("getxattr of an ACL the file has not: %v", err)
+			}
+		}
+		took := time.Since(start)
+		st := tm.stats()
+		if took > 900*time.Millisecond {
+			return []string{fmt.Sprintf("took %v", took)}, true
+		}
+		if st["Listxattr"] != 1 || st["Getxattr"] != 0 {
+			t.Fatalf("5 rounds of list, list, get: RPCs %v; want one Listxattr", st)
+		}
+		return nil, false
+	})
+	if err := unix.Setxattr(tm.path("f"), "user.through", []byte("mount"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := unix.Getxattr(tm.path("f"), "user.through", buf); err != nil || string(buf[:n]) != "mount" {
+		t.Fatalf("attribute set through the mount: %q, %v", buf[:n], err)
+	}
+	if err := unix.Removexattr(tm.path("f"), "user.through"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := unix.Listxattr(tm.path("f"), buf); n != 0 {
+		t.Fatalf("list after the removal: %q", buf[:n])
+	}
+	if err := unix.Setxattr(tm.host("f"), "user.host", []byte("late"), 0); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n, err := unix.Getxattr(tm.path("f"), "user.host", buf)
+		if err == nil && string(buf[:n]) == "late" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("attribute set on the host not seen 5 s later: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

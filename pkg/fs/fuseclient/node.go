@@ -40,8 +40,10 @@ type node struct {
 	// dir is the listing state of a directory (nil until needed).
 	dir *dirState
 	// noCapsUntil: until then the file is known to have no
-	// security.capability attribute (see capsKnownAbsent).
-	noCapsUntil time.Time
+	// security.capability attribute (see capsKnownAbsent); noXattrsUntil:
+	// no extended attribute at all (see xattrsKnownAbsent).
+	noCapsUntil   time.Time
+	noXattrsUntil time.Time
 	// keptAttr, until keptUntil, are attributes the server just sent
 	// that answer the kernel's next GETATTR: a directory's with a change
 	// this client made in it (see dirChanged), a /proc or /sys file's
@@ -660,7 +662,7 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	}
 	m := n.m
 	caps := attr == capabilityXattr
-	if caps && n.capsKnownAbsent() {
+	if caps && n.capsKnownAbsent() || n.xattrsKnownAbsent() {
 		return 0, syscall.ENODATA
 	}
 	resp, e := call(m.sess, m.timeout, "Getxattr", m.sess.client.Getxattr, &qtfsv1.GetxattrRequest{
@@ -701,6 +703,9 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 		return 0, e
 	}
 	m := n.m
+	if n.xattrsKnownAbsent() {
+		return 0, 0
+	}
 	resp, e := call(m.sess, m.timeout, "Listxattr", m.sess.client.Listxattr, &qtfsv1.ListxattrRequest{
 		Mount: m.id, Caller: m.caller(ctx), Path: p, Size: uint32(min(len(dest), xattrSizeMax)),
 	})
@@ -709,6 +714,9 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	}
 	if e != 0 {
 		return 0, e
+	}
+	if resp.GetSize() == 0 {
+		n.xattrsAbsent()
 	}
 	return xattrReply(resp.GetNames(), resp.GetSize(), dest)
 }
