@@ -75,13 +75,21 @@
 //     not fit get a number from a table. Hard links therefore share one
 //     inode, which go-fuse deduplicates.
 //   - READDIRPLUS is fed from the batched Readdir RPC with attributes:
-//     listing a directory never costs one Lookup RPC per entry.
+//     listing a directory never costs one Lookup RPC per entry. The first
+//     batch comes with the Open (readdir_inline), and a directory listed
+//     whole there is closed by the server at once (close_at_eof), as is a
+//     /proc or /sys file read whole by its Open: such a handle has no
+//     server file until a use needs one (a rewind, a lock), when the
+//     reconnect machinery opens it again by path; its Release costs
+//     nothing.
 //   - Reads and writes move at most min(1 MiB, server limit) per RPC; a
 //     read or write of 512 KiB or more of a cached file goes out as
 //     256 KiB parts at once (file.go), a direct-I/O one as one RPC.
 //   - Cached answers never outlive the mount's entry or attribute timeout
 //     counted from when the server produced them (cache.go: directory
-//     listings, a new file's lack of a capability attribute), and the
+//     listings, a new file's lack of a capability attribute, a file's lack
+//     of any extended attribute, the attributes that came with a change
+//     or with the open of a /proc file), and the
 //     client's own changes update or drop them when the server confirms
 //     them.
 //   - Names and attributes from the wire are checked before use: an entry
