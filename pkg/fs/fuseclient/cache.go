@@ -594,7 +594,7 @@ func (n *node) capsAbsent() {
 		return
 	}
 	n.mu.Lock()
-	n.noCapsUntil = time.Now().Add(n.m.cache.attr)
+	n.noCapsUntil = monoNow() + int64(n.m.cache.attr)
 	n.mu.Unlock()
 }
 
@@ -603,7 +603,7 @@ func (n *node) capsAbsent() {
 func (n *node) capsKnownAbsent() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return time.Now().Before(n.noCapsUntil)
+	return monoNow() < n.noCapsUntil
 }
 
 // xattrsAbsent records that n has no extended attribute at all: a
@@ -618,7 +618,7 @@ func (n *node) xattrsAbsent() {
 		return
 	}
 	n.mu.Lock()
-	n.noXattrsUntil = time.Now().Add(n.m.cache.attr)
+	n.noXattrsUntil = monoNow() + int64(n.m.cache.attr)
 	n.noCapsUntil = n.noXattrsUntil
 	n.mu.Unlock()
 }
@@ -628,14 +628,14 @@ func (n *node) xattrsAbsent() {
 func (n *node) xattrsKnownAbsent() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return time.Now().Before(n.noXattrsUntil)
+	return monoNow() < n.noXattrsUntil
 }
 
 // capsUnknown forgets what capsAbsent and xattrsAbsent recorded: an
 // extended attribute of n is being changed through this client.
 func (n *node) capsUnknown() {
 	n.mu.Lock()
-	n.noCapsUntil, n.noXattrsUntil = time.Time{}, time.Time{}
+	n.noCapsUntil, n.noXattrsUntil = 0, 0
 	n.mu.Unlock()
 }
 
@@ -655,7 +655,7 @@ func (n *node) dirChanged(a *qtfsv1.Attr) {
 		old.GetCtimeSec() == a.GetCtimeSec() && old.GetCtimeNsec() > a.GetCtimeNsec()) {
 		return
 	}
-	n.keptAttr, n.keptUntil = a, time.Now().Add(n.m.cache.attr)
+	n.keptAttr, n.keptUntil = a, monoNow()+int64(n.m.cache.attr)
 }
 
 // keepOpenAttr keeps the attributes the Open of a /proc or /sys file
@@ -668,7 +668,7 @@ func (n *node) keepOpenAttr(a *qtfsv1.Attr) {
 		return
 	}
 	n.mu.Lock()
-	n.keptAttr, n.keptUntil = a, time.Now().Add(n.m.specialTTL)
+	n.keptAttr, n.keptUntil = a, monoNow()+int64(n.m.specialTTL)
 	n.mu.Unlock()
 }
 
@@ -682,7 +682,7 @@ func (n *node) takeKeptAttr() *qtfsv1.Attr {
 		return nil
 	}
 	n.keptAttr = nil
-	if time.Now().After(n.keptUntil) {
+	if monoNow() > n.keptUntil {
 		return nil
 	}
 	return a

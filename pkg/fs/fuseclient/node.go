@@ -30,27 +30,37 @@ type node struct {
 	fs.Inode
 	m *mountFS
 
+	// A mount holds one node per inode the kernel knows (tens of
+	// thousands after a tree walk): the fields are kept small, times as
+	// monoNow values.
 	mu sync.Mutex
 	// opened says mtime and size hold what the previous open saw
 	// (policy auto keeps the page cache while they do not change).
 	opened    bool
-	openMtime int64
 	openNsec  uint32
+	openMtime int64
 	openSize  int64
 	// dir is the listing state of a directory (nil until needed).
 	dir *dirState
 	// noCapsUntil: until then the file is known to have no
 	// security.capability attribute (see capsKnownAbsent); noXattrsUntil:
 	// no extended attribute at all (see xattrsKnownAbsent).
-	noCapsUntil   time.Time
-	noXattrsUntil time.Time
+	noCapsUntil   int64
+	noXattrsUntil int64
 	// keptAttr, until keptUntil, are attributes the server just sent
 	// that answer the kernel's next GETATTR: a directory's with a change
 	// this client made in it (see dirChanged), a /proc or /sys file's
 	// with its open (see keepOpenAttr).
 	keptAttr  *qtfsv1.Attr
-	keptUntil time.Time
+	keptUntil int64
 }
+
+// monoStart anchors monoNow.
+var monoStart = time.Now()
+
+// monoNow is a monotonic clock reading in nanoseconds, 8 bytes where a
+// time.Time takes 24.
+func monoNow() int64 { return int64(time.Since(monoStart)) }
 
 var (
 	_ fs.NodeLookuper       = (*node)(nil)
