@@ -311,26 +311,10 @@ func TestCallerGivingUpCancelsTheServerCall(t *testing.T) {
 	carriers(t, func(t *testing.T, channels bool) {
 		e := newEnv(t, 0, channels)
 		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() {
-			_, err := getattr(ctx, e.fsc, "block", 0)
-			done <- err
-		}()
-		waitFor(t, func() bool { return e.fs.running.Load() == 1 })
+		done := e.startBlocked(t, ctx)
 		cancel()
-		select {
-		case err := <-done:
-			if status.Code(err) != codes.Canceled {
-				t.Fatalf("caller got %v, want Canceled", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("caller still waiting 5 s after its context ended")
-		}
-		select {
-		case <-e.fs.canceled:
-		case <-time.After(5 * time.Second):
-			t.Fatal("server call not cancelled 5 s after the caller gave up")
-		}
+		waitCode(t, done, codes.Canceled, "its context ended")
+		e.waitServerCancel(t)
 		// The stream still works.
 		if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
 			t.Fatal(err)
@@ -396,21 +380,9 @@ func TestServerRestart(t *testing.T) {
 	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := getattr(context.Background(), e.fsc, "block", 0)
-		done <- err
-	}()
-	waitFor(t, func() bool { return e.fs.running.Load() == 1 })
+	done := e.startBlocked(t, context.Background())
 	go e.g.Stop() // waits for the blocked handler, which the stop cancels
-	select {
-	case err := <-done:
-		if status.Code(err) != codes.Unavailable {
-			t.Fatalf("call in flight got %v, want Unavailable", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("call in flight still waiting 10 s after the server stopped")
-	}
+	waitCode(t, done, codes.Unavailable, "the server stopped")
 	e.serve(t)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -473,27 +445,10 @@ func TestChannelBreakFailsCallsInFlight(t *testing.T) {
 	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := getattr(context.Background(), e.fsc, "block", 0)
-		done <- err
-	}()
-	waitFor(t, func() bool { return e.fs.running.Load() == 1 })
+	done := e.startBlocked(t, context.Background())
 	e.closeChannels()
-	select {
-	case err := <-done:
-		if status.Code(err) != codes.Unavailable {
-			t.Fatalf("call in flight got %v, want Unavailable", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("call in flight still waiting 10 s after its channel closed")
-	}
-	// The server cancels what ran on the lost channel.
-	select {
-	case <-e.fs.canceled:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the server call of the lost channel was not cancelled")
-	}
+	waitCode(t, done, codes.Unavailable, "its channel closed")
+	e.waitServerCancel(t) // what ran on the lost channel
 	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
 		t.Fatalf("after the break: %v", err)
 	}
@@ -514,6 +469,45 @@ func TestChannelFrameLimit(t *testing.T) {
 	}
 	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
 		t.Fatalf("after the oversized frame: %v", err)
+	}
+}
+
+// startBlocked starts a call the server holds until it is cancelled
+// (or e.fs.release closes) and returns once it runs; its error arrives on
+// the channel.
+func (e *env) startBlocked(t *testing.T, ctx context.Context) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := getattr(ctx, e.fsc, "block", 0)
+		done <- err
+	}()
+	waitFor(t, func() bool { return e.fs.running.Load() == 1 })
+	return done
+}
+
+// waitCode checks the code a call started by startBlocked ends with,
+// after what happened to it.
+func waitCode(t *testing.T, done <-chan error, want codes.Code, after string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if status.Code(err) != want {
+			t.Fatalf("call in flight got %v after %s, want %v", err, after, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("call in flight still waiting 10 s after %s", after)
+	}
+}
+
+// waitServerCancel checks that the server's handler of a blocked call
+// saw its context end.
+func (e *env) waitServerCancel(t *testing.T) {
+	t.Helper()
+	select {
+	case <-e.fs.canceled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server's call was not cancelled within 5 s")
 	}
 }
 
