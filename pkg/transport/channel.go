@@ -197,7 +197,7 @@ func DialChannel(ctx context.Context, u URI, sec Security) (net.Conn, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = raw.SetDeadline(dl)
 	}
-	conn, err := channelHandshake(ctx, raw, creds, sec)
+	conn, err := channelHandshake(ctx, raw, creds)
 	if err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("transport: call channel to %s: %w", u, err)
@@ -206,18 +206,15 @@ func DialChannel(ctx context.Context, u URI, sec Security) (net.Conn, error) {
 	return conn, nil
 }
 
-func channelHandshake(ctx context.Context, raw net.Conn, c *clientCreds, sec Security) (net.Conn, error) {
+func channelHandshake(ctx context.Context, raw net.Conn, c *clientCreds) (net.Conn, error) {
 	if _, err := io.WriteString(raw, ChannelMagic); err != nil {
 		return nil, err
 	}
-	if c.u.Scheme != TCP || c.tls == nil {
+	if c.tlsConfig == nil {
 		conn, _, err := c.handshake(ctx, raw)
 		return conn, err
 	}
-	cfg, err := clientTLSConfig(sec)
-	if err != nil {
-		return nil, err
-	}
+	cfg := c.tlsConfig.Clone()
 	cfg.ServerName = c.serverName
 	cfg.NextProtos = []string{ChannelALPN}
 	conn := tls.Client(raw, cfg)

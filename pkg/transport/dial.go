@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -153,6 +154,7 @@ type clientCreds struct {
 	u          URI
 	sec        Security
 	tls        credentials.TransportCredentials // tcp with TLS only
+	tlsConfig  *tls.Config                      // what tls was made from; never modified
 	serverName string
 	ds         *dialState
 }
@@ -167,7 +169,7 @@ func newClientCreds(u URI, sec Security, ds *dialState) (*clientCreds, error) {
 		if err != nil {
 			return nil, err
 		}
-		c.tls = credentials.NewTLS(cfg)
+		c.tls, c.tlsConfig = credentials.NewTLS(cfg), cfg
 	}
 	return c, nil
 }
