@@ -67,6 +67,9 @@ const (
 	channelWriteTimeout = 20 * time.Second
 	// keptWriteBuffer is the largest send buffer kept for the next frame.
 	keptWriteBuffer = 64 << 10
+	// defaultMaxFrame bounds the frames a channel reads when the options
+	// give no bound (ClientOptions, ServerOptions MaxFrameBytes).
+	defaultMaxFrame = 4 << 20
 )
 
 // channel carries frames on a connection of its own: each frame is a

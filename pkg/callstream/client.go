@@ -39,9 +39,8 @@ type ClientOptions struct {
 // Client sends unary calls over FileSystem.Calls streams of cc. It is safe
 // for concurrent use.
 type Client struct {
-	cc     grpc.ClientConnInterface
-	direct func(method string, req any) bool
-	opts   ClientOptions
+	cc   grpc.ClientConnInterface
+	opts ClientOptions
 
 	ctx    context.Context // the streams' context; Close cancels it
 	cancel context.CancelFunc
@@ -61,9 +60,9 @@ var _ grpc.ClientConnInterface = (*Client)(nil)
 func NewClient(cc grpc.ClientConnInterface, opts ClientOptions) *Client {
 	ctx, cancel := context.WithCancel(context.Background())
 	if opts.MaxFrameBytes <= 0 {
-		opts.MaxFrameBytes = 4 << 20
+		opts.MaxFrameBytes = defaultMaxFrame
 	}
-	return &Client{cc: cc, direct: opts.Direct, opts: opts, ctx: ctx, cancel: cancel}
+	return &Client{cc: cc, opts: opts, ctx: ctx, cancel: cancel}
 }
 
 // SetChannelToken sets the token that binds call channels to the session
@@ -100,7 +99,7 @@ func (c *Client) NewStream(ctx context.Context, desc *grpc.StreamDesc, method st
 // A call with call options (grpc.WaitForReady...) is sent directly, since
 // they mean nothing on the stream.
 func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
-	if hasOptions(opts) || (c.direct != nil && c.direct(method, args)) {
+	if hasOptions(opts) || (c.opts.Direct != nil && c.opts.Direct(method, args)) {
 		return c.cc.Invoke(ctx, method, args, reply, opts...)
 	}
 	req, ok := args.(proto.Message)
@@ -309,6 +308,23 @@ type stream struct {
 	retired bool  // no new calls: closed when the last reply is in
 }
 
+// remove takes call id off the calls in flight and returns the channel
+// its caller waits on (nil: nobody waits). over reports that the stream
+// takes no more frames: it failed, or it was retired and this was its
+// last call, and is now closed.
+func (st *stream) remove(id uint64) (ch chan result, over bool) {
+	st.mu.Lock()
+	ch = st.pending[id]
+	delete(st.pending, id)
+	broken := st.err != nil
+	idle := st.retired && len(st.pending) == 0
+	st.mu.Unlock()
+	if idle {
+		st.c.close()
+	}
+	return ch, broken || idle
+}
+
 // retire closes the stream once its calls in flight have their replies.
 func (st *stream) retire() {
 	st.mu.Lock()
@@ -356,17 +372,7 @@ func (st *stream) send(frame *qtfsv1.CallFrame) (chan result, error) {
 
 // abandon forgets call id and asks the server to cancel it.
 func (st *stream) abandon(id uint64) {
-	st.mu.Lock()
-	_, waiting := st.pending[id]
-	delete(st.pending, id)
-	broken := st.err != nil
-	done := st.retired && len(st.pending) == 0
-	st.mu.Unlock()
-	if done {
-		st.c.close()
-		return
-	}
-	if !waiting || broken {
+	if ch, over := st.remove(id); ch == nil || over {
 		return
 	}
 	st.sendMu.Lock()
@@ -377,16 +383,8 @@ func (st *stream) abandon(id uint64) {
 // deliver hands a reply to the caller waiting for it; replies to calls
 // already given up are dropped.
 func (st *stream) deliver(f *qtfsv1.CallFrame) {
-	st.mu.Lock()
-	ch, ok := st.pending[f.GetId()]
-	delete(st.pending, f.GetId())
-	done := st.retired && len(st.pending) == 0
-	st.mu.Unlock()
-	if ok {
+	if ch, _ := st.remove(f.GetId()); ch != nil {
 		ch <- result{frame: f}
-	}
-	if done {
-		st.c.close()
 	}
 }
 

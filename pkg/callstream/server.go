@@ -48,7 +48,7 @@ func NewServer(desc *grpc.ServiceDesc, impl any, opts ServerOptions) *Server {
 		s.maxInflight = 64
 	}
 	if s.maxFrame <= 0 {
-		s.maxFrame = 4 << 20
+		s.maxFrame = defaultMaxFrame
 	}
 	for _, m := range desc.Methods {
 		s.methods["/"+desc.ServiceName+"/"+m.MethodName] = m.Handler
