@@ -454,7 +454,7 @@ func (n *node) readListing(caller *qtfsv1.Caller) (map[string]*qtfsv1.Attr, sysc
 	// closed by the server at once (its Release costs nothing).
 	open, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, &qtfsv1.OpenRequest{
 		Mount: m.id, Caller: caller, Path: p, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY,
-		ReaddirInline: listingBatch, CloseAtEof: m.sess.rc != nil,
+		ReaddirInline: listingBatch, CloseAtEof: m.sess.reopensHandles(),
 	})
 	if e != 0 {
 		return nil, e

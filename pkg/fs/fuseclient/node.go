@@ -532,9 +532,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	req := &qtfsv1.OpenRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Flags: openFlags(flags)}
 	if m.readInline > 0 && flags&syscall.O_ACCMODE == syscall.O_RDONLY {
 		req.ReadInline = m.readInline
-		// A handle the server closed is opened again on use by the
-		// reconnect machinery; without it, keep the handle open.
-		req.CloseAtEof = m.sess.rc != nil
+		req.CloseAtEof = m.sess.reopensHandles()
 	}
 	resp, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, req)
 	if e != 0 {
@@ -610,7 +608,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	m := n.m
 	resp, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, &qtfsv1.OpenRequest{
 		Mount: m.id, Caller: m.caller(ctx), Path: p, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY,
-		ReaddirInline: readdirBatch, CloseAtEof: m.sess.rc != nil,
+		ReaddirInline: readdirBatch, CloseAtEof: m.sess.reopensHandles(),
 	})
 	if e != 0 {
 		return nil, 0, e

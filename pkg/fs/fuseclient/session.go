@@ -197,6 +197,12 @@ func (s *Session) Close() error {
 	return nil
 }
 
+// reopensHandles reports whether a handle the server no longer has is
+// opened again on its next use (the reconnect machinery, which a session
+// without a reconnect timeout lacks). Only then may an Open ask the
+// server to close the file at once (OpenRequest.close_at_eof).
+func (s *Session) reopensHandles() bool { return s.rc != nil }
+
 // channelToken is the call channel token of a handshake's reply; nil when
 // the server offers no channels.
 func channelToken(resp *qtfsv1.HandshakeResponse) []byte {

@@ -28,7 +28,10 @@ func (s *Server) channelToken(ctx context.Context, cs *connState) []byte {
 	}
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
-	if cs.token != "" || cs.ended {
+	switch {
+	case cs.ended:
+		return nil
+	case cs.token != "":
 		return []byte(cs.token)
 	}
 	b := make([]byte, 32)
