@@ -20,6 +20,9 @@ import (
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
+// onChannel marks the context of calls that came on a call channel.
+type onChannel struct{}
+
 // fakeFS serves Getattr (the path says what to do), Read (unary
 // accounting) and Calls.
 type fakeFS struct {
@@ -56,7 +59,13 @@ func (f *fakeFS) Getattr(ctx context.Context, req *qtfsv1.GetattrRequest) (*qtfs
 			return &qtfsv1.AttrResponse{Errno: -1}, nil
 		}
 		return &qtfsv1.AttrResponse{Attr: &qtfsv1.Attr{Size: time.Until(dl).Milliseconds()}}, nil
+	case p == "carrier":
+		if ctx.Value(onChannel{}) != nil {
+			return &qtfsv1.AttrResponse{Attr: &qtfsv1.Attr{Ino: 1}}, nil
+		}
+		return &qtfsv1.AttrResponse{}, nil
 	case p == "block":
+		callstream.WillWait(ctx)
 		select {
 		case <-ctx.Done():
 			f.canceled <- p
@@ -105,19 +114,34 @@ func carriers(t *testing.T, test func(t *testing.T, channels bool)) {
 	t.Run("channel", func(t *testing.T) { test(t, true) })
 }
 
-// checkCarrier fails when calls did not go on the carrier e was made for.
+// checkCarrier fails when calls did not go on the carrier e was made for:
+// with channels, on at most the pool's 4 channels (calls beyond those at
+// once go on a stream).
 func (e *env) checkCarrier(t *testing.T, channels bool) {
 	t.Helper()
-	if channels && (e.fs.streams.Load() != 0 || e.binds.Load() == 0) {
-		t.Fatalf("%d streams and %d channels: want calls on a channel only", e.fs.streams.Load(), e.binds.Load())
+	streams, binds := e.fs.streams.Load(), e.binds.Load()
+	if channels && (binds == 0 || binds > 4) {
+		t.Fatalf("%d streams and %d channels: want calls on at most 4 channels", streams, binds)
 	}
-	if !channels && e.fs.streams.Load() == 0 {
+	if !channels && streams == 0 {
 		t.Fatal("no Calls stream was opened")
 	}
 }
 
 func newEnv(t testing.TB, maxInflight int, channels bool) *env {
 	t.Helper()
+	token := ""
+	if channels {
+		token = "good"
+	}
+	return newEnvToken(t, maxInflight, token)
+}
+
+// newEnvToken is newEnv with calls channels bound with token ("": none);
+// with "good", it returns once a call went on a channel.
+func newEnvToken(t testing.TB, maxInflight int, token string) *env {
+	t.Helper()
+	channels := token != ""
 	dir := t.TempDir()
 	e := &env{sock: filepath.Join(dir, "s.sock"), chSock: filepath.Join(dir, "ch.sock")}
 	e.fs = &fakeFS{canceled: make(chan string, 16), release: make(chan struct{})}
@@ -153,12 +177,35 @@ func newEnv(t testing.TB, maxInflight int, channels bool) *env {
 		opts.ChannelFailed = func(error) { e.chFailures.Add(1) }
 	}
 	e.c = callstream.NewClient(cc, opts)
-	if channels {
-		e.c.SetChannelToken([]byte("good"))
-	}
 	t.Cleanup(func() { e.c.Close() })
 	e.fsc = qtfsv1.NewFileSystemClient(e.c)
+	if channels {
+		e.c.SetChannelToken([]byte(token))
+	}
+	if token == "good" {
+		e.waitChannel(t)
+	}
 	return e
+}
+
+// waitChannel returns once a call went on a channel: the first calls go
+// on a stream while the client opens one.
+func (e *env) waitChannel(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r, err := getattr(context.Background(), e.fsc, "carrier", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetAttr().GetIno() == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no call went on a channel within 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // serve (re)starts the gRPC server on e.sock.
@@ -204,7 +251,7 @@ func (e *env) serveChannels(t testing.TB) {
 					return nil, nil, status.Error(codes.PermissionDenied, "bad token")
 				}
 				e.binds.Add(1)
-				return context.Background(), func() {}, nil
+				return context.WithValue(context.Background(), onChannel{}, true), func() {}, nil
 			})
 		}
 	}()
@@ -227,6 +274,7 @@ func getattr(ctx context.Context, fsc qtfsv1.FileSystemClient, path string, h ui
 func TestConcurrentCallsGetTheirOwnReplies(t *testing.T) {
 	carriers(t, func(t *testing.T, channels bool) {
 		e := newEnv(t, 0, channels)
+		before := e.intc.Load()
 		var wg sync.WaitGroup
 		errs := make(chan error, 64)
 		for w := range 64 {
@@ -255,7 +303,7 @@ func TestConcurrentCallsGetTheirOwnReplies(t *testing.T) {
 		if got := e.fs.unary.Load(); got != 0 {
 			t.Fatalf("%d calls went as unary calls, want all on the stream", got)
 		}
-		if got := e.intc.Load(); got != 64*50 {
+		if got := e.intc.Load() - before; got != 64*50 {
 			t.Fatalf("interceptor ran %d times, want %d", got, 64*50)
 		}
 		e.checkCarrier(t, channels)
@@ -322,9 +370,11 @@ func TestCallerGivingUpCancelsTheServerCall(t *testing.T) {
 	})
 }
 
+// TestInflightBound: a stream runs at most MaxInflight calls at once (a
+// channel runs one).
 func TestInflightBound(t *testing.T) {
-	carriers(t, func(t *testing.T, channels bool) {
-		e := newEnv(t, 2, channels)
+	func() {
+		e := newEnv(t, 2, false)
 		var wg sync.WaitGroup
 		for range 5 {
 			wg.Add(1)
@@ -347,7 +397,55 @@ func TestInflightBound(t *testing.T) {
 		if got := e.fs.peak.Load(); got != 2 {
 			t.Fatalf("%d calls ran at once, want at most 2", got)
 		}
-	})
+	}()
+}
+
+// TestChannelPool: calls one after the other share one channel; calls at
+// once take a channel each, up to the pool's 4, and go on a stream while
+// none is idle; a call that waited on the server and was answered leaves
+// its channel for the next.
+func TestChannelPool(t *testing.T) {
+	e := newEnv(t, 0, true)
+	for i := range 100 {
+		if r, err := getattr(context.Background(), e.fsc, "carrier", uint64(i)); err != nil || r.GetAttr().GetIno() != 1 {
+			t.Fatalf("call %d in a row: %v, on a channel: %v", i, err, r.GetAttr().GetIno() == 1)
+		}
+	}
+	if e.binds.Load() != 1 {
+		t.Fatalf("100 calls in a row: %d channels, want one", e.binds.Load())
+	}
+	var wg sync.WaitGroup
+	for range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := getattr(context.Background(), e.fsc, "block", 0); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	waitFor(t, func() bool { return e.fs.running.Load() == 6 })
+	close(e.fs.release)
+	wg.Wait()
+	// The calls waited (WillWait watched the channel of the one that had
+	// it) and were answered; the pool grows to 4 as calls at once keep
+	// finding none idle, and no further.
+	for range 50 {
+		var wg sync.WaitGroup
+		for range 6 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	if got := e.binds.Load(); got < 2 || got > 4 {
+		t.Fatalf("%d channels bound by calls 6 at a time, want 2 to 4", got)
+	}
 }
 
 func TestBulkCallsGoDirect(t *testing.T) {
@@ -414,8 +512,7 @@ func TestClosedClient(t *testing.T) {
 }
 
 func TestChannelRefusedFallsBackToStream(t *testing.T) {
-	e := newEnv(t, 0, true)
-	e.c.SetChannelToken([]byte("stolen"))
+	e := newEnvToken(t, 0, "stolen")
 	for i := range 20 {
 		if _, err := getattr(context.Background(), e.fsc, "ok", uint64(i)); err != nil {
 			t.Fatal(err)
@@ -431,13 +528,11 @@ func TestChannelRefusedFallsBackToStream(t *testing.T) {
 	// A new token (a new server connection) retires the stream: the next
 	// call opens a channel with it, and the stream ends.
 	e.c.SetChannelToken([]byte("good"))
-	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
-		t.Fatal(err)
-	}
+	e.waitChannel(t)
 	if e.binds.Load() != 1 {
 		t.Fatalf("%d channels bound after the new token, want 1", e.binds.Load())
 	}
-	waitFor(t, func() bool { return e.fs.ended.Load() == 1 })
+	waitFor(t, func() bool { return e.fs.ended.Load() >= 1 })
 }
 
 func TestChannelBreakFailsCallsInFlight(t *testing.T) {
@@ -452,19 +547,21 @@ func TestChannelBreakFailsCallsInFlight(t *testing.T) {
 	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
 		t.Fatalf("after the break: %v", err)
 	}
-	if e.binds.Load() != 2 || e.fs.streams.Load() != 0 {
-		t.Fatalf("%d channels bound, %d streams: want a second channel", e.binds.Load(), e.fs.streams.Load())
+	e.waitChannel(t)
+	if e.binds.Load() != 2 {
+		t.Fatalf("%d channels bound, want a second one", e.binds.Load())
 	}
 }
 
 func TestChannelFrameLimit(t *testing.T) {
 	e := newEnv(t, 0, true)
+	before := e.intc.Load()
 	huge := make([]byte, 5<<20) // more than the server's 4 MiB frames
 	_, err := getattr(context.Background(), e.fsc, string(huge), 0)
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("a 5 MiB call: %v, want Unavailable (the server drops the channel)", err)
 	}
-	if e.fs.running.Load() != 0 || e.intc.Load() != 0 {
+	if e.fs.running.Load() != 0 || e.intc.Load() != before {
 		t.Fatal("the oversized call ran")
 	}
 	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {

@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 
 	"google.golang.org/grpc"
@@ -17,9 +19,9 @@ import (
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
-// carrier moves CallFrames between client and server: a Calls stream or a
-// call channel. send is called by one goroutine at a time (the caller
-// holds a send lock), recv by the one reading goroutine.
+// carrier moves CallFrames between client and server on a Calls stream.
+// send is called by one goroutine at a time (the caller holds a send
+// lock), recv by the one reading goroutine.
 type carrier interface {
 	send(*qtfsv1.CallFrame) error
 	recv() (*qtfsv1.CallFrame, error)
@@ -62,9 +64,6 @@ const (
 	// maxHelloBytes bounds the first frames, which carry a token or a
 	// short message.
 	maxHelloBytes = 4 << 10
-	// channelWriteTimeout bounds one write: a peer that stops reading
-	// fails the channel (and its calls) instead of holding every sender.
-	channelWriteTimeout = 20 * time.Second
 	// keptWriteBuffer is the largest send buffer kept for the next frame.
 	keptWriteBuffer = 64 << 10
 	// defaultMaxFrame bounds the frames a channel reads when the options
@@ -73,29 +72,27 @@ const (
 )
 
 // channel carries frames on a connection of its own: each frame is a
-// 4-byte big-endian length and the marshalled message.
+// 4-byte big-endian length and the marshalled message. It carries one
+// call at a time (see ChannelHello in the proto), so it needs no locks:
+// its user, the client's caller or the server's serving goroutine, owns
+// it for the call.
 type channel struct {
 	conn     net.Conn
 	r        *bufio.Reader
 	maxFrame int    // the largest frame recv accepts
-	wbuf     []byte // reused by send
+	wbuf     []byte // reused by write
+	gen      uint64 // client: the token generation it was bound with
 }
 
 func newChannel(conn net.Conn, maxFrame int) *channel {
 	return &channel{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), maxFrame: maxFrame}
 }
 
-// send sends f; a channel that cannot be written to is closed, which
-// ends its reader (and fails the calls in flight) too.
-func (c *channel) send(f *qtfsv1.CallFrame) error {
-	err := c.write(f)
-	if err != nil {
-		c.conn.Close()
-	}
-	return err
-}
-
-// write sends m as one frame, in one write(2).
+// write sends m as one frame, in one write(2). It sets no deadline: on
+// the client a call's context ends a write that cannot finish, on the
+// server the end of the session does (both close the connection), and a
+// deadline per write would arm a runtime timer per call, which wakes an
+// idle thread.
 func (c *channel) write(m proto.Message) error {
 	b := append(c.wbuf[:0], 0, 0, 0, 0)
 	b, err := proto.MarshalOptions{}.MarshalAppend(b, m)
@@ -103,9 +100,6 @@ func (c *channel) write(m proto.Message) error {
 		return err
 	}
 	binary.BigEndian.PutUint32(b, uint32(len(b)-frameHeader))
-	if err := c.conn.SetWriteDeadline(time.Now().Add(channelWriteTimeout)); err != nil {
-		return err
-	}
 	_, err = c.conn.Write(b)
 	if cap(b) <= keptWriteBuffer {
 		c.wbuf = b[:0]
@@ -216,11 +210,116 @@ func (s *Server) ServeChannel(conn net.Conn, bind BindFunc) error {
 	if err := conn.SetDeadline(time.Time{}); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	// The bound context ending (the session's connection closed) ends the
-	// channel: closing conn wakes the reader.
+	// channel: closing conn wakes the reader, or the call that waits.
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
-	return s.serve(ctx, ch)
+	s.serveChannel(ctx, ch)
+	return nil
+}
+
+// serveChannel runs the calls of ch one after the other on this
+// goroutine, each under a context of ctx, until the channel fails or
+// breaks the one-call-at-a-time rule.
+func (s *Server) serveChannel(ctx context.Context, ch *channel) {
+	for {
+		f, err := ch.recv()
+		if err != nil {
+			return
+		}
+		if f.GetCancel() {
+			continue // the cancel of a call that had already ended
+		}
+		w := &watch{ch: ch, id: f.GetId()}
+		var cctx context.Context
+		cctx, w.cancel = context.WithCancel(ctx)
+		if t := f.GetTimeoutNs(); t > 0 {
+			cctx = clientDeadline{cctx, time.Now().Add(time.Duration(min(t, uint64(1<<62))))}
+		}
+		out := s.call(context.WithValue(cctx, watchKey{}, w), f)
+		ok := w.stop()
+		w.cancel()
+		if !ok || ch.write(out) != nil {
+			return
+		}
+	}
+}
+
+// clientDeadline is the context of a call on a channel that has a
+// deadline: it reports the client's deadline but arms no timer for it (a
+// runtime timer per call wakes an idle thread to watch it). The client
+// enforces the deadline by closing the channel, which ends a call that
+// waits (see WillWait); a call that does not wait ends soon on its own.
+type clientDeadline struct {
+	context.Context
+	deadline time.Time
+}
+
+func (c clientDeadline) Deadline() (time.Time, bool) { return c.deadline, true }
+
+// watchKey keys the watch of a call running on a channel in its context.
+type watchKey struct{}
+
+// watch lets a call that runs on a channel's serving goroutine be
+// cancelled while it waits: WillWait starts a goroutine that reads the
+// channel (the serving goroutine is busy with the call) until the
+// client's cancel of the call, the channel's end, or the call's end.
+type watch struct {
+	ch     *channel
+	id     uint64
+	cancel context.CancelFunc
+
+	// Set and read by the call's goroutine (WillWait, then stop).
+	started bool
+	done    chan struct{}
+	broken  bool // set by the watching goroutine before done closes
+}
+
+// WillWait says that the call of ctx is about to wait for something
+// outside the server (data in a pipe, a lock), for as long as it takes
+// or until ctx ends. A call that runs on a call channel's serving
+// goroutine must say so, so that the client's cancel, or the closing of
+// the channel when the client gives up, still ends ctx. Elsewhere, and
+// when said again, it does nothing.
+func WillWait(ctx context.Context) {
+	w, _ := ctx.Value(watchKey{}).(*watch)
+	if w == nil || w.started {
+		return
+	}
+	w.started = true
+	w.done = make(chan struct{})
+	go w.run()
+}
+
+// run reads what the client sends while the call runs: its cancel ends
+// the call, as does an error (the channel closed); anything else breaks
+// the channel's rule, and the channel is dropped. A read that stop cuts
+// short with a deadline ends it with the channel intact.
+func (w *watch) run() {
+	defer close(w.done)
+	// Peek first: stop's deadline then never cuts a frame in two, since
+	// a frame is read only once its first byte is in.
+	if _, err := w.ch.r.Peek(1); err != nil {
+		w.broken = !errors.Is(err, os.ErrDeadlineExceeded)
+		w.cancel()
+		return
+	}
+	f, err := w.ch.recv()
+	if err != nil || !f.GetCancel() || f.GetId() != w.id {
+		w.broken = true
+	}
+	w.cancel()
+}
+
+// stop ends the watch of a call that has ended and reports whether the
+// channel can carry the next call.
+func (w *watch) stop() bool {
+	if !w.started {
+		return true
+	}
+	// The deadline wakes a read that waits; a call's cancel that was
+	// being read completes first (it is a few bytes, in the socket).
+	_ = w.ch.conn.SetReadDeadline(time.Unix(1, 0))
+	<-w.done
+	return !w.broken && w.ch.conn.SetReadDeadline(time.Time{}) == nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -14,6 +15,9 @@ import (
 
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
+
+// errClosed is the error of calls after Close.
+var errClosed = status.Error(codes.Canceled, "callstream: client closed")
 
 // streamDesc describes FileSystem.Calls for NewStream.
 var streamDesc = &grpc.StreamDesc{StreamName: "Calls", ServerStreams: true, ClientStreams: true}
@@ -32,6 +36,9 @@ type ClientOptions struct {
 	// ChannelFailed, when set, is told why a channel could not be opened
 	// (once per failure after a success, so that logs are not flooded).
 	ChannelFailed func(error)
+	// MaxChannels bounds the channels open at once, each carrying one
+	// call at a time; more calls at once go on a stream. 0: 4.
+	MaxChannels int
 	// MaxFrameBytes bounds a frame read from a channel; 0: 4 MiB.
 	MaxFrameBytes int
 }
@@ -49,8 +56,17 @@ type Client struct {
 	cur     *stream       // the stream new calls use; nil: open one
 	opening chan struct{} // closed when the open under way ends; nil: none
 	openErr error         // the last open's error, for callers that waited on it
-	token   []byte        // binds a call channel; nil: use streams
-	chanBad bool          // the last channel open failed (ChannelFailed was told)
+
+	nextID atomic.Uint64 // ids of calls on channels
+
+	poolMu      sync.Mutex // guards the channel pool (pool.go)
+	token       []byte     // binds a call channel; nil: use streams
+	gen         uint64     // counts tokens: channels of an older one are closed
+	idle        []*channel // channels between calls, the last used last
+	chanOpen    int        // channels open or being opened, idle or in use
+	chanOpening bool       // a channel is being opened
+	retryAt     time.Time  // no channel is opened before (the last open failed)
+	chanBad     bool       // the last channel open failed (ChannelFailed was told)
 }
 
 var _ grpc.ClientConnInterface = (*Client)(nil)
@@ -62,30 +78,42 @@ func NewClient(cc grpc.ClientConnInterface, opts ClientOptions) *Client {
 	if opts.MaxFrameBytes <= 0 {
 		opts.MaxFrameBytes = defaultMaxFrame
 	}
+	if opts.MaxChannels <= 0 {
+		opts.MaxChannels = defaultMaxChannels
+	}
 	return &Client{cc: cc, opts: opts, ctx: ctx, cancel: cancel}
 }
 
 // SetChannelToken sets the token that binds call channels to the session
 // (HandshakeResponse.call_channel_token; nil: no channels). A new token
-// means a new server connection: the carrier in use is retired (calls in
-// flight on it finish there) and the next call opens a channel with it.
+// means a new server connection: the channels and the stream in use are
+// retired (calls in flight on them finish there) and the next call opens
+// a channel with it.
 func (c *Client) SetChannelToken(token []byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.poolMu.Lock()
 	if string(token) == string(c.token) {
+		c.poolMu.Unlock()
 		return
 	}
 	c.token = append([]byte(nil), token...)
+	c.gen++
+	c.retryAt = time.Time{}
+	c.poolMu.Unlock()
+	c.dropIdleChannels()
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	if st := c.cur; st != nil {
 		c.cur = nil
 		st.retire()
 	}
 }
 
-// Close ends the stream; calls in flight fail with codes.Canceled and later
-// calls fail at once. It does not close cc.
+// Close ends the stream and the channels; calls in flight on the stream
+// fail with codes.Canceled, those on channels end as the server answers,
+// and later calls fail at once. It does not close cc.
 func (c *Client) Close() error {
 	c.cancel()
+	c.dropIdleChannels()
 	return nil
 }
 
@@ -113,6 +141,9 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 	if err := ctx.Err(); err != nil {
 		return status.FromContextError(err).Err()
 	}
+	if c.ctx.Err() != nil {
+		return errClosed
+	}
 	body, err := proto.Marshal(req)
 	if err != nil {
 		return status.Errorf(codes.Internal, "callstream: %s: marshal request: %v", method, err)
@@ -124,6 +155,13 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 			return status.Error(codes.DeadlineExceeded, context.DeadlineExceeded.Error())
 		}
 		frame.TimeoutNs = uint64(d)
+	}
+	if ch := c.takeChannel(); ch != nil {
+		r, err := c.invokeOnChannel(ctx, ch, frame)
+		if err != nil {
+			return err
+		}
+		return decodeReply(method, r, out)
 	}
 	st, err := c.stream(ctx)
 	if err != nil {
@@ -138,17 +176,23 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 		if r.err != nil {
 			return r.err
 		}
-		if r.frame.GetCode() != 0 {
-			return status.Error(codes.Code(r.frame.GetCode()), r.frame.GetMessage())
-		}
-		if err := proto.Unmarshal(r.frame.GetBody(), out); err != nil {
-			return status.Errorf(codes.Internal, "callstream: %s: unmarshal reply: %v", method, err)
-		}
-		return nil
+		return decodeReply(method, r.frame, out)
 	case <-ctx.Done():
 		st.abandon(frame.GetId())
 		return status.FromContextError(ctx.Err()).Err()
 	}
+}
+
+// decodeReply is the outcome of a call whose reply is f: its status, or
+// its body unmarshalled into out.
+func decodeReply(method string, f *qtfsv1.CallFrame, out proto.Message) error {
+	if f.GetCode() != 0 {
+		return status.Error(codes.Code(f.GetCode()), f.GetMessage())
+	}
+	if err := proto.Unmarshal(f.GetBody(), out); err != nil {
+		return status.Errorf(codes.Internal, "callstream: %s: unmarshal reply: %v", method, err)
+	}
+	return nil
 }
 
 // hasOptions reports whether opts hold more than the StaticMethod option
@@ -175,7 +219,7 @@ func (c *Client) stream(ctx context.Context) (*stream, error) {
 		}
 		if err := c.ctx.Err(); err != nil {
 			c.mu.Unlock()
-			return nil, status.Error(codes.Canceled, "callstream: client closed")
+			return nil, errClosed
 		}
 		wait := c.opening
 		if wait == nil {
@@ -201,10 +245,9 @@ func (c *Client) stream(ctx context.Context) (*stream, error) {
 	}
 }
 
-// open opens a channel, or else a stream, and makes it current, then
-// closes done.
+// open opens a stream and makes it current, then closes done.
 func (c *Client) open(done chan struct{}) {
-	car, err := c.openCarrier()
+	car, err := c.openStream()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.opening = nil
@@ -221,30 +264,8 @@ func (c *Client) open(done chan struct{}) {
 	go c.receive(st)
 }
 
-// openCarrier opens a call channel when there is a token, and a Calls
-// stream when there is none or the channel cannot be had.
-func (c *Client) openCarrier() (carrier, error) {
-	c.mu.Lock()
-	token := c.token
-	c.mu.Unlock()
-	if c.opts.Channel != nil && token != nil {
-		ctx, cancel := context.WithTimeout(c.ctx, helloTimeout)
-		conn, err := c.opts.Channel(ctx)
-		if err == nil {
-			conn, err = OpenChannel(ctx, conn, token)
-		}
-		cancel()
-		c.mu.Lock()
-		tell := err != nil && !c.chanBad
-		c.chanBad = err != nil
-		c.mu.Unlock()
-		if err == nil {
-			return newChannel(conn, c.opts.MaxFrameBytes), nil
-		}
-		if tell && c.opts.ChannelFailed != nil {
-			c.opts.ChannelFailed(err)
-		}
-	}
+// openStream opens a Calls stream.
+func (c *Client) openStream() (carrier, error) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	cs, err := c.cc.NewStream(ctx, streamDesc, qtfsv1.FileSystem_Calls_FullMethodName)
 	if err != nil {

@@ -6,16 +6,20 @@
 // CPU.
 //
 // The frames travel on one of two carriers. A Calls stream is a stream of
-// the gRPC connection itself. A call channel is a connection of its own,
-// opened beside the gRPC connection to the same server address and bound
-// to its session with the token of the session's handshake (see
-// ChannelHello in the proto and transport.SplitChannels): frames are
-// length-prefixed protobuf written straight to the socket, so a call does
-// not pass through HTTP/2 framing, flow control and the transport's writer
-// goroutine on each side, which saves a goroutine hand-off, and on a busy
-// machine a thread wake-up, each way. The client prefers a channel when it
-// has a token and a way to dial one, and uses a stream when the channel
-// cannot be opened (an older server, a refusal).
+// the gRPC connection itself, which multiplexes any number of calls. A
+// call channel is a connection of its own, opened beside the gRPC
+// connection to the same server address and bound to its session with
+// the token of the session's handshake (see ChannelHello in the proto and
+// transport.SplitChannels): frames are length-prefixed protobuf written
+// straight to the socket, and a channel carries one call at a time. The
+// client keeps a small pool of channels; a call takes an idle one, writes
+// its request and reads its reply on its own goroutine, and the server
+// runs it on the goroutine that read it and writes the reply from there.
+// No goroutine hands a frame to another on either side: each hand-off
+// wakes a thread, which on a loaded machine with few cores is most of a
+// small call's latency (BenchmarkCallCarriers). Calls beyond the pool at
+// once, and all calls when no channel can be opened (an older server, a
+// refusal), go on a stream.
 //
 // Client implements grpc.ClientConnInterface: a generated client built on
 // it sends each call as one CallFrame and waits for the CallFrame with the
@@ -26,16 +30,20 @@
 // calls in flight when it fails get codes.Unavailable, as calls on a lost
 // connection do, and the caller decides whether to send them again. A
 // caller that gives up (context done) gets the context's status at once
-// and the server is told to cancel the call.
+// and the server is told to cancel the call (a cancel frame on a stream;
+// on a channel, the channel's closing).
 //
-// Server runs the frames of one stream or channel: each request
-// concurrently (at most MaxInflight at a time; the reader waits beyond
-// that, which pushes back on the client through flow control or the
-// socket's buffer), through the service's
-// generated method handlers and the unary interceptor the server uses for
-// plain calls, under the stream's context (so the connection's session,
-// peer and tags are the same as for a unary call) with the call's own
-// deadline and cancellation. Replies are sent in completion order.
+// Server runs the frames of a stream concurrently (at most MaxInflight at
+// a time; the reader waits beyond that, which pushes back on the client
+// through flow control), and those of a channel one after the other on
+// its reading goroutine, through the service's generated method handlers
+// and the unary interceptor the server uses for plain calls, under the
+// connection's context (so the session, peer and tags are the same as
+// for a unary call) with the call's own deadline and cancellation.
+// Replies on a stream are sent in completion order. A call on a channel
+// that is about to wait for something outside the server says so with
+// WillWait, so that the client giving up still ends it.
 //
-// Lock order: Client.mu before stream.mu; stream.sendMu is taken alone.
+// Lock order: Client.mu before stream.mu; stream.sendMu and Client.poolMu
+// are taken alone.
 package callstream

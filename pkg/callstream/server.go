@@ -156,15 +156,7 @@ func (ss *serverStream) cancelAll() {
 // run runs one call and sends its reply.
 func (ss *serverStream) run(ctx context.Context, f *qtfsv1.CallFrame) {
 	defer ss.wg.Done()
-	out := &qtfsv1.CallFrame{Id: f.GetId()}
-	resp, err := ss.s.handle(ctx, f)
-	if err == nil {
-		out.Body, err = proto.Marshal(resp.(proto.Message))
-	}
-	if err != nil {
-		st := status.Convert(err)
-		out.Code, out.Message = uint32(st.Code()), st.Message()
-	}
+	out := ss.s.call(ctx, f)
 	ss.mu.Lock()
 	cancel := ss.running[f.GetId()]
 	delete(ss.running, f.GetId())
@@ -174,6 +166,20 @@ func (ss *serverStream) run(ctx context.Context, f *qtfsv1.CallFrame) {
 	}
 	<-ss.slots
 	ss.reply(out)
+}
+
+// call runs call f and returns its reply.
+func (s *Server) call(ctx context.Context, f *qtfsv1.CallFrame) *qtfsv1.CallFrame {
+	out := &qtfsv1.CallFrame{Id: f.GetId()}
+	resp, err := s.handle(ctx, f)
+	if err == nil {
+		out.Body, err = proto.Marshal(resp.(proto.Message))
+	}
+	if err != nil {
+		st := status.Convert(err)
+		out.Code, out.Message = uint32(st.Code()), st.Message()
+	}
+	return out
 }
 
 // handle runs the method handler of f; a panic outside the interceptor

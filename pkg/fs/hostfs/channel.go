@@ -15,8 +15,9 @@ import (
 )
 
 // maxChannelsPerConn bounds the call channels bound to one connection at
-// once (a client keeps one; a few more cover a reconnect's overlap).
-const maxChannelsPerConn = 4
+// once: a client keeps up to 4 (one per call it makes at once), and the
+// rest cover channels it closed that the server has not yet seen end.
+const maxChannelsPerConn = 8
 
 // channelToken returns the call channel token of cs, made at its first
 // handshake, and records the principal channels must match. ctx is the

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/qtfs/qtfs/pkg/callstream"
 )
 
 // pollSlice is how long one wait on a file without positions lasts
@@ -16,12 +18,17 @@ const pollSlice = 100 * time.Millisecond
 // EINTR. A caller on the DPU that was killed cancels its request, and the
 // server stops waiting for it.
 func waitReady(ctx context.Context, fd int, events int16) error {
-	for {
+	for slice := 0; ; slice = int(pollSlice / time.Millisecond) {
 		if ctx.Err() != nil {
 			return unix.EINTR
 		}
 		fds := []unix.PollFd{{Fd: int32(fd), Events: events}}
-		n, err := unix.Poll(fds, int(pollSlice/time.Millisecond))
+		n, err := unix.Poll(fds, slice)
+		if n == 0 && err == nil && slice == 0 {
+			// Not ready: this call waits. On a call channel, have the
+			// client's cancel watched meanwhile.
+			callstream.WillWait(ctx)
+		}
 		switch {
 		case err == unix.EINTR:
 		case err != nil:

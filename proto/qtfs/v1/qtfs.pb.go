@@ -351,6 +351,16 @@ func (x *CallFrame) GetMessage() string {
 // big-endian length followed by that many bytes of a marshalled message:
 // ChannelHello, then CallFrames (client to server); ChannelWelcome, then
 // CallFrames (server to client).
+//
+// A channel carries one call at a time: the client sends a request and
+// waits for its reply before it sends the next, and keeps a few channels
+// for calls that run at once. So each side sends and reads on the
+// goroutine that makes or runs the call, with no hand-off to a reader or
+// writer. The only frame a client may send while its call runs is a
+// cancel of that call; a client that gives up may instead close the
+// channel. The server enforces no deadline with a timer of its own: the
+// client does, and a call the server has to wait in (a pipe, a lock) ends
+// when its channel is closed or its cancel arrives.
 type ChannelHello struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// HandshakeResponse.call_channel_token of the session's connection. The
