@@ -103,6 +103,7 @@ type env struct {
 	binds      atomic.Int32 // channels bound
 	refused    atomic.Int32 // channels refused
 	chFailures atomic.Int32 // ChannelFailed calls
+	serving    atomic.Int32 // channels the server serves now
 	chMu       sync.Mutex
 	chConns    []net.Conn // the server's ends of the channels
 }
@@ -245,16 +246,25 @@ func (e *env) serveChannels(t testing.TB) {
 			e.chMu.Lock()
 			e.chConns = append(e.chConns, conn)
 			e.chMu.Unlock()
-			go e.fs.calls.ServeChannel(conn, func(token []byte) (context.Context, func(), error) {
-				if string(token) != "good" {
-					e.refused.Add(1)
-					return nil, nil, status.Error(codes.PermissionDenied, "bad token")
-				}
-				e.binds.Add(1)
-				return context.WithValue(context.Background(), onChannel{}, true), func() {}, nil
-			})
+			e.serving.Add(1)
+			go func() {
+				defer e.serving.Add(-1)
+				e.serveChannel(conn)
+			}()
 		}
 	}()
+}
+
+// serveChannel serves one call channel, bound when its token is "good".
+func (e *env) serveChannel(conn net.Conn) {
+	e.fs.calls.ServeChannel(conn, func(token []byte) (context.Context, func(), error) {
+		if string(token) != "good" {
+			e.refused.Add(1)
+			return nil, nil, status.Error(codes.PermissionDenied, "bad token")
+		}
+		e.binds.Add(1)
+		return context.WithValue(context.Background(), onChannel{}, true), func() {}, nil
+	})
 }
 
 // closeChannels closes the server's end of every channel.
@@ -445,6 +455,18 @@ func TestChannelPool(t *testing.T) {
 	}
 	if got := e.binds.Load(); got < 2 || got > 4 {
 		t.Fatalf("%d channels bound by calls 6 at a time, want 2 to 4", got)
+	}
+	// Once calls stop coming at once, the pool shrinks back to one channel
+	// (those beyond it close after 5 s unused).
+	deadline := time.Now().Add(20 * time.Second)
+	for e.serving.Load() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d channels still open 20 s after the last call, want 1", e.serving.Load())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if r, err := getattr(context.Background(), e.fsc, "carrier", 0); err != nil || r.GetAttr().GetIno() != 1 {
+		t.Fatalf("after the pool shrank: %v, on a channel: %v", err, r.GetAttr().GetIno() == 1)
 	}
 }
 

@@ -77,11 +77,12 @@ const (
 // its user, the client's caller or the server's serving goroutine, owns
 // it for the call.
 type channel struct {
-	conn     net.Conn
-	r        *bufio.Reader
-	maxFrame int    // the largest frame recv accepts
-	wbuf     []byte // reused by write
-	gen      uint64 // client: the token generation it was bound with
+	conn      net.Conn
+	r         *bufio.Reader
+	maxFrame  int       // the largest frame recv accepts
+	wbuf      []byte    // reused by write
+	gen       uint64    // client: the token generation it was bound with
+	idleSince time.Time // client: when it went back to the pool
 }
 
 func newChannel(conn net.Conn, maxFrame int) *channel {

@@ -65,6 +65,7 @@ type Client struct {
 	idle        []*channel // channels between calls, the last used last
 	chanOpen    int        // channels open or being opened, idle or in use
 	chanOpening bool       // a channel is being opened
+	trimArmed   bool       // trimIdle will run
 	retryAt     time.Time  // no channel is opened before (the last open failed)
 	chanBad     bool       // the last channel open failed (ChannelFailed was told)
 }

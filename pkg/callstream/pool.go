@@ -18,6 +18,10 @@ const (
 	// channelRetry is how long a client uses streams only after a channel
 	// could not be opened (a new token tries again at once).
 	channelRetry = 10 * time.Second
+	// channelIdleKeep is how long a channel beyond the first stays open
+	// unused: the pool shrinks back to one once calls stop coming at once,
+	// so an idle client holds one connection (and server goroutine).
+	channelIdleKeep = 5 * time.Second
 )
 
 // The client's pool of call channels. Each channel carries one call at a
@@ -104,8 +108,37 @@ func (c *Client) putChannel(ch *channel, broken bool) {
 		ch.close()
 		return
 	}
+	ch.idleSince = time.Now()
 	c.idle = append(c.idle, ch)
+	arm := len(c.idle) > 1 && !c.trimArmed
+	c.trimArmed = c.trimArmed || arm
 	c.poolMu.Unlock()
+	if arm {
+		time.AfterFunc(channelIdleKeep, c.trimIdle)
+	}
+}
+
+// trimIdle closes the channels beyond the first that have been idle for
+// channelIdleKeep, and looks again later while there are more than one.
+func (c *Client) trimIdle() {
+	c.poolMu.Lock()
+	var old []*channel
+	n := 0 // the idle list is oldest first: count the stale ones
+	for n < len(c.idle)-1 && time.Since(c.idle[n].idleSince) >= channelIdleKeep {
+		n++
+	}
+	old = append(old, c.idle[:n]...)
+	c.idle = append(c.idle[:0], c.idle[n:]...)
+	c.chanOpen -= n
+	again := len(c.idle) > 1
+	c.trimArmed = again
+	c.poolMu.Unlock()
+	for _, ch := range old {
+		ch.close()
+	}
+	if again {
+		time.AfterFunc(channelIdleKeep, c.trimIdle)
+	}
 }
 
 // dropIdleChannels closes the idle channels (a new token, Close); the
