@@ -158,11 +158,7 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 		frame.TimeoutNs = uint64(d)
 	}
 	if ch := c.takeChannel(); ch != nil {
-		r, err := c.invokeOnChannel(ctx, ch, frame)
-		if err != nil {
-			return err
-		}
-		return decodeReply(method, r, out)
+		return c.invokeOnChannel(ctx, ch, frame, out)
 	}
 	st, err := c.stream(ctx)
 	if err != nil {

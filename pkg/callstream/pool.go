@@ -7,6 +7,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
@@ -154,11 +155,13 @@ func (c *Client) dropIdleChannels() {
 	}
 }
 
-// invokeOnChannel sends frame on ch and reads its reply on this
-// goroutine. A caller that gives up closes the channel (the server ends
-// the call if it waits) and gets its context's status; a channel that
-// fails fails the call with Unavailable (it may or may not have run).
-func (c *Client) invokeOnChannel(ctx context.Context, ch *channel, frame *qtfsv1.CallFrame) (*qtfsv1.CallFrame, error) {
+// invokeOnChannel sends frame on ch, reads its reply on this goroutine
+// and decodes it into out (before the channel, whose buffer holds the
+// reply, goes back to the pool). A caller that gives up closes the
+// channel (the server ends the call if it waits) and gets its context's
+// status; a channel that fails fails the call with Unavailable (it may or
+// may not have run).
+func (c *Client) invokeOnChannel(ctx context.Context, ch *channel, frame *qtfsv1.CallFrame, out proto.Message) error {
 	frame.Id = c.nextID.Add(1)
 	stop := context.AfterFunc(ctx, func() { _ = ch.conn.SetDeadline(time.Unix(1, 0)) })
 	err := ch.write(frame)
@@ -170,14 +173,16 @@ func (c *Client) invokeOnChannel(ctx context.Context, ch *channel, frame *qtfsv1
 		// The context ended while the call ran: its wake-up may have cut
 		// a read or write short, and the deadline stays on the channel.
 		c.putChannel(ch, true)
-		return nil, status.FromContextError(ctx.Err()).Err()
+		return status.FromContextError(ctx.Err()).Err()
 	}
 	if err == nil && reply.GetId() != frame.GetId() {
 		err = fmt.Errorf("reply to call %d, want %d", reply.GetId(), frame.GetId())
 	}
-	c.putChannel(ch, err != nil)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "callstream: channel: %v", err)
+		c.putChannel(ch, true)
+		return status.Errorf(codes.Unavailable, "callstream: channel: %v", err)
 	}
-	return reply, nil
+	err = decodeReply(frame.GetMethod(), reply, out)
+	c.putChannel(ch, false)
+	return err
 }
