@@ -614,7 +614,7 @@ func (n *node) capsKnownAbsent() bool {
 // capability attribute, with the same staleness: an attribute the host
 // adds meanwhile is seen when the timeout ends.
 func (n *node) xattrsAbsent() {
-	if n.m.cache.attr <= 0 || n.m.special {
+	if !n.knowsXattrsAbsence() {
 		return
 	}
 	n.mu.Lock()
@@ -622,6 +622,13 @@ func (n *node) xattrsAbsent() {
 	n.noCapsUntil = n.noXattrsUntil
 	n.mu.Unlock()
 }
+
+// knowsXattrsAbsence reports whether n's mount keeps what xattrsAbsent
+// records (an attribute timeout, and not proc, sysfs or cgroup); an Open
+// there asks the server whether the file has extended attributes
+// (OpenRequest.probe_xattrs), which spares the Listxattr cp -a sends
+// for every file it copies.
+func (n *node) knowsXattrsAbsence() bool { return n.m.cache.attr > 0 && !n.m.special }
 
 // xattrsKnownAbsent reports whether n is known to have no extended
 // attribute.

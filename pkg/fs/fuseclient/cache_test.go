@@ -574,6 +574,55 @@ func TestListingInOpen(t *testing.T) {
 	}
 }
 
+// TestOpenTellsNoXattrs: the Open of a file without extended attributes
+// says so, and the list and the ACL by name that cp -a asks of each file
+// it opens are answered without an RPC; a file with an attribute lists it.
+func TestOpenTellsNoXattrs(t *testing.T) {
+	tm := startMount(t, mountCfg{cache: "auto"})
+	if err := os.WriteFile(tm.host("plain"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(tm.host("tagged"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Setxattr(tm.host("tagged"), "user.tag", []byte("v"), 0); err != nil {
+		t.Skipf("skipped: the test directory's filesystem has no user xattrs: %v", err)
+	}
+	buf := make([]byte, 256)
+	retryFast(t, func() ([]string, bool) {
+		time.Sleep(1100 * time.Millisecond) // what an earlier attempt learnt has expired
+		tm.resetStats()
+		start := time.Now()
+		f, err := os.Open(tm.path("plain"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fd := int(f.Fd())
+		if n, err := unix.Flistxattr(fd, nil); err != nil || n != 0 {
+			t.Fatalf("flistxattr size: %d, %v", n, err)
+		}
+		if _, err := unix.Fgetxattr(fd, "system.posix_acl_access", buf); !errors.Is(err, unix.ENODATA) {
+			t.Fatalf("fgetxattr of an ACL the file has not: %v", err)
+		}
+		if took := time.Since(start); took > 900*time.Millisecond {
+			return []string{fmt.Sprintf("took %v", took)}, true
+		}
+		if st := tm.stats(); st["Listxattr"] != 0 || st["Getxattr"] != 0 || st["Open"] != 1 {
+			t.Fatalf("open, list, get: RPCs %v; want the Open only", st)
+		}
+		return nil, false
+	})
+	f, err := os.Open(tm.path("tagged"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if n, err := unix.Flistxattr(int(f.Fd()), buf); err != nil || !strings.Contains(string(buf[:n]), "user.tag") {
+		t.Fatalf("list of a file with an attribute: %q, %v", buf[:max(n, 0)], err)
+	}
+}
+
 // TestNoXattrsKnown: a file whose attribute list came back empty answers
 // the list and any attribute by name without an RPC for an attribute
 // timeout, as cp -a asks for them; an attribute set through the mount is

@@ -534,9 +534,13 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		req.ReadInline = m.readInline
 		req.CloseAtEof = m.sess.reopensHandles()
 	}
+	req.ProbeXattrs = n.knowsXattrsAbsence()
 	resp, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, req)
 	if e != 0 {
 		return nil, 0, e
+	}
+	if resp.GetNoXattrs() {
+		n.xattrsAbsent()
 	}
 	fh := m.newFileHandle(resp.GetHandle(), n, flags)
 	fh.flushNeedless = resp.GetFlushNeedless()

@@ -62,7 +62,8 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 			return s.walkErrno(op, req.GetPath(), err)
 		}
 		return s.newHandle(op, ss, m, fd, flags, req.GetCaller(), inlineReads{
-			data: req.GetReadInline(), entries: req.GetReaddirInline(), closeAtEOF: req.GetCloseAtEof()}, resp)
+			data: req.GetReadInline(), entries: req.GetReaddirInline(), closeAtEOF: req.GetCloseAtEof(),
+			probeXattrs: req.GetProbeXattrs() && m.ops.allows("Listxattr")}, resp)
 	})
 	if err != nil {
 		return nil, err
@@ -74,10 +75,11 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 }
 
 // inlineReads are the reads an Open does for its client (OpenRequest
-// read_inline, readdir_inline, close_at_eof).
+// read_inline, readdir_inline, close_at_eof, probe_xattrs).
 type inlineReads struct {
 	data, entries uint32
 	closeAtEOF    bool
+	probeXattrs   bool
 }
 
 // newHandle finishes an open: restores the blocking mode, stats, reads
@@ -112,6 +114,11 @@ func (s *Server) newHandle(op string, ss *session, m *mount, fd, flags int, call
 			resp.InlineEof = got < n
 			s.met.read(got)
 		}
+	}
+	if in.probeXattrs {
+		// The list's size alone: one syscall, no copy.
+		n, err := unix.Flistxattr(fd, nil)
+		resp.NoXattrs = err == nil && n == 0
 	}
 	if in.closeAtEOF && (resp.InlineEof || resp.EntriesEof) && flags&unix.O_ACCMODE == unix.O_RDONLY {
 		closeFd(fd)

@@ -2199,6 +2199,10 @@ type OpenRequest struct {
 	// a directory listed whole is closed at once: opendir, readdir and
 	// closedir cost one round trip.
 	ReaddirInline uint32 `protobuf:"varint,7,opt,name=readdir_inline,json=readdirInline,proto3" json:"readdir_inline,omitempty"`
+	// Say whether the file has extended attributes (OpenResponse.no_xattrs),
+	// for a client that answers the attribute calls of a file it knows has
+	// none (cp -a, rsync -X and tar --xattrs list every file they open).
+	ProbeXattrs   bool `protobuf:"varint,8,opt,name=probe_xattrs,json=probeXattrs,proto3" json:"probe_xattrs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2282,6 +2286,13 @@ func (x *OpenRequest) GetReaddirInline() uint32 {
 	return 0
 }
 
+func (x *OpenRequest) GetProbeXattrs() bool {
+	if x != nil {
+		return x.ProbeXattrs
+	}
+	return false
+}
+
 type OpenResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Errno  int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
@@ -2300,8 +2311,12 @@ type OpenResponse struct {
 	Closed bool `protobuf:"varint,7,opt,name=closed,proto3" json:"closed,omitempty"`
 	// With readdir_inline: the directory's first entries, as Readdir returns
 	// them, and whether they are all of them.
-	Entries       []*DirEntry `protobuf:"bytes,8,rep,name=entries,proto3" json:"entries,omitempty"`
-	EntriesEof    bool        `protobuf:"varint,9,opt,name=entries_eof,json=entriesEof,proto3" json:"entries_eof,omitempty"`
+	Entries    []*DirEntry `protobuf:"bytes,8,rep,name=entries,proto3" json:"entries,omitempty"`
+	EntriesEof bool        `protobuf:"varint,9,opt,name=entries_eof,json=entriesEof,proto3" json:"entries_eof,omitempty"`
+	// With probe_xattrs: the file had no extended attribute when it was
+	// opened (flistxattr(2) listed none). Not set when the export does not
+	// allow Listxattr.
+	NoXattrs      bool `protobuf:"varint,10,opt,name=no_xattrs,json=noXattrs,proto3" json:"no_xattrs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2395,6 +2410,13 @@ func (x *OpenResponse) GetEntries() []*DirEntry {
 func (x *OpenResponse) GetEntriesEof() bool {
 	if x != nil {
 		return x.EntriesEof
+	}
+	return false
+}
+
+func (x *OpenResponse) GetNoXattrs() bool {
+	if x != nil {
+		return x.NoXattrs
 	}
 	return false
 }
@@ -5535,7 +5557,7 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\fR\x04path\x12\x19\n" +
 	"\bnew_path\x18\x04 \x01(\fR\anewPath\x12\x19\n" +
-	"\bnew_name\x18\x05 \x01(\fR\anewName\"\xe0\x01\n" +
+	"\bnew_name\x18\x05 \x01(\fR\anewName\"\x83\x02\n" +
 	"\vOpenRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
@@ -5545,7 +5567,8 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"readInline\x12 \n" +
 	"\fclose_at_eof\x18\x06 \x01(\bR\n" +
 	"closeAtEof\x12%\n" +
-	"\x0ereaddir_inline\x18\a \x01(\rR\rreaddirInline\"\xac\x02\n" +
+	"\x0ereaddir_inline\x18\a \x01(\rR\rreaddirInline\x12!\n" +
+	"\fprobe_xattrs\x18\b \x01(\bR\vprobeXattrs\"\xc9\x02\n" +
 	"\fOpenResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12!\n" +
@@ -5558,7 +5581,9 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x06closed\x18\a \x01(\bR\x06closed\x12+\n" +
 	"\aentries\x18\b \x03(\v2\x11.qtfs.v1.DirEntryR\aentries\x12\x1f\n" +
 	"\ventries_eof\x18\t \x01(\bR\n" +
-	"entriesEof\"\xb6\x01\n" +
+	"entriesEof\x12\x1b\n" +
+	"\tno_xattrs\x18\n" +
+	" \x01(\bR\bnoXattrs\"\xb6\x01\n" +
 	"\rCreateRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
