@@ -29,13 +29,14 @@ type fakeFS struct {
 	qtfsv1.UnimplementedFileSystemServer
 	calls *callstream.Server
 
-	running  atomic.Int32 // Getattr calls running
-	peak     atomic.Int32
-	unary    atomic.Int32 // calls that arrived as plain unary calls
-	streams  atomic.Int32 // Calls streams opened
-	ended    atomic.Int32 // Calls streams that ended
-	canceled chan string  // paths of blocked calls whose context ended
-	release  chan struct{}
+	running   atomic.Int32 // Getattr calls running
+	peak      atomic.Int32
+	unary     atomic.Int32 // calls that arrived as plain unary calls
+	streams   atomic.Int32 // Calls streams opened
+	ended     atomic.Int32 // Calls streams that ended
+	noReplies atomic.Int32 // "noreply" calls run
+	canceled  chan string  // paths of blocked calls whose context ended
+	release   chan struct{}
 }
 
 func (f *fakeFS) Getattr(ctx context.Context, req *qtfsv1.GetattrRequest) (*qtfsv1.AttrResponse, error) {
@@ -59,6 +60,9 @@ func (f *fakeFS) Getattr(ctx context.Context, req *qtfsv1.GetattrRequest) (*qtfs
 			return &qtfsv1.AttrResponse{Errno: -1}, nil
 		}
 		return &qtfsv1.AttrResponse{Attr: &qtfsv1.Attr{Size: time.Until(dl).Milliseconds()}}, nil
+	case p == "noreply":
+		f.noReplies.Add(1)
+		return &qtfsv1.AttrResponse{Attr: &qtfsv1.Attr{Ino: 5}}, nil
 	case p == "carrier":
 		if ctx.Value(onChannel{}) != nil {
 			return &qtfsv1.AttrResponse{Attr: &qtfsv1.Attr{Ino: 1}}, nil
@@ -168,6 +172,9 @@ func newEnvToken(t testing.TB, maxInflight int, token string) *env {
 	opts := callstream.ClientOptions{Direct: func(method string, req any) bool {
 		r, ok := req.(*qtfsv1.ReadRequest)
 		return ok && r.GetSize() > 1024
+	}, NoReply: func(method string, req any) bool {
+		r, ok := req.(*qtfsv1.GetattrRequest)
+		return ok && string(r.GetPath()) == "noreply"
 	}}
 	if channels {
 		e.serveChannels(t)
@@ -468,6 +475,34 @@ func TestChannelPool(t *testing.T) {
 	if r, err := getattr(context.Background(), e.fsc, "carrier", 0); err != nil || r.GetAttr().GetIno() != 1 {
 		t.Fatalf("after the pool shrank: %v, on a channel: %v", err, r.GetAttr().GetIno() == 1)
 	}
+}
+
+// TestNoReply: a call NoReply picks returns once sent on a channel, with
+// an empty reply; the server runs it before the next call on the channel,
+// which works as ever. On a stream it gets its reply.
+func TestNoReply(t *testing.T) {
+	carriers(t, func(t *testing.T, channels bool) {
+		e := newEnv(t, 0, channels)
+		for i := range 50 {
+			r, err := getattr(context.Background(), e.fsc, "noreply", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := map[bool]uint64{true: 0, false: 5}[channels]; r.GetAttr().GetIno() != want {
+				t.Fatalf("reply ino %d, want %d", r.GetAttr().GetIno(), want)
+			}
+			r, err = getattr(context.Background(), e.fsc, "carrier", 0)
+			if err != nil || r.GetAttr().GetIno() != map[bool]uint64{true: 1, false: 0}[channels] {
+				t.Fatalf("the call after: %v, %v", r, err)
+			}
+			if got := e.fs.noReplies.Load(); got != int32(i+1) {
+				t.Fatalf("%d calls without reply ran before the next call's reply, want %d", got, i+1)
+			}
+		}
+		if channels && e.binds.Load() != 1 {
+			t.Fatalf("%d channels bound, want the one", e.binds.Load())
+		}
+	})
 }
 
 func TestBulkCallsGoDirect(t *testing.T) {

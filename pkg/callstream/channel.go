@@ -179,7 +179,7 @@ func decodeFrame(b []byte) (*qtfsv1.CallFrame, error) {
 		}
 		b = b[n:]
 		switch {
-		case typ == protowire.VarintType && (num == 1 || num == 4 || num == 5 || num == 6):
+		case typ == protowire.VarintType && (num == 1 || num == 4 || num == 5 || num == 6 || num == 8):
 			v, n := protowire.ConsumeVarint(b)
 			if n < 0 {
 				return nil, protowire.ParseError(n)
@@ -194,6 +194,8 @@ func decodeFrame(b []byte) (*qtfsv1.CallFrame, error) {
 				f.Cancel = v != 0
 			case 6:
 				f.Code = uint32(v)
+			case 8:
+				f.NoReply = v != 0
 			}
 		case typ == protowire.BytesType && (num == 2 || num == 3 || num == 7):
 			v, n := protowire.ConsumeBytes(b)
@@ -328,7 +330,7 @@ func (s *Server) serveChannel(ctx context.Context, ch *channel) {
 		out := s.call(context.WithValue(cctx, watchKey{}, w), f)
 		ok := w.stop()
 		w.cancel()
-		if !ok || ch.write(out) != nil {
+		if !ok || (!f.GetNoReply() && ch.write(out) != nil) {
 			return
 		}
 	}

@@ -39,6 +39,10 @@ type ClientOptions struct {
 	// MaxChannels bounds the channels open at once, each carrying one
 	// call at a time; more calls at once go on a stream. 0: 4.
 	MaxChannels int
+	// NoReply, when set, picks the calls whose outcome the caller does
+	// not need: on a channel they are sent without waiting for (or
+	// getting) a reply, and succeed with an empty reply once sent.
+	NoReply func(method string, req any) bool
 	// MaxFrameBytes bounds a frame read from a channel; 0: 4 MiB.
 	MaxFrameBytes int
 }
@@ -158,6 +162,9 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 		frame.TimeoutNs = uint64(d)
 	}
 	if ch := c.takeChannel(); ch != nil {
+		if c.opts.NoReply != nil && c.opts.NoReply(method, args) {
+			return c.sendOnChannel(ctx, ch, frame)
+		}
 		return c.invokeOnChannel(ctx, ch, frame, out)
 	}
 	st, err := c.stream(ctx)

@@ -186,3 +186,22 @@ func (c *Client) invokeOnChannel(ctx context.Context, ch *channel, frame *qtfsv1
 	c.putChannel(ch, false)
 	return err
 }
+
+// sendOnChannel sends frame on ch as a call that gets no reply (NoReply).
+// The channel carries the next call at once: the server runs a channel's
+// calls in order, this one before it.
+func (c *Client) sendOnChannel(ctx context.Context, ch *channel, frame *qtfsv1.CallFrame) error {
+	frame.Id = c.nextID.Add(1)
+	frame.NoReply = true
+	stop := context.AfterFunc(ctx, func() { _ = ch.conn.SetDeadline(time.Unix(1, 0)) })
+	err := ch.write(frame)
+	if !stop() {
+		c.putChannel(ch, true)
+		return status.FromContextError(ctx.Err()).Err()
+	}
+	c.putChannel(ch, err != nil)
+	if err != nil {
+		return status.Errorf(codes.Unavailable, "callstream: channel: %v", err)
+	}
+	return nil
+}

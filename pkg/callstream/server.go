@@ -165,7 +165,9 @@ func (ss *serverStream) run(ctx context.Context, f *qtfsv1.CallFrame) {
 		cancel()
 	}
 	<-ss.slots
-	ss.reply(out)
+	if !f.GetNoReply() {
+		ss.reply(out)
+	}
 }
 
 // call runs call f and returns its reply.

@@ -341,11 +341,18 @@ func TestReconnectLockLost(t *testing.T) {
 					t.Fatalf("release: %v", e)
 				}
 			}
-			fs.mu.Lock()
-			open := fs.srv.OpenHandles()
-			fs.mu.Unlock()
-			if open != 0 {
-				t.Fatalf("%d handles open on the server after the lost one was released (want 0: the re-open was released)", open)
+			// A Release does not wait for the server (no lock is held
+			// any more): the server closes the handles just after.
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+				fs.mu.Lock()
+				open := fs.srv.OpenHandles()
+				fs.mu.Unlock()
+				if open == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%d handles open on the server after the lost one was released (want 0: the re-open was released)", open)
+				}
 			}
 		})
 	}

@@ -153,7 +153,7 @@ func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName
 		s.features[f] = true
 	}
 	if s.features[qtfsv1.Feature_FEATURE_CALL_STREAM] {
-		copts := callstream.ClientOptions{Direct: bulkCall, MaxFrameBytes: chunk + messageMargin}
+		copts := callstream.ClientOptions{Direct: bulkCall, NoReply: s.releaseNoReply, MaxFrameBytes: chunk + messageMargin}
 		if opts.DialChannel != nil {
 			copts.Channel = opts.DialChannel
 			copts.ChannelFailed = func(err error) {
@@ -231,6 +231,18 @@ func bulkCall(method string, req any) bool {
 		return true
 	}
 	return false
+}
+
+// releaseNoReply reports whether a call is a Release sent without
+// waiting for its reply: the kernel sends RELEASE after close(2) returned
+// and ignores its errors, and a client that waits only keeps a thread and
+// a channel from the next call. A Release waits while a handle of the
+// session holds locks (it may be that one, and a lock is free for others
+// only once the server closed it), and without reconnects (which count
+// them).
+func (s *Session) releaseNoReply(_ string, req any) bool {
+	_, ok := req.(*qtfsv1.ReleaseRequest)
+	return ok && s.rc != nil && s.rc.lockHolders.Load() == 0
 }
 
 // Exports returns the exports the server lets this peer mount.

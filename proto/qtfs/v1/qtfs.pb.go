@@ -255,8 +255,12 @@ type CallFrame struct {
 	Cancel bool `protobuf:"varint,5,opt,name=cancel,proto3" json:"cancel,omitempty"`
 	// Reply: the gRPC status code of the call (0: OK, then body is the reply)
 	// and its message. A filesystem error is an errno in the reply, as ever.
-	Code          uint32 `protobuf:"varint,6,opt,name=code,proto3" json:"code,omitempty"`
-	Message       string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	Code    uint32 `protobuf:"varint,6,opt,name=code,proto3" json:"code,omitempty"`
+	Message string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	// Request: the client does not wait for the outcome and the server
+	// sends no reply (a Release, whose errors nobody hears: the kernel
+	// sends it after close(2) has returned).
+	NoReply       bool `protobuf:"varint,8,opt,name=no_reply,json=noReply,proto3" json:"no_reply,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -338,6 +342,13 @@ func (x *CallFrame) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *CallFrame) GetNoReply() bool {
+	if x != nil {
+		return x.NoReply
+	}
+	return false
 }
 
 // A call channel (FEATURE_CALL_CHANNEL) carries CallFrames, as Calls does,
@@ -5403,7 +5414,7 @@ var File_qtfs_v1_qtfs_proto protoreflect.FileDescriptor
 
 const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\n" +
-	"\x12qtfs/v1/qtfs.proto\x12\aqtfs.v1\"\xac\x01\n" +
+	"\x12qtfs/v1/qtfs.proto\x12\aqtfs.v1\"\xc7\x01\n" +
 	"\tCallFrame\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
@@ -5412,7 +5423,8 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"timeout_ns\x18\x04 \x01(\x04R\ttimeoutNs\x12\x16\n" +
 	"\x06cancel\x18\x05 \x01(\bR\x06cancel\x12\x12\n" +
 	"\x04code\x18\x06 \x01(\rR\x04code\x12\x18\n" +
-	"\amessage\x18\a \x01(\tR\amessage\"$\n" +
+	"\amessage\x18\a \x01(\tR\amessage\x12\x19\n" +
+	"\bno_reply\x18\b \x01(\bR\anoReply\"$\n" +
 	"\fChannelHello\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\fR\x05token\">\n" +
 	"\x0eChannelWelcome\x12\x12\n" +
