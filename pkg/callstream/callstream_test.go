@@ -570,6 +570,12 @@ func TestClosedClient(t *testing.T) {
 
 func TestChannelRefusedFallsBackToStream(t *testing.T) {
 	e := newEnvToken(t, 0, "stolen")
+	// The first call goes on a stream and has a channel opened, which is
+	// refused; the calls after it stay on the stream, with no new try.
+	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return e.chFailures.Load() == 1 })
 	for i := range 20 {
 		if _, err := getattr(context.Background(), e.fsc, "ok", uint64(i)); err != nil {
 			t.Fatal(err)

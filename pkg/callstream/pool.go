@@ -59,6 +59,17 @@ func (c *Client) takeChannel() *channel {
 	return nil
 }
 
+// OpenChannels returns how many call channels are open, idle or carrying
+// a call (not counting one being opened).
+func (c *Client) OpenChannels() int {
+	c.poolMu.Lock()
+	defer c.poolMu.Unlock()
+	if c.chanOpening {
+		return c.chanOpen - 1
+	}
+	return c.chanOpen
+}
+
 // addChannel opens a channel with token (of generation gen) and adds it
 // to the idle ones.
 func (c *Client) addChannel(token []byte, gen uint64) {

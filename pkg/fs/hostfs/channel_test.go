@@ -123,6 +123,15 @@ func TestCallChannelBinding(t *testing.T) {
 	defer client.Close()
 	client.SetChannelToken(token)
 	fsc := qtfsv1.NewFileSystemClient(client)
+	// The first call goes on a stream while the client opens a channel.
+	if _, err := fsc.Statfs(t.Context(), &qtfsv1.StatfsRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); client.OpenChannels() != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no channel opened within 10 s")
+		}
+	}
 	m, err := fsc.Mount(t.Context(), &qtfsv1.MountRequest{Path: []byte(cs.dir), Caller: root})
 	if err != nil || m.GetErrno() != 0 {
 		t.Fatalf("mount over the channel: %v errno %d", err, m.GetErrno())
