@@ -390,31 +390,36 @@ func TestCallerGivingUpCancelsTheServerCall(t *testing.T) {
 // TestInflightBound: a stream runs at most MaxInflight calls at once (a
 // channel runs one).
 func TestInflightBound(t *testing.T) {
-	func() {
-		e := newEnv(t, 2, false)
-		var wg sync.WaitGroup
-		for range 5 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if _, err := getattr(context.Background(), e.fsc, "block", 0); err != nil {
-					t.Error(err)
-				}
-			}()
-		}
-		waitFor(t, func() bool { return e.fs.running.Load() == 2 })
-		time.Sleep(100 * time.Millisecond) // room for a third call to start wrongly
-		if got := e.fs.peak.Load(); got != 2 {
-			t.Fatalf("%d calls ran at once, want at most 2", got)
-		}
-		// Meanwhile the caller side is not stuck: a call can still be sent (it
-		// waits for a slot).
-		close(e.fs.release)
-		wg.Wait()
-		if got := e.fs.peak.Load(); got != 2 {
-			t.Fatalf("%d calls ran at once, want at most 2", got)
-		}
-	}()
+	e := newEnv(t, 2, false)
+	wait := e.callsAtOnce(t, 5, "block")
+	waitFor(t, func() bool { return e.fs.running.Load() == 2 })
+	time.Sleep(100 * time.Millisecond) // room for a third call to start wrongly
+	if got := e.fs.peak.Load(); got != 2 {
+		t.Fatalf("%d calls ran at once, want at most 2", got)
+	}
+	// Meanwhile the caller side is not stuck: a call can still be sent (it
+	// waits for a slot).
+	close(e.fs.release)
+	wait()
+	if got := e.fs.peak.Load(); got != 2 {
+		t.Fatalf("%d calls ran at once, want at most 2", got)
+	}
+}
+
+// callsAtOnce starts n Getattr calls of path at once and returns the
+// function that waits for them; a call that fails fails t.
+func (e *env) callsAtOnce(t *testing.T, n int, path string) (wait func()) {
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := getattr(context.Background(), e.fsc, path, 0); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	return wg.Wait
 }
 
 // TestChannelPool: calls one after the other share one channel; calls at
@@ -431,34 +436,15 @@ func TestChannelPool(t *testing.T) {
 	if e.binds.Load() != 1 {
 		t.Fatalf("100 calls in a row: %d channels, want one", e.binds.Load())
 	}
-	var wg sync.WaitGroup
-	for range 6 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := getattr(context.Background(), e.fsc, "block", 0); err != nil {
-				t.Error(err)
-			}
-		}()
-	}
+	wait := e.callsAtOnce(t, 6, "block")
 	waitFor(t, func() bool { return e.fs.running.Load() == 6 })
 	close(e.fs.release)
-	wg.Wait()
+	wait()
 	// The calls waited (WillWait watched the channel of the one that had
 	// it) and were answered; the pool grows to 4 as calls at once keep
 	// finding none idle, and no further.
 	for range 50 {
-		var wg sync.WaitGroup
-		for range 6 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
-					t.Error(err)
-				}
-			}()
-		}
-		wg.Wait()
+		e.callsAtOnce(t, 6, "ok")()
 	}
 	if got := e.binds.Load(); got < 2 || got > 4 {
 		t.Fatalf("%d channels bound by calls 6 at a time, want 2 to 4", got)

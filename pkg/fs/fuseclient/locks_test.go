@@ -341,19 +341,8 @@ func TestReconnectLockLost(t *testing.T) {
 					t.Fatalf("release: %v", e)
 				}
 			}
-			// A Release does not wait for the server (no lock is held
-			// any more): the server closes the handles just after.
-			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-				fs.mu.Lock()
-				open := fs.srv.OpenHandles()
-				fs.mu.Unlock()
-				if open == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%d handles open on the server after the lost one was released (want 0: the re-open was released)", open)
-				}
-			}
+			// No lock is held any more: the Releases do not wait.
+			fs.waitNoHandles(t, "the lost one was released (want 0: the re-open was released)")
 		})
 	}
 }

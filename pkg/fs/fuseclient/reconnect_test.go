@@ -672,18 +672,24 @@ func TestKilledCallerCancels(t *testing.T) {
 	if _, e := call(c.s, opTimeout, "Release", c.s.client.Release, &qtfsv1.ReleaseRequest{Handle: h}); e != 0 {
 		t.Fatal(e)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	fs.waitNoHandles(t, "its read did not stop")
+}
+
+// waitNoHandles waits up to 5 s for the server to hold no open handle
+// (a Release does not wait for the server to close), and fails saying
+// why when it still holds some.
+func (fs *flakyServer) waitNoHandles(t *testing.T, why string) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		fs.mu.Lock()
 		open := fs.srv.OpenHandles()
 		fs.mu.Unlock()
 		if open == 0 {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d handles still open on the server: its read did not stop", open)
+			t.Fatalf("%d handles still open on the server: %s", open, why)
 		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
