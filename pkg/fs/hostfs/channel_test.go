@@ -4,13 +4,17 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -21,18 +25,18 @@ import (
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
-// channelServer is a hostfs server behind a split listener on plain TCP
-// loopback (whose principal is the peer's IP address), as qtfs-server runs
-// it.
+// channelServer is a hostfs server behind a split listener on TCP
+// loopback, as qtfs-server runs it: plain (the principal is the peer's IP
+// address) or with mutual TLS.
 type channelServer struct {
 	s   *hostfs.Server
 	reg *prometheus.Registry
 	u   transport.URI
-	sec transport.Security
-	dir string // the export
+	sec transport.Security // the clients'
+	dir string             // the export
 }
 
-func startChannelServer(t *testing.T) *channelServer {
+func startChannelServer(t *testing.T, withTLS bool) *channelServer {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	dir := t.TempDir()
@@ -46,7 +50,14 @@ func startChannelServer(t *testing.T) *channelServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.Close() })
-	sec := transport.Security{Insecure: true}
+	sec, csec := transport.Security{Insecure: true}, transport.Security{Insecure: true}
+	if withTLS {
+		pki, err := transport.WritePKI(t.TempDir(), transport.PKIOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sec, csec = pki.ServerSecurity(), pki.ClientSecurity()
+	}
 	creds, err := transport.ServerCredentials(sec)
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +79,7 @@ func startChannelServer(t *testing.T) *channelServer {
 	s.Register(g)
 	go g.Serve(l)
 	t.Cleanup(g.Stop)
-	return &channelServer{s: s, reg: reg, u: u, sec: sec, dir: dir}
+	return &channelServer{s: s, reg: reg, u: u, sec: csec, dir: dir}
 }
 
 // handshake opens a gRPC connection and a session on it; it returns the
@@ -110,7 +121,7 @@ func (cs *channelServer) dialFrom(t *testing.T, from string, token []byte) (net.
 }
 
 func TestCallChannelBinding(t *testing.T) {
-	cs := startChannelServer(t)
+	cs := startChannelServer(t, false)
 	cc, token := cs.handshake(t)
 
 	// Calls on a channel bound with the token run in that session.
@@ -185,4 +196,81 @@ func TestCallChannelBinding(t *testing.T) {
 	// And its token is no longer good.
 	conn, err = cs.dialFrom(t, "127.0.0.1", token)
 	refused("token of an ended connection", conn, err, "channel_token")
+}
+
+// TestCallChannelWaitOverTLS: on a TLS call channel, a read that waits on
+// a fifo (the server watches the channel for the client's cancel
+// meanwhile) ends with the data that arrives, and the same channel carries
+// the next calls: ending the watch leaves the TLS connection usable.
+func TestCallChannelWaitOverTLS(t *testing.T) {
+	cs := startChannelServer(t, true)
+	cc, token := cs.handshake(t)
+	var dials atomic.Int32
+	client := callstream.NewClient(cc, callstream.ClientOptions{
+		Channel: func(ctx context.Context) (net.Conn, error) {
+			dials.Add(1)
+			return transport.DialChannel(ctx, cs.u, cs.sec)
+		},
+		ChannelFailed: func(err error) { t.Errorf("the channel failed: %v", err) },
+	})
+	defer client.Close()
+	client.SetChannelToken(token)
+	fsc := qtfsv1.NewFileSystemClient(client)
+	m, err := fsc.Mount(t.Context(), &qtfsv1.MountRequest{Path: []byte(cs.dir), Caller: root})
+	if err != nil || m.GetErrno() != 0 {
+		t.Fatalf("mount: %v errno %d", err, m.GetErrno())
+	}
+	for deadline := time.Now().Add(10 * time.Second); client.OpenChannels() != 1; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no channel opened within 10 s")
+		}
+	}
+	fifo := filepath.Join(cs.dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := os.OpenFile(fifo, os.O_RDWR, 0) // holds the fifo open, writes on demand
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	o, err := fsc.Open(t.Context(), &qtfsv1.OpenRequest{Mount: m.GetMount(), Caller: root, Path: []byte("fifo"), Flags: unix.O_RDONLY})
+	if err != nil || o.GetErrno() != 0 {
+		t.Fatalf("open: %v errno %d", err, o.GetErrno())
+	}
+	for round := range 3 {
+		done := make(chan *qtfsv1.ReadResponse, 1)
+		go func() {
+			r, err := fsc.Read(t.Context(), &qtfsv1.ReadRequest{Handle: o.GetHandle(), Size: 16})
+			if err != nil {
+				t.Error(err)
+			}
+			done <- r
+		}()
+		time.Sleep(150 * time.Millisecond) // the read waits for data
+		select {
+		case r := <-done:
+			t.Fatalf("round %d: the read of an empty fifo ended: %v", round, r)
+		default:
+		}
+		want := "data" + strconv.Itoa(round)
+		if _, err := peer.WriteString(want); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case r := <-done:
+			if r.GetErrno() != 0 || string(r.GetData()) != want {
+				t.Fatalf("round %d: read %q errno %d, want %q", round, r.GetData(), r.GetErrno(), want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the read did not end when data came", round)
+		}
+		a, err := fsc.Getattr(t.Context(), &qtfsv1.GetattrRequest{Mount: m.GetMount(), Caller: root})
+		if err != nil || a.GetErrno() != 0 {
+			t.Fatalf("round %d: the call after the wait: %v errno %d", round, err, a.GetErrno())
+		}
+	}
+	if n := dials.Load(); n != 1 || client.OpenChannels() != 1 {
+		t.Fatalf("%d channels dialled, %d open: want the first one kept through the waits", n, client.OpenChannels())
+	}
 }
