@@ -347,16 +347,34 @@ func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	return uint32(n), 0
 }
 
-// Flush is called on each close(2) of a descriptor of the file. On proc,
-// sysfs and cgroup mounts it asks nothing of the server: those
-// filesystems keep no data to write back and report nothing at close, and
-// a process scanning /proc saves a round trip per file.
+// flushNeeded reports whether a close(2) of the file has something to
+// ask of the server. Not on proc, sysfs and cgroup mounts: those
+// filesystems keep no data to write back and report nothing at close.
+// Nor on a read-only file: its close writes nothing back, and its locks
+// belong to the handle, released with it. Nor where the host's close(2)
+// could only repeat what the writes said (flush_needless). Such a file
+// is opened with FOPEN_NOFLUSH (noFlush), so the kernel does not even
+// send FLUSH: a close costs no round trip to this daemon either.
+func (f *fileHandle) flushNeeded() bool {
+	return !f.m.special && f.flags&syscall.O_ACCMODE != syscall.O_RDONLY && !f.flushNeedless
+}
+
+// noFlush is the FOPEN_ flag that spares the kernel's FLUSH of a file
+// whose close needs nothing (see flushNeeded).
+func (f *fileHandle) noFlush() uint32 {
+	if f.flushNeeded() {
+		return 0
+	}
+	return fuse.FOPEN_NOFLUSH
+}
+
+// Flush is called on each close(2) of a descriptor of the file opened
+// without FOPEN_NOFLUSH: it reaches the host's close(2) of a duplicate of
+// the handle's descriptor, whose errors (a network filesystem's) the
+// caller of close(2) gets.
 func (f *fileHandle) Flush(ctx context.Context) syscall.Errno {
 	m := f.m
-	if m.special || f.flags&syscall.O_ACCMODE == syscall.O_RDONLY || f.flushNeedless {
-		// Nor on a read-only file: its close writes nothing back, and
-		// its locks belong to the handle, released with it. Nor where
-		// the host's close(2) could only repeat what the writes said.
+	if !f.flushNeeded() {
 		return 0
 	}
 	_, e := call(m.sess, m.timeout, "Flush", m.sess.client.Flush, &qtfsv1.FlushRequest{Handle: f.h})

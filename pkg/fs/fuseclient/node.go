@@ -560,7 +560,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if req.ReadInline > 0 && uint32(len(resp.GetInlineData())) <= req.ReadInline {
 		fh.setInline(resp.GetInlineData(), resp.GetInlineEof())
 	}
-	return fh, n.fuseOpenFlags(flags, resp.GetAttr()), 0
+	return fh, n.fuseOpenFlags(flags, resp.GetAttr()) | fh.noFlush(), 0
 }
 
 // Create creates and opens a regular file in one RPC. The kernel has
@@ -599,7 +599,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 		// The server made this file: it has no capability attribute.
 		cn.capsAbsent()
 	}
-	return ch, fh, cn.fuseOpenFlags(flags, resp.GetAttr()), 0
+	return ch, fh, cn.fuseOpenFlags(flags, resp.GetAttr()) | fh.noFlush(), 0
 }
 
 // OpendirHandle opens the directory on the host; its handle feeds
