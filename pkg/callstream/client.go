@@ -29,9 +29,9 @@ type ClientOptions struct {
 	Direct func(method string, req any) bool
 	// Channel, when set, connects to the server for a call channel: it
 	// dials and does the transport's security handshake (see
-	// transport.DialChannel). Calls then go on a channel, bound with the
-	// token SetChannelToken gave, rather than on a Calls stream; when a
-	// channel cannot be opened they go on a stream until that fails.
+	// transport.DialChannel). Calls then go on a pool of channels, bound
+	// with the token SetChannelToken gave; a call that finds no channel
+	// idle, or comes while none can be opened, goes on a Calls stream.
 	Channel func(ctx context.Context) (net.Conn, error)
 	// ChannelFailed, when set, is told why a channel could not be opened
 	// (once per failure after a success, so that logs are not flooded).
@@ -162,10 +162,8 @@ func (c *Client) Invoke(ctx context.Context, method string, args, reply any, opt
 		frame.TimeoutNs = uint64(d)
 	}
 	if ch := c.takeChannel(); ch != nil {
-		if c.opts.NoReply != nil && c.opts.NoReply(method, args) {
-			return c.sendOnChannel(ctx, ch, frame)
-		}
-		return c.invokeOnChannel(ctx, ch, frame, out)
+		noReply := c.opts.NoReply != nil && c.opts.NoReply(method, args)
+		return c.invokeOnChannel(ctx, ch, frame, out, noReply)
 	}
 	st, err := c.stream(ctx)
 	if err != nil {

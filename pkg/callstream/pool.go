@@ -134,20 +134,15 @@ func (c *Client) putChannel(ch *channel, broken bool) {
 // channelIdleKeep, and looks again later while there are more than one.
 func (c *Client) trimIdle() {
 	c.poolMu.Lock()
-	var old []*channel
 	n := 0 // the idle list is oldest first: count the stale ones
 	for n < len(c.idle)-1 && time.Since(c.idle[n].idleSince) >= channelIdleKeep {
 		n++
 	}
-	old = append(old, c.idle[:n]...)
-	c.idle = append(c.idle[:0], c.idle[n:]...)
-	c.chanOpen -= n
+	old := c.removeIdle(n)
 	again := len(c.idle) > 1
 	c.trimArmed = again
 	c.poolMu.Unlock()
-	for _, ch := range old {
-		ch.close()
-	}
+	closeChannels(old)
 	if again {
 		time.AfterFunc(channelIdleKeep, c.trimIdle)
 	}
@@ -157,27 +152,42 @@ func (c *Client) trimIdle() {
 // ones in use are closed as they come back.
 func (c *Client) dropIdleChannels() {
 	c.poolMu.Lock()
-	idle := c.idle
-	c.idle = nil
-	c.chanOpen -= len(idle)
+	old := c.removeIdle(len(c.idle))
 	c.poolMu.Unlock()
-	for _, ch := range idle {
+	closeChannels(old)
+}
+
+// removeIdle takes the n oldest idle channels out of the pool and returns
+// them, to be closed once poolMu is released. Called with poolMu held.
+func (c *Client) removeIdle(n int) []*channel {
+	old := append([]*channel(nil), c.idle[:n]...)
+	rest := copy(c.idle, c.idle[n:])
+	clear(c.idle[rest:])
+	c.idle = c.idle[:rest]
+	c.chanOpen -= n
+	return old
+}
+
+func closeChannels(chs []*channel) {
+	for _, ch := range chs {
 		ch.close()
 	}
 }
 
-// invokeOnChannel sends frame on ch, reads its reply on this goroutine
-// and decodes it into out (before the channel, whose buffer holds the
-// reply, goes back to the pool). A caller that gives up closes the
-// channel (the server ends the call if it waits) and gets its context's
-// status; a channel that fails fails the call with Unavailable (it may or
-// may not have run).
-func (c *Client) invokeOnChannel(ctx context.Context, ch *channel, frame *qtfsv1.CallFrame, out proto.Message) error {
+// invokeOnChannel sends frame on ch and, unless noReply (the call gets
+// no reply: the server runs a channel's calls in order, so the next call
+// finds this one done), reads its reply on this goroutine and decodes it
+// into out before the channel, whose buffer holds the reply, goes back to
+// the pool. A caller that gives up closes the channel (the server ends
+// the call if it waits) and gets its context's status; a channel that
+// fails fails the call with Unavailable (it may or may not have run).
+func (c *Client) invokeOnChannel(ctx context.Context, ch *channel, frame *qtfsv1.CallFrame, out proto.Message, noReply bool) error {
 	frame.Id = c.nextID.Add(1)
+	frame.NoReply = noReply
 	stop := context.AfterFunc(ctx, func() { _ = ch.conn.SetDeadline(time.Unix(1, 0)) })
 	err := ch.write(frame)
 	var reply *qtfsv1.CallFrame
-	if err == nil {
+	if err == nil && !noReply {
 		reply, err = ch.recv()
 	}
 	if !stop() {
@@ -186,33 +196,16 @@ func (c *Client) invokeOnChannel(ctx context.Context, ch *channel, frame *qtfsv1
 		c.putChannel(ch, true)
 		return status.FromContextError(ctx.Err()).Err()
 	}
-	if err == nil && reply.GetId() != frame.GetId() {
+	if err == nil && !noReply && reply.GetId() != frame.GetId() {
 		err = fmt.Errorf("reply to call %d, want %d", reply.GetId(), frame.GetId())
 	}
 	if err != nil {
 		c.putChannel(ch, true)
 		return status.Errorf(codes.Unavailable, "callstream: channel: %v", err)
 	}
-	err = decodeReply(frame.GetMethod(), reply, out)
+	if !noReply {
+		err = decodeReply(frame.GetMethod(), reply, out)
+	}
 	c.putChannel(ch, false)
 	return err
-}
-
-// sendOnChannel sends frame on ch as a call that gets no reply (NoReply).
-// The channel carries the next call at once: the server runs a channel's
-// calls in order, this one before it.
-func (c *Client) sendOnChannel(ctx context.Context, ch *channel, frame *qtfsv1.CallFrame) error {
-	frame.Id = c.nextID.Add(1)
-	frame.NoReply = true
-	stop := context.AfterFunc(ctx, func() { _ = ch.conn.SetDeadline(time.Unix(1, 0)) })
-	err := ch.write(frame)
-	if !stop() {
-		c.putChannel(ch, true)
-		return status.FromContextError(ctx.Err()).Err()
-	}
-	c.putChannel(ch, err != nil)
-	if err != nil {
-		return status.Errorf(codes.Unavailable, "callstream: channel: %v", err)
-	}
-	return nil
 }
