@@ -52,6 +52,20 @@ type dirHandle struct {
 	// closedAtOpen: the Open listed the whole directory and the server
 	// closed it; a rewind opens it again (as after a reconnect).
 	closedAtOpen bool
+
+	// ahead is the Readdir of the batch after the current one, sent when
+	// the kernel starts on the current one: the host's stat of the next
+	// entries then overlaps the hand-out of these.
+	ahead *batchAhead
+}
+
+// batchAhead is a Readdir sent ahead of need. done closes when resp and
+// e are set.
+type batchAhead struct {
+	off  uint64
+	done chan struct{}
+	resp *qtfsv1.ReaddirResponse
+	e    syscall.Errno
 }
 
 // dotsOffset shifts the server's cookies (d_off, at most 2^63-1) past the
@@ -125,16 +139,50 @@ func (d *dirHandle) handleID() uint64 {
 	return d.h
 }
 
-// fill fetches the next batch of entries, with attributes.
+// fill fetches the next batch of entries, with attributes: the one sent
+// ahead when it is for the current position and did not fail, else by a
+// Readdir of its own.
 func (d *dirHandle) fill() syscall.Errno {
-	m := d.m
-	resp, e := call(m.sess, m.timeout, "Readdir", m.sess.client.Readdir, &qtfsv1.ReaddirRequest{
-		Handle: d.h, Offset: d.off, MaxEntries: readdirBatch, Plus: true,
-	})
+	if a := d.takeAhead(); a != nil && a.off == d.off && a.e == 0 {
+		return d.take(a.resp.GetEntries(), a.resp.GetEof())
+	}
+	resp, e := d.readdir(d.off)
 	if e != 0 {
 		return e
 	}
 	return d.take(resp.GetEntries(), resp.GetEof())
+}
+
+// readdir asks the server for the batch after cookie off.
+func (d *dirHandle) readdir(off uint64) (*qtfsv1.ReaddirResponse, syscall.Errno) {
+	m := d.m
+	return call(m.sess, m.timeout, "Readdir", m.sess.client.Readdir, &qtfsv1.ReaddirRequest{
+		Handle: d.h, Offset: off, MaxEntries: readdirBatch, Plus: true,
+	})
+}
+
+// sendAhead sends the Readdir of the batch after the current one, unless
+// the current one ends the directory or one is already on its way.
+func (d *dirHandle) sendAhead() {
+	if d.eof || d.ahead != nil {
+		return
+	}
+	a := &batchAhead{off: d.off, done: make(chan struct{})}
+	d.ahead = a
+	go func() {
+		a.resp, a.e = d.readdir(a.off)
+		close(a.done)
+	}()
+}
+
+// takeAhead waits for the Readdir sent ahead, if any, and hands it over.
+func (d *dirHandle) takeAhead() *batchAhead {
+	a := d.ahead
+	if a != nil {
+		d.ahead = nil
+		<-a.done
+	}
+	return a
 }
 
 // take makes entries, from a Readdir or the Open's inline listing, the
@@ -193,6 +241,11 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 			if e := d.fill(); e != 0 {
 				return nil, e
 			}
+		}
+		if d.next == 0 {
+			// The reader is into this batch: it will most likely want
+			// the next one too.
+			d.sendAhead()
 		}
 		de := d.batch[d.next]
 		d.next++
@@ -275,6 +328,7 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 
 // Releasedir closes the directory on the server.
 func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
+	d.takeAhead() // the server closes the handle after its last Readdir
 	m := d.m
 	m.sess.metrics.openHandles.Dec()
 	call(m.sess, m.timeout, "Release", m.sess.client.Release, &qtfsv1.ReleaseRequest{Handle: d.h})

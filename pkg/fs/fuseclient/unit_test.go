@@ -3,10 +3,12 @@ package fuseclient
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -400,17 +402,42 @@ func TestInlineRead(t *testing.T) {
 	}
 }
 
-// fakeDirClient serves Readdir from a list and counts every RPC.
+// fakeDirClient serves Readdir from a list, in batches of 3, and counts
+// every RPC. Readdirs may come from the client's read-ahead goroutine.
 type fakeDirClient struct {
 	qtfsv1.FileSystemClient
 	entries []*qtfsv1.DirEntry
+	// gate, when set, holds every Readdir after the first batch until it
+	// is closed.
+	gate chan struct{}
+
+	mu      sync.Mutex
 	calls   map[string]int
+	offsets []uint64 // of every Readdir, in order
+}
+
+func (c *fakeDirClient) count(op string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.calls[op]
+}
+
+func (c *fakeDirClient) record(op string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls[op]++
 }
 
 func (c *fakeDirClient) Readdir(ctx context.Context, req *qtfsv1.ReaddirRequest, _ ...grpc.CallOption) (*qtfsv1.ReaddirResponse, error) {
+	c.mu.Lock()
 	c.calls["Readdir"]++
+	c.offsets = append(c.offsets, req.GetOffset())
+	c.mu.Unlock()
 	if !req.GetPlus() {
 		return nil, status.Error(codes.InvalidArgument, "want plus")
+	}
+	if c.gate != nil && req.GetOffset() != 0 {
+		<-c.gate
 	}
 	start := 0
 	if req.GetOffset() != 0 {
@@ -421,8 +448,29 @@ func (c *fakeDirClient) Readdir(ctx context.Context, req *qtfsv1.ReaddirRequest,
 }
 
 func (c *fakeDirClient) Lookup(ctx context.Context, req *qtfsv1.LookupRequest, _ ...grpc.CallOption) (*qtfsv1.EntryResponse, error) {
-	c.calls["Lookup"]++
+	c.record("Lookup")
 	return &qtfsv1.EntryResponse{Errno: int32(syscall.EIO)}, nil
+}
+
+func (c *fakeDirClient) Release(ctx context.Context, req *qtfsv1.ReleaseRequest, _ ...grpc.CallOption) (*qtfsv1.ErrnoResponse, error) {
+	c.record("Release")
+	return &qtfsv1.ErrnoResponse{}, nil
+}
+
+// readAll reads d's entries to the end.
+func readAll(t *testing.T, d *dirHandle) []fuse.DirEntry {
+	t.Helper()
+	var out []fuse.DirEntry
+	for {
+		de, e := d.Readdirent(context.Background())
+		if e != 0 {
+			t.Fatalf("Readdirent: %v", e)
+		}
+		if de == nil {
+			return out
+		}
+		out = append(out, *de)
+	}
 }
 
 // TestDirStream checks the directory stream: batches, resumption after
@@ -442,19 +490,7 @@ func TestDirStream(t *testing.T) {
 	}}
 	m := &mountFS{sess: testSession(t, c), log: zaptest.NewLogger(t), timeout: time.Second, rootDev: 9, inos: newInoMap(9)}
 	d := m.newDirHandle(7, &node{m: m})
-	read := func() []fuse.DirEntry {
-		var out []fuse.DirEntry
-		for {
-			de, e := d.Readdirent(context.Background())
-			if e != 0 {
-				t.Fatalf("Readdirent: %v", e)
-			}
-			if de == nil {
-				return out
-			}
-			out = append(out, *de)
-		}
-	}
+	read := func() []fuse.DirEntry { return readAll(t, d) }
 	// "." and ".." come first from the client itself (the server's "." is
 	// dropped); the server's cookies follow, shifted past them.
 	want := []fuse.DirEntry{
@@ -467,8 +503,8 @@ func TestDirStream(t *testing.T) {
 	if got := read(); !slices.Equal(got, want) {
 		t.Errorf("entries:\n got %v\nwant %v", got, want)
 	}
-	if c.calls["Readdir"] != 2 {
-		t.Errorf("Readdir RPCs: %d, want 2 (batches of 3)", c.calls["Readdir"])
+	if n := c.count("Readdir"); n != 2 {
+		t.Errorf("Readdir RPCs: %d, want 2 (batches of 3)", n)
 	}
 	if got := read(); len(got) != 0 {
 		t.Errorf("after the end: %v", got)
@@ -491,9 +527,120 @@ func TestDirStream(t *testing.T) {
 	if _, e := d.Lookup(context.Background(), "gone", &out); e == 0 {
 		t.Error("Lookup of a name not in the batch succeeded")
 	}
-	if c.calls["Lookup"] != 0 {
-		t.Errorf("Lookup RPCs: %d, want 0", c.calls["Lookup"])
+	if n := c.count("Lookup"); n != 0 {
+		t.Errorf("Lookup RPCs: %d, want 0", n)
 	}
+}
+
+// TestDirStreamReadsAhead checks the Readdir sent ahead: a straight
+// listing asks for every batch once, the next one while the current one is
+// handed out; a seek makes the one sent ahead useless but the listing
+// stays right; and the handle is released only once that Readdir is
+// over.
+func TestDirStreamReadsAhead(t *testing.T) {
+	var entries []*qtfsv1.DirEntry
+	var want []string
+	for i := range 10 {
+		name := fmt.Sprintf("e%d", i)
+		ino := uint64(100 + i)
+		entries = append(entries, &qtfsv1.DirEntry{Name: []byte(name), Ino: ino, Type: syscall.S_IFREG, Offset: uint64(20 + i),
+			Attr: &qtfsv1.Attr{Ino: ino, Dev: 9, Mode: syscall.S_IFREG | 0o644, Nlink: 1}})
+		want = append(want, name)
+	}
+	newHandle := func(c *fakeDirClient) *dirHandle {
+		m := &mountFS{sess: testSession(t, c), log: zaptest.NewLogger(t), timeout: 5 * time.Second, rootDev: 9, inos: newInoMap(9)}
+		return m.newDirHandle(7, &node{m: m})
+	}
+	names := func(des []fuse.DirEntry) []string {
+		var out []string
+		for _, de := range des {
+			if de.Name != "." && de.Name != ".." {
+				out = append(out, de.Name)
+			}
+		}
+		return out
+	}
+
+	t.Run("straight", func(t *testing.T) {
+		c := &fakeDirClient{calls: map[string]int{}, entries: entries}
+		d := newHandle(c)
+		for range 3 { // ".", "..", and the first of batch 1
+			if _, e := d.Readdirent(context.Background()); e != 0 {
+				t.Fatal(e)
+			}
+		}
+		// Batch 1 is being handed out: batch 2 is asked for already.
+		deadline := time.Now().Add(5 * time.Second)
+		for c.count("Readdir") < 2 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+		if n := c.count("Readdir"); n != 2 {
+			t.Fatalf("Readdir RPCs while batch 1 is handed out: %d, want 2", n)
+		}
+		rest := names(readAll(t, d))
+		if got := append([]string{"e0"}, rest...); !slices.Equal(got, want) {
+			t.Errorf("entries: got %v, want %v", got, want)
+		}
+		d.Releasedir(context.Background(), 0)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if wantOffs := []uint64{0, 22, 25, 28}; !slices.Equal(c.offsets, wantOffs) {
+			t.Errorf("Readdir offsets: %v, want %v (each batch once)", c.offsets, wantOffs)
+		}
+	})
+
+	t.Run("seek", func(t *testing.T) {
+		c := &fakeDirClient{calls: map[string]int{}, entries: entries}
+		d := newHandle(c)
+		for range 3 {
+			if _, e := d.Readdirent(context.Background()); e != 0 {
+				t.Fatal(e)
+			}
+		}
+		// Back to after e0 (its kernel offset is its cookie + 2): batch 2,
+		// sent ahead after e2, is not what comes next.
+		if e := d.Seekdir(context.Background(), 20+dotsOffset); e != 0 {
+			t.Fatal(e)
+		}
+		if got := names(readAll(t, d)); !slices.Equal(got, want[1:]) {
+			t.Errorf("after the seek: got %v, want %v", got, want[1:])
+		}
+		if e := d.Seekdir(context.Background(), 0); e != 0 {
+			t.Fatal(e)
+		}
+		if got := names(readAll(t, d)); !slices.Equal(got, want) {
+			t.Errorf("after the rewind: got %v, want %v", got, want)
+		}
+		d.Releasedir(context.Background(), 0)
+	})
+
+	t.Run("release waits", func(t *testing.T) {
+		c := &fakeDirClient{calls: map[string]int{}, entries: entries, gate: make(chan struct{})}
+		d := newHandle(c)
+		for range 3 {
+			if _, e := d.Readdirent(context.Background()); e != 0 {
+				t.Fatal(e)
+			}
+		}
+		released := make(chan struct{})
+		go func() {
+			d.Releasedir(context.Background(), 0)
+			close(released)
+		}()
+		select {
+		case <-released:
+			t.Fatal("released while a Readdir of the handle was still on its way")
+		case <-time.After(100 * time.Millisecond):
+		}
+		if n := c.count("Release"); n != 0 {
+			t.Fatalf("Release RPCs before the Readdir ended: %d", n)
+		}
+		close(c.gate)
+		<-released
+		if n := c.count("Release"); n != 1 {
+			t.Errorf("Release RPCs: %d, want 1", n)
+		}
+	})
 }
 
 // TestFuseOpenFlags checks the FOPEN_ flags each policy gives an open:
