@@ -24,9 +24,12 @@ const slowOp = time.Second
 // with: a stats.Handler that binds a session to each connection (and
 // releases it when the connection ends), a unary interceptor that counts,
 // times and logs FileSystem calls and turns a handler panic into INTERNAL,
-// and message size limits that fit Options.MaxMessageBytes of data.
+// message size limits that fit Options.MaxMessageBytes of data, and the
+// codec that leaves written data where it was received (wireCodec; other
+// services' messages go through the plain proto codec).
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	return append([]grpc.ServerOption{
+		grpc.ForceServerCodecV2(s.codec),
 		grpc.StatsHandler(connBinder{s: s}),
 		grpc.UnaryInterceptor(s.interceptAll),
 		grpc.MaxRecvMsgSize(s.maxData + messageMargin),
@@ -35,8 +38,12 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 }
 
 // interceptAll wraps every FileSystem call, plain or on a Calls stream:
-// intercept, then limit, then Options.Interceptor.
+// intercept, then limit, then Options.Interceptor. Once the call is over,
+// the buffer a Write's data aliases is released.
 func (s *Server) interceptAll(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if w, ok := req.(*qtfsv1.WriteRequest); ok {
+		defer s.codec.releaseData(w)
+	}
 	return s.intercept(ctx, req, info, func(ctx context.Context, req any) (any, error) {
 		return s.limit(ctx, req, info, func(ctx context.Context, req any) (any, error) {
 			if s.extra == nil {
