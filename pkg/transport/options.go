@@ -32,7 +32,7 @@ const (
 )
 
 // messageBufferSizes are the tiers of the pool gRPC takes message buffers
-// from. Its default tiers jump from 32 KiB to 1 MiB, so a message of a
+// from. gRPC's default tiers jump from 32 KiB to 1 MiB, so a message of a
 // 256 KiB chunk (the part size of the client's large reads and writes)
 // held a 1 MiB buffer, and a 1 MiB chunk with its few bytes of envelope
 // none of the pool's; messageEnvelope leaves room for the envelope.
@@ -43,7 +43,12 @@ var messageBufferSizes = []int{256, 4 << 10, 16 << 10, 32 << 10,
 const messageEnvelope = 4 << 10
 
 // messageBuffers is the pool both sides take message buffers from.
-var messageBuffers = mem.NewTieredBufferPool(messageBufferSizes...)
+var messageBuffers = newBufferPool(messageBufferSizes...)
+
+// MessageBuffers is the pool gRPC takes frame and message buffers from on
+// both sides; codecs that keep a received message's buffer (AliasCodec)
+// take theirs from it too.
+func MessageBuffers() mem.BufferPool { return messageBuffers }
 
 // Keepalive and handshake timing shared by both sides. A client pings an
 // idle connection every ClientKeepaliveTime and drops it when no answer

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"google.golang.org/grpc/mem"
 
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
@@ -224,20 +225,24 @@ func prefix(moved []int, full int) int {
 }
 
 // readParts reads len(dest) bytes at off in parts of size bytes, at once.
-// The result ends at the first short part; it hands the parts' own
-// buffers to go-fuse, which writes them to the kernel without joining
-// them first. Every part is made for the FUSE request ctx: when its caller
-// is killed, all of them are cancelled.
+// The result ends at the first short part; it hands the buffers the
+// parts' data arrived in to go-fuse, which writes them to the kernel
+// without joining them first. Every part is made for the FUSE request
+// ctx: when its caller is killed, all of them are cancelled.
 func (f *fileHandle) readParts(ctx context.Context, dest []byte, off int64, size int) (fuse.ReadResult, syscall.Errno) {
 	m := f.m
 	parts := (len(dest) + size - 1) / size
 	data := make([][]byte, parts)
+	bufs := make([]mem.Buffer, parts)
 	got := make([]int, parts)
 	full, e := parallel(parts, func(i int) (bool, syscall.Errno) {
 		lo := i * size
 		want := min(size, len(dest)-lo)
-		resp, e := callFor(ctx, m.sess, m.timeout, "Read", m.sess.client.Read,
+		resp, e := callFor(ctx, m.sess, m.timeout, "Read", m.sess.readPart,
 			&qtfsv1.ReadRequest{Handle: f.h, Offset: off + int64(lo), Size: uint32(want)})
+		if resp != nil {
+			bufs[i] = m.sess.takeReadBuffer(resp)
+		}
 		if e != 0 {
 			return false, e
 		}
@@ -248,11 +253,14 @@ func (f *fileHandle) readParts(ctx context.Context, dest []byte, off int64, size
 		m.sess.metrics.readBytes.Add(float64(got[i]))
 		return got[i] == want, 0
 	})
+	r := &partsResult{bufs: bufs}
 	if e != 0 {
+		r.Done()
 		return nil, e
 	}
 	n := min(full+1, parts)
-	return &partsResult{parts: data[:n], size: prefix(got, full)}, 0
+	r.parts, r.size = data[:n], prefix(got, full)
+	return r, 0
 }
 
 // partsResult is the data of a read made of several parts, in order;
@@ -260,11 +268,22 @@ func (f *fileHandle) readParts(ctx context.Context, dest []byte, off int64, size
 type partsResult struct {
 	parts [][]byte
 	size  int
+	// bufs are the received buffers the parts alias, given back once the
+	// reply is written.
+	bufs []mem.Buffer
 }
 
 func (r *partsResult) Size() int { return r.size }
 
-func (r *partsResult) Done() {}
+func (r *partsResult) Done() {
+	r.parts = nil
+	for i, b := range r.bufs {
+		if b != nil {
+			b.Free()
+			r.bufs[i] = nil
+		}
+	}
+}
 
 // Bytes joins the parts into buf (or a new buffer when it is too small).
 func (r *partsResult) Bytes(buf []byte) ([]byte, fuse.Status) {
@@ -291,7 +310,7 @@ func (f *fileHandle) writeParts(ctx context.Context, data []byte, off int64, siz
 	full, e := parallel(parts, func(i int) (bool, syscall.Errno) {
 		lo := i * size
 		want := min(size, len(data)-lo)
-		resp, e := callFor(ctx, m.sess, m.timeout, "Write", m.sess.client.Write,
+		resp, e := callFor(ctx, m.sess, m.timeout, "Write", m.sess.writePart,
 			&qtfsv1.WriteRequest{Handle: f.h, Offset: off + int64(lo), Data: data[lo : lo+want]})
 		if e != 0 {
 			return false, e

@@ -54,6 +54,9 @@ const slowOp = time.Second
 // use. Calls wait for that at most SessionOptions.ReconnectTimeout.
 type Session struct {
 	client qtfsv1.FileSystemClient
+	// dataCodec carries the parts of large reads and writes (readPart,
+	// writePart).
+	dataCodec *dataCodec
 	// calls carries client's calls over one stream when the server serves
 	// it (FEATURE_CALL_STREAM); nil otherwise.
 	calls *callstream.Client
@@ -141,13 +144,14 @@ func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName
 		chunk = min(chunk, m-messageMargin)
 	}
 	s := &Session{
-		client:   client,
-		log:      log,
-		server:   resp.GetServer(),
-		version:  resp.GetProtocolVersion(),
-		features: map[qtfsv1.Feature]bool{},
-		chunk:    chunk,
-		metrics:  newMetrics(),
+		client:    client,
+		log:       log,
+		server:    resp.GetServer(),
+		version:   resp.GetProtocolVersion(),
+		features:  map[qtfsv1.Feature]bool{},
+		chunk:     chunk,
+		metrics:   newMetrics(),
+		dataCodec: newDataCodec(),
 	}
 	for _, f := range resp.GetFeatures() {
 		s.features[f] = true

@@ -95,7 +95,7 @@ func TestWriteDataAliased(t *testing.T) {
 		Logger:  zaptest.NewLogger(t),
 		Interceptor: func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			if _, ok := req.(*qtfsv1.WriteRequest); ok {
-				held = append(held, s.codec.heldBuffers())
+				held = append(held, s.codec.Held())
 			}
 			return handler(ctx, req)
 		},
@@ -162,7 +162,7 @@ func TestWriteDataAliased(t *testing.T) {
 			if len(held) != 1 || held[0] != tc.wantHeld {
 				t.Errorf("buffers held during the write: %v, want [%d]", held, tc.wantHeld)
 			}
-			if n := s.codec.heldBuffers(); n != 0 {
+			if n := s.codec.Held(); n != 0 {
 				t.Errorf("%d buffers held after the write", n)
 			}
 		})

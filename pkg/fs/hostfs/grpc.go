@@ -25,7 +25,7 @@ const slowOp = time.Second
 // releases it when the connection ends), a unary interceptor that counts,
 // times and logs FileSystem calls and turns a handler panic into INTERNAL,
 // message size limits that fit Options.MaxMessageBytes of data, and the
-// codec that leaves written data where it was received (wireCodec; other
+// codec that leaves written data where it was received (writeCodec; other
 // services' messages go through the plain proto codec).
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	return append([]grpc.ServerOption{
@@ -42,7 +42,7 @@ func (s *Server) ServerOptions() []grpc.ServerOption {
 // the buffer a Write's data aliases is released.
 func (s *Server) interceptAll(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if w, ok := req.(*qtfsv1.WriteRequest); ok {
-		defer s.codec.releaseData(w)
+		defer s.releaseData(w)
 	}
 	return s.intercept(ctx, req, info, func(ctx context.Context, req any) (any, error) {
 		return s.limit(ctx, req, info, func(ctx context.Context, req any) (any, error) {

@@ -91,7 +91,7 @@ type Server struct {
 
 	calls *callstream.Server          // serves Calls streams
 	extra grpc.UnaryServerInterceptor // Options.Interceptor
-	codec *wireCodec                  // decodes requests received over gRPC
+	codec *writeCodec                 // decodes requests received over gRPC
 	// callChannels is Options.CallChannels.
 	callChannels bool
 	// silentClose caches closeIsSilent by device number.
@@ -145,7 +145,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		extra:        opts.Interceptor,
-		codec:        newWireCodec(),
+		codec:        newWriteCodec(),
 		callChannels: opts.CallChannels,
 		log:          log,
 		maxData:      maxData,
