@@ -27,14 +27,20 @@ type AliasCodec[T any] struct {
 	decode func(b []byte, m *T) bool
 	proto  encoding.CodecV2
 
-	mu   sync.Mutex
-	held map[weak.Pointer[T]]mem.Buffer
+	held   BufferTable[T]
+	encode func(v any) (mem.BufferSlice, bool)
 }
 
 // NewAliasCodec returns an AliasCodec for messages of type T.
 func NewAliasCodec[T any](min int, decode func(b []byte, m *T) bool) *AliasCodec[T] {
-	return &AliasCodec[T]{min: min, decode: decode, proto: encoding.GetCodecV2(grpcproto.Name),
-		held: map[weak.Pointer[T]]mem.Buffer{}}
+	return &AliasCodec[T]{min: min, decode: decode, proto: encoding.GetCodecV2(grpcproto.Name)}
+}
+
+// WithEncoder makes encode the first say on how a message is encoded:
+// when it reports false, Marshal encodes the message itself.
+func (c *AliasCodec[T]) WithEncoder(encode func(v any) (mem.BufferSlice, bool)) *AliasCodec[T] {
+	c.encode = encode
+	return c
 }
 
 // Name is that of the proto codec: the wire format is the same.
@@ -44,6 +50,11 @@ func (c *AliasCodec[T]) Name() string { return grpcproto.Name }
 // codec zeroes a buffer of its own pool first, of up to four times the
 // size); small ones as the proto codec does.
 func (c *AliasCodec[T]) Marshal(v any) (mem.BufferSlice, error) {
+	if c.encode != nil {
+		if data, ok := c.encode(v); ok {
+			return data, nil
+		}
+	}
 	m, ok := v.(proto.Message)
 	if !ok {
 		return c.proto.Marshal(v)
@@ -73,37 +84,60 @@ func (c *AliasCodec[T]) Unmarshal(data mem.BufferSlice, v any) error {
 		buf.Free()
 		return c.proto.Unmarshal(data, v)
 	}
-	w := weak.Make(m)
-	c.mu.Lock()
-	c.held[w] = buf
-	c.mu.Unlock()
-	runtime.AddCleanup(m, c.drop, w)
+	c.held.Put(m, buf)
 	return nil
-}
-
-// drop forgets the buffer of a message that was never taken.
-func (c *AliasCodec[T]) drop(w weak.Pointer[T]) {
-	c.mu.Lock()
-	delete(c.held, w)
-	c.mu.Unlock()
 }
 
 // Take hands over the buffer m's bytes alias, if they do: the caller
 // frees it once neither m nor any slice of its bytes is used any more.
-func (c *AliasCodec[T]) Take(m *T) (mem.Buffer, bool) {
-	w := weak.Make(m)
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	buf, ok := c.held[w]
-	delete(c.held, w)
-	return buf, ok
-}
+func (c *AliasCodec[T]) Take(m *T) (mem.Buffer, bool) { return c.held.Take(m) }
 
 // Held is how many buffers messages hold that were not taken.
-func (c *AliasCodec[T]) Held() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.held)
+func (c *AliasCodec[T]) Held() int { return c.held.Len() }
+
+// BufferTable ties buffers to messages of type T without keeping the
+// messages alive: the entry of a message that became garbage goes with
+// it, and its buffer to the collector (not back to its pool: slices of it
+// may still be in use).
+type BufferTable[T any] struct {
+	mu sync.Mutex
+	m  map[weak.Pointer[T]]mem.Buffer
+}
+
+// Put ties b to m.
+func (t *BufferTable[T]) Put(m *T, b mem.Buffer) {
+	w := weak.Make(m)
+	t.mu.Lock()
+	if t.m == nil {
+		t.m = map[weak.Pointer[T]]mem.Buffer{}
+	}
+	t.m[w] = b
+	t.mu.Unlock()
+	runtime.AddCleanup(m, t.drop, w)
+}
+
+// drop forgets the buffer of a message that is gone.
+func (t *BufferTable[T]) drop(w weak.Pointer[T]) {
+	t.mu.Lock()
+	delete(t.m, w)
+	t.mu.Unlock()
+}
+
+// Take unties m's buffer and hands it over.
+func (t *BufferTable[T]) Take(m *T) (mem.Buffer, bool) {
+	w := weak.Make(m)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	b, ok := t.m[w]
+	delete(t.m, w)
+	return b, ok
+}
+
+// Len is how many messages have a buffer.
+func (t *BufferTable[T]) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
 }
 
 // ScanFields walks the fields of an encoded message whose fields are all

@@ -1,6 +1,7 @@
 package hostfs
 
 import (
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/qtfs/qtfs/pkg/transport"
@@ -12,14 +13,58 @@ import (
 // bookkeeping.
 const aliasMin = 64 << 10
 
-// writeCodec is the gRPC codec of the server: the data of a large
+// dataCodec is the gRPC codec of the server. The data of a large
 // WriteRequest is not copied out of the received message (it cost an
 // allocation and a copy per megabyte written, and the allocations drove
-// the collector). The data aliases the received buffer until the call's
-// handler returned (releaseData, from interceptAll).
-type writeCodec = transport.AliasCodec[qtfsv1.WriteRequest]
+// the collector): it aliases the received buffer until the call's handler
+// returned (releaseData, from interceptAll). The data of a large
+// ReadResponse is not copied into the encoded message: the pooled buffer
+// it was read into is sent as it is (encodeRead).
+type dataCodec = transport.AliasCodec[qtfsv1.WriteRequest]
 
-func newWriteCodec() *writeCodec { return transport.NewAliasCodec(aliasMin, decodeWrite) }
+func (s *Server) newDataCodec() *dataCodec {
+	return transport.NewAliasCodec(aliasMin, decodeWrite).WithEncoder(s.encodeRead)
+}
+
+// readBuffer returns a buffer for a read of size bytes: from the message
+// pool when it is large, to be lent to the reply (lendRead).
+func readBuffer(size int) *[]byte {
+	if size < aliasMin {
+		b := make([]byte, size)
+		return &b
+	}
+	return transport.MessageBuffers().Get(size)
+}
+
+// lendRead makes the first n bytes of buf, from readBuffer, resp's data;
+// a large one is sent from buf itself, which goes back to the pool once
+// sent.
+func (s *Server) lendRead(resp *qtfsv1.ReadResponse, buf *[]byte, n int) {
+	*buf = (*buf)[:n]
+	resp.Data = *buf
+	if cap(*buf) >= aliasMin && n > 0 {
+		s.lentReads.Put(resp, mem.NewBuffer(buf, transport.MessageBuffers()))
+	}
+}
+
+// encodeRead encodes a ReadResponse whose data is a lent buffer: its
+// fields, then the buffer itself, as proto.Marshal lays them out.
+func (s *Server) encodeRead(v any) (mem.BufferSlice, bool) {
+	r, ok := v.(*qtfsv1.ReadResponse)
+	if !ok {
+		return nil, false
+	}
+	buf, ok := s.lentReads.Take(r)
+	if !ok {
+		return nil, false
+	}
+	var head []byte
+	if r.GetErrno() != 0 {
+		head = protowire.AppendVarint(protowire.AppendTag(head, 1, protowire.VarintType), uint64(int64(r.GetErrno())))
+	}
+	head = protowire.AppendVarint(protowire.AppendTag(head, 2, protowire.BytesType), uint64(buf.Len()))
+	return mem.BufferSlice{mem.SliceBuffer(head), buf}, true
+}
 
 // releaseData gives back the buffer req's data aliases, if any: req's data
 // must not be used after.

@@ -82,20 +82,27 @@ func FuzzDecodeWrite(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) { checkDecodeWrite(t, b) })
 }
 
-// TestWriteDataAliased writes over gRPC: large writes reach the handler
-// with their data in the received buffer (not copied), which is given
-// back once the call is over, whether the write succeeded or failed; small
-// ones are decoded as before. The file holds what was written.
-func TestWriteDataAliased(t *testing.T) {
-	dir := t.TempDir()
-	var held []int // heldBuffers during each Write, seen from the handler's side
-	var s *Server
+// dataServer is a hostfs server over gRPC (an in-memory listener) with a
+// session, and a file "f" of its export open read-write.
+type dataServer struct {
+	s      *Server
+	c      qtfsv1.FileSystemClient
+	dir    string
+	handle uint64
+	// held is the codec's held buffers during each Write, seen from the
+	// handler's side.
+	held []int
+}
+
+func startDataServer(t *testing.T) *dataServer {
+	t.Helper()
+	ds := &dataServer{dir: t.TempDir()}
 	s, err := New(Options{
-		Exports: []Export{{Path: dir}},
+		Exports: []Export{{Path: ds.dir}},
 		Logger:  zaptest.NewLogger(t),
 		Interceptor: func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 			if _, ok := req.(*qtfsv1.WriteRequest); ok {
-				held = append(held, s.codec.Held())
+				ds.held = append(ds.held, ds.s.codec.Held())
 			}
 			return handler(ctx, req)
 		},
@@ -103,6 +110,7 @@ func TestWriteDataAliased(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	ds.s = s
 	t.Cleanup(func() { s.Close() })
 	lis := bufconn.Listen(4 << 20)
 	g := grpc.NewServer(s.ServerOptions()...)
@@ -112,29 +120,39 @@ func TestWriteDataAliased(t *testing.T) {
 	cc, err := grpc.NewClient("passthrough:///bufconn",
 		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(8<<20)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(8<<20), grpc.MaxCallRecvMsgSize(8<<20)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cc.Close() })
-	c := qtfsv1.NewFileSystemClient(cc)
+	ds.c = qtfsv1.NewFileSystemClient(cc)
 	ctx := t.Context()
-	if _, err := c.Handshake(ctx, &qtfsv1.HandshakeRequest{ProtocolVersion: 1}); err != nil {
+	if _, err := ds.c.Handshake(ctx, &qtfsv1.HandshakeRequest{ProtocolVersion: 1}); err != nil {
 		t.Fatal(err)
 	}
 	caller := &qtfsv1.Caller{Pid: 1}
-	mr, err := c.Mount(ctx, &qtfsv1.MountRequest{Path: []byte(dir), Caller: caller})
+	mr, err := ds.c.Mount(ctx, &qtfsv1.MountRequest{Path: []byte(ds.dir), Caller: caller})
 	if err != nil || mr.GetErrno() != 0 {
 		t.Fatalf("mount: %v, errno %d", err, mr.GetErrno())
 	}
-	if err := os.WriteFile(filepath.Join(dir, "f"), nil, 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(ds.dir, "f"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	or, err := c.Open(ctx, &qtfsv1.OpenRequest{Mount: mr.GetMount(), Caller: caller, Path: []byte("f"), Flags: unix.O_RDWR})
+	or, err := ds.c.Open(ctx, &qtfsv1.OpenRequest{Mount: mr.GetMount(), Caller: caller, Path: []byte("f"), Flags: unix.O_RDWR})
 	if err != nil || or.GetErrno() != 0 {
 		t.Fatalf("open: %v, errno %d", err, or.GetErrno())
 	}
+	ds.handle = or.GetHandle()
+	return ds
+}
 
+// TestWriteDataAliased writes over gRPC: large writes reach the handler
+// with their data in the received buffer (not copied), which is given
+// back once the call is over, whether the write succeeded or failed; small
+// ones are decoded as before. The file holds what was written.
+func TestWriteDataAliased(t *testing.T) {
+	ds := startDataServer(t)
+	s, c, ctx := ds.s, ds.c, t.Context()
 	big := bytes.Repeat([]byte("0123456789abcdef"), (1<<20)/16)
 	small := []byte("small")
 	for _, tc := range []struct {
@@ -145,13 +163,13 @@ func TestWriteDataAliased(t *testing.T) {
 		errno    syscall.Errno
 		wantHeld int
 	}{
-		{"1 MiB", or.GetHandle(), 0, big, 0, 1},
-		{"1 MiB more", or.GetHandle(), 1 << 20, big[:aliasMin], 0, 1},
-		{"small", or.GetHandle(), 1<<20 + aliasMin, small, 0, 0},
-		{"a handle that is not open", or.GetHandle() + 100, 0, big, syscall.EBADF, 1},
+		{"1 MiB", ds.handle, 0, big, 0, 1},
+		{"1 MiB more", ds.handle, 1 << 20, big[:aliasMin], 0, 1},
+		{"small", ds.handle, 1<<20 + aliasMin, small, 0, 0},
+		{"a handle that is not open", ds.handle + 100, 0, big, syscall.EBADF, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			held = nil
+			ds.held = nil
 			r, err := c.Write(ctx, &qtfsv1.WriteRequest{Handle: tc.handle, Offset: tc.off, Data: tc.data})
 			if err != nil || syscall.Errno(r.GetErrno()) != tc.errno {
 				t.Fatalf("write: %v, errno %d; want errno %d", err, r.GetErrno(), tc.errno)
@@ -159,20 +177,89 @@ func TestWriteDataAliased(t *testing.T) {
 			if tc.errno == 0 && int(r.GetWritten()) != len(tc.data) {
 				t.Fatalf("wrote %d of %d", r.GetWritten(), len(tc.data))
 			}
-			if len(held) != 1 || held[0] != tc.wantHeld {
-				t.Errorf("buffers held during the write: %v, want [%d]", held, tc.wantHeld)
+			if len(ds.held) != 1 || ds.held[0] != tc.wantHeld {
+				t.Errorf("buffers held during the write: %v, want [%d]", ds.held, tc.wantHeld)
 			}
 			if n := s.codec.Held(); n != 0 {
 				t.Errorf("%d buffers held after the write", n)
 			}
 		})
 	}
-	got, err := os.ReadFile(filepath.Join(dir, "f"))
+	got, err := os.ReadFile(filepath.Join(ds.dir, "f"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := append(append(append([]byte{}, big...), big[:aliasMin]...), small...)
 	if !bytes.Equal(got, want) {
 		t.Errorf("file: %d bytes, want %d (or different content)", len(got), len(want))
+	}
+}
+
+// TestReadDataLent reads over gRPC: a large read's data goes out from the
+// buffer it was read into, encoded as proto.Marshal would, and nothing is
+// left lent; small reads and reads at the end of the file are as before.
+func TestReadDataLent(t *testing.T) {
+	ds := startDataServer(t)
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	if err := os.WriteFile(filepath.Join(ds.dir, "f"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name      string
+		off, size int
+	}{
+		{"256 KiB", 0, 256 << 10},
+		{"256 KiB again", 256 << 10, 256 << 10},
+		{"small", 100, 4096},
+		{"short at the end", 1<<20 - 1000, 256 << 10},
+		{"past the end", 2 << 20, 256 << 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := ds.c.Read(t.Context(), &qtfsv1.ReadRequest{Handle: ds.handle, Offset: int64(tc.off), Size: uint32(tc.size)})
+			if err != nil || r.GetErrno() != 0 {
+				t.Fatalf("read: %v, errno %d", err, r.GetErrno())
+			}
+			want := data[min(tc.off, len(data)):min(tc.off+tc.size, len(data))]
+			if !bytes.Equal(r.GetData(), want) {
+				t.Fatalf("read %d bytes, want %d (or different content)", len(r.GetData()), len(want))
+			}
+			if n := ds.s.lentReads.Len(); n != 0 {
+				t.Errorf("%d read buffers still lent after the reply", n)
+			}
+		})
+	}
+}
+
+// TestEncodeRead: a reply with lent data is encoded as proto.Marshal
+// encodes it.
+func TestEncodeRead(t *testing.T) {
+	s := &Server{}
+	for _, errno := range []int32{0, 5, -1} {
+		for _, n := range []int{1, aliasMin} {
+			buf := readBuffer(aliasMin)
+			for i := range *buf {
+				(*buf)[i] = byte(i)
+			}
+			resp := &qtfsv1.ReadResponse{Errno: errno}
+			s.lendRead(resp, buf, n)
+			want, err := proto.Marshal(resp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, ok := s.encodeRead(resp)
+			if !ok {
+				t.Fatalf("errno %d, %d bytes: not encoded from the lent buffer", errno, n)
+			}
+			if !bytes.Equal(got.Materialize(), want) {
+				t.Errorf("errno %d, %d bytes: encoding differs from proto.Marshal", errno, n)
+			}
+			got.Free()
+		}
+	}
+	if _, ok := s.encodeRead(&qtfsv1.ReadResponse{Data: []byte("x")}); ok {
+		t.Error("a reply with no lent buffer was encoded by encodeRead")
 	}
 }

@@ -238,20 +238,20 @@ func (s *Server) Read(ctx context.Context, req *qtfsv1.ReadRequest) (*qtfsv1.Rea
 		if h.dir {
 			return syscall.EISDIR
 		}
-		buf := make([]byte, req.GetSize())
-		n, err := unix.Pread(h.fd, buf, req.GetOffset())
+		buf := readBuffer(int(req.GetSize()))
+		n, err := unix.Pread(h.fd, *buf, req.GetOffset())
 		if err == nil {
 			h.ra.read(h.fd, req.GetOffset(), n)
 		}
 		if err == unix.ESPIPE {
 			// A file without positions (a pipe, some proc and sysfs
 			// files): read(2) is what the caller's read was.
-			n, err = readStream(ctx, h.fd, buf)
+			n, err = readStream(ctx, h.fd, *buf)
 		}
 		if err != nil {
 			return s.errnoOf(op, err)
 		}
-		resp.Data = buf[:n]
+		s.lendRead(resp, buf, n)
 		s.met.read(n)
 		return 0
 	})

@@ -18,6 +18,7 @@ import (
 
 	"github.com/qtfs/qtfs/pkg/callstream"
 	qfs "github.com/qtfs/qtfs/pkg/fs"
+	"github.com/qtfs/qtfs/pkg/transport"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -91,7 +92,10 @@ type Server struct {
 
 	calls *callstream.Server          // serves Calls streams
 	extra grpc.UnaryServerInterceptor // Options.Interceptor
-	codec *writeCodec                 // decodes requests received over gRPC
+	codec *dataCodec                  // encodes and decodes gRPC messages
+	// lentReads ties large Read replies to the pooled buffers their data
+	// is in, for codec to send.
+	lentReads transport.BufferTable[qtfsv1.ReadResponse]
 	// callChannels is Options.CallChannels.
 	callChannels bool
 	// silentClose caches closeIsSilent by device number.
@@ -145,7 +149,6 @@ func New(opts Options) (*Server, error) {
 	}
 	s := &Server{
 		extra:        opts.Interceptor,
-		codec:        newWriteCodec(),
 		callChannels: opts.CallChannels,
 		log:          log,
 		maxData:      maxData,
@@ -154,6 +157,7 @@ func New(opts Options) (*Server, error) {
 		conns:        make(map[*connState]struct{}),
 		tokens:       make(map[string]*connState),
 	}
+	s.codec = s.newDataCodec()
 	creds, err := newCredSwitcher(log)
 	if err != nil {
 		return nil, err
