@@ -29,6 +29,14 @@
 // the server can check that a channel comes from the client of the gRPC
 // connection it asks to be bound to.
 //
+// Bulk data: both sides take gRPC's frame and message buffers from one
+// pool (MessageBuffers) whose tiers fit the data parts and whose buffers are
+// not zeroed (every user writes a buffer before reading it). An AliasCodec
+// decodes a large message of one type with its bytes left in the received
+// buffer, which its user takes (Take) and frees once done with the bytes;
+// its encoder hook lets a server send a reply's bytes from a buffer of its
+// own without copying them into the encoded message.
+//
 // Invariants:
 //   - Plain TCP without TLS happens only with Security.Insecure on both
 //     sides, and only on loopback unless InsecureNonLoopback is set too;
@@ -51,7 +59,7 @@
 //     given) and counted (when a Registerer is given); no metric label holds
 //     an address or a path.
 //
-// Lock order: the package holds one lock, dialState.mu (the last error seen
-// while Dial waits for its first connection); nothing is called while it is
-// held.
+// Lock order: the package holds two leaf locks, dialState.mu (the last
+// error seen while Dial waits for its first connection) and BufferTable.mu;
+// nothing is called while either is held.
 package transport

@@ -81,10 +81,16 @@
 //     /proc or /sys file read whole by its Open: such a handle has no
 //     server file until a use needs one (a rewind, a lock), when the
 //     reconnect machinery opens it again by path; its Release costs
-//     nothing.
+//     nothing. While the kernel takes one batch, the Readdir of the next
+//     is on its way (dir.go: the host's stat of those entries overlaps
+//     the hand-out of these).
 //   - Reads and writes move at most min(1 MiB, server limit) per RPC; a
 //     read or write of 512 KiB or more of a cached file goes out as
-//     256 KiB parts at once (file.go), a direct-I/O one as one RPC.
+//     256 KiB parts at once (file.go), a direct-I/O one as one RPC. The
+//     parts go through the session's dataCodec: a read part's data goes
+//     from the buffer its reply arrived in to the kernel (the buffers go
+//     back to the pool when go-fuse wrote the reply), a write part is
+//     encoded into a pooled buffer.
 //   - Cached answers never outlive the mount's entry or attribute timeout
 //     counted from when the server produced them (cache.go: directory
 //     listings, a new file's lack of a capability attribute, a file's lack
@@ -131,7 +137,9 @@
 // lock is taken while one is held, and no RPC is made under them); the
 // Session, ino table and groups cache locks are leaves too. A directory handle has no
 // lock: go-fuse holds its own lock of the handle around Readdirent, Lookup
-// and Seekdir, the only RPC made under a go-fuse lock. Reconnecting:
+// and Seekdir, the only RPC made under a go-fuse lock; the Readdir sent
+// ahead runs on a goroutine of its own, and the handle waits for it before
+// using its result or releasing the directory. Reconnecting:
 // reconn.genMu (read by calls, write by a new handshake) → handleRec.mu →
 // mountRec.mu → reconn.mu; the Mount and Open RPCs of a re-open are made
 // under genMu (read) and the record's lock, each with its own deadline; a

@@ -8,9 +8,9 @@ import (
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
-// aliasMin is the size from which a WriteRequest's data is left in the
-// buffer gRPC received it in. Below it the copy costs less than the
-// bookkeeping.
+// aliasMin is the size from which a Write's data is left in the buffer
+// gRPC received it in, and a Read's data is sent from the buffer it was
+// read into. Below it a copy costs less than the bookkeeping.
 const aliasMin = 64 << 10
 
 // dataCodec is the gRPC codec of the server. The data of a large
