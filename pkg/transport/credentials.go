@@ -283,7 +283,8 @@ func (c *serverCreds) handshake(kind string, raw net.Conn, alpn string) (net.Con
 		// Not grpc's credentials.NewTLS: on failure it closes the
 		// connection at once, and the client, whose HTTP/2 preface is
 		// still unread here, then gets a reset instead of our alert.
-		conn := tls.Server(raw, c.tls)
+		sock := &batchSocket{Conn: raw}
+		conn := tls.Server(sock, c.tls)
 		if err := conn.Handshake(); err != nil {
 			return nil, nil, err
 		}
@@ -291,7 +292,7 @@ func (c *serverCreds) handshake(kind string, raw net.Conn, alpn string) (net.Con
 		if st.NegotiatedProtocol != alpn {
 			return nil, nil, fmt.Errorf("tls: client did not negotiate ALPN %q (not a qtfs client?)", alpn)
 		}
-		return conn, credentials.TLSInfo{State: st, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
+		return &batchedTLS{Conn: conn, sock: sock}, credentials.TLSInfo{State: st, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
 	case "unix":
 		p, err := peerCred(raw)
 		if err != nil {

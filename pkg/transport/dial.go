@@ -194,11 +194,12 @@ func (c *clientCreds) handshake(ctx context.Context, raw net.Conn) (net.Conn, cr
 			}
 			return raw, InsecurePeer{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, Addr: addrString(raw.RemoteAddr())}, nil
 		}
-		conn, info, err := c.tls.ClientHandshake(ctx, c.serverName, raw)
+		sock := &batchSocket{Conn: raw}
+		conn, info, err := c.tls.ClientHandshake(ctx, c.serverName, sock)
 		if err != nil {
 			return nil, nil, fmt.Errorf("tls handshake: %w", err)
 		}
-		return conn, info, nil
+		return &batchedTLS{Conn: conn, sock: sock}, info, nil
 	case Unix:
 		p, err := peerCred(raw)
 		if err != nil {

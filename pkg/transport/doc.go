@@ -35,7 +35,8 @@
 // decodes a large message of one type with its bytes left in the received
 // buffer, which its user takes (Take) and frees once done with the bytes;
 // its encoder hook lets a server send a reply's bytes from a buffer of its
-// own without copying them into the encoded message.
+// own without copying them into the encoded message. Under TLS, the records
+// of one Write leave in one write(2) (batch.go).
 //
 // Invariants:
 //   - Plain TCP without TLS happens only with Security.Insecure on both
@@ -59,7 +60,8 @@
 //     given) and counted (when a Registerer is given); no metric label holds
 //     an address or a path.
 //
-// Lock order: the package holds two leaf locks, dialState.mu (the last
-// error seen while Dial waits for its first connection) and BufferTable.mu;
-// nothing is called while either is held.
+// Lock order: batchedTLS.wmu → (crypto/tls's own) → batchSocket.mu, which
+// is held while writing to the socket; dialState.mu (the last error seen
+// while Dial waits for its first connection) and BufferTable.mu are
+// leaves.
 package transport
