@@ -242,19 +242,7 @@ func TestProcRootListing(t *testing.T) {
 	m.proc = &procRoot{m: m, localProc: "/lp", offloadRoot: "/chroot", procDir: dir}
 	m.root = &node{m: m}
 	d := m.newDirHandle(7, m.root)
-	read := func() []fuse.DirEntry {
-		var out []fuse.DirEntry
-		for {
-			de, e := d.Readdirent(context.Background())
-			if e != 0 {
-				t.Fatalf("Readdirent: %v", e)
-			}
-			if de == nil {
-				return out
-			}
-			out = append(out, *de)
-		}
-	}
+	read := func() []fuse.DirEntry { return readAll(t, d) }
 	local := func(kind linkKind, pid uint32) uint64 { return m.inos.ino(localDev, linkIno(kind, pid)) }
 	want := []fuse.DirEntry{
 		{Name: ".", Mode: syscall.S_IFDIR, Off: 1},
