@@ -172,6 +172,12 @@ type reconn struct {
 	// waits, so that a restart is noticed and the locks are taken again
 	// soon, before someone else takes them.
 	lockHolders atomic.Int64
+	// busy wakes the watchdog when a call starts or a handle takes locks
+	// after an idle spell: while idle it arms no timer, so an idle client
+	// costs no wake-ups.
+	busy chan struct{}
+	// watchRounds counts the watchdog's rounds.
+	watchRounds atomic.Int64
 
 	// callers are the calls made for FUSE requests, whose callers may be
 	// killed meanwhile.
@@ -187,6 +193,7 @@ func newReconn(s *Session, cc grpc.ClientConnInterface, timeout time.Duration, t
 		gen:     1,
 		up:      true,
 		stop:    make(chan struct{}),
+		busy:    make(chan struct{}, 1),
 		mounts:  map[uint64]*mountRec{},
 		handles: map[uint64]*handleRec{},
 	}
@@ -471,18 +478,28 @@ func (r *reconn) watch() {
 	tick := time.NewTicker(r.t.watch)
 	defer tick.Stop()
 	for {
+		if r.idle() {
+			// Nothing to watch until a call starts or a lock is taken.
+			tick.Stop()
+			select {
+			case <-r.stop:
+				return
+			case <-r.busy:
+			}
+			tick.Reset(r.t.watch)
+		}
 		select {
 		case <-r.stop:
 			return
 		case <-tick.C:
 		}
+		r.watchRounds.Add(1)
 		if r.conn != nil && r.conn.GetState() == connectivity.Shutdown {
 			return
 		}
 		r.callers.reap("/proc", r.t.killCheck, r.s.log)
 		up, gen := r.state()
-		idle := r.inflight.Load() == 0 && r.lockHolders.Load() == 0
-		if !up || idle || time.Since(time.Unix(0, r.lastActivity.Load())) < r.t.probeAfter {
+		if !up || r.idle() || time.Since(time.Unix(0, r.lastActivity.Load())) < r.t.probeAfter {
 			continue
 		}
 		ctx, cancel := context.WithTimeout(r.life, r.t.probeTimeout)
@@ -503,10 +520,23 @@ func probeRequest() *qtfsv1.GetattrRequest {
 	return &qtfsv1.GetattrRequest{Mount: 0, Caller: &qtfsv1.Caller{}}
 }
 
+// idle says the watchdog has nothing to watch: no call waits and no
+// handle holds locks.
+func (r *reconn) idle() bool { return r.inflight.Load() == 0 && r.lockHolders.Load() == 0 }
+
+// wakeWatch ends the watchdog's idle wait.
+func (r *reconn) wakeWatch() {
+	select {
+	case r.busy <- struct{}{}:
+	default:
+	}
+}
+
 // begin and end bracket one RPC for the watchdog.
 func (r *reconn) begin() {
 	if r.inflight.Add(1) == 1 {
 		r.lastActivity.Store(time.Now().UnixNano())
+		r.wakeWatch()
 	}
 }
 
@@ -816,7 +846,9 @@ func (r *reconn) recordLock(gen uint64, req *qtfsv1.SetlkRequest) {
 	h.locks.apply(req)
 	switch now := !h.locks.empty(); {
 	case now && !held:
-		r.lockHolders.Add(1)
+		if r.lockHolders.Add(1) == 1 {
+			r.wakeWatch()
+		}
 	case held && !now:
 		r.lockHolders.Add(-1)
 	}

@@ -729,3 +729,36 @@ func TestPingReconnects(t *testing.T) {
 		t.Fatalf("reconnects %v, want at least 1", n)
 	}
 }
+
+// TestIdleWatchdogSleeps: with no call waiting and no lock held the
+// watchdog runs no rounds (an idle client arms no timer); a call wakes it.
+func TestIdleWatchdogSleeps(t *testing.T) {
+	fs := newFlakyServer(t)
+	c := newReconnectClient(t, fs, 5*time.Second)
+	r := c.s.rc
+	settle := func() int64 {
+		// A round may be due from the calls so far: let it pass.
+		time.Sleep(3 * fastTiming.watch)
+		return r.watchRounds.Load()
+	}
+	before := settle()
+	time.Sleep(10 * fastTiming.watch)
+	if n := r.watchRounds.Load() - before; n != 0 {
+		t.Errorf("the watchdog ran %d rounds while idle, want 0", n)
+	}
+	if e := c.lookup("", "missing"); e != syscall.ENOENT {
+		t.Fatalf("lookup: %v", e)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.watchRounds.Load() == before && time.Now().Before(deadline) {
+		time.Sleep(fastTiming.watch / 5)
+	}
+	if r.watchRounds.Load() == before {
+		t.Error("a call did not wake the watchdog")
+	}
+	after := settle()
+	time.Sleep(10 * fastTiming.watch)
+	if n := r.watchRounds.Load() - after; n != 0 {
+		t.Errorf("the watchdog ran %d rounds after the call, idle again, want 0", n)
+	}
+}
