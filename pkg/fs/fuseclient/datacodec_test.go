@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/internal/buftest"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -81,7 +82,7 @@ func TestDataPartsWithHostfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	cc := dialBuf(t, srv.ServerOptions(), srv.Register)
+	cc := buftest.Serve(t, srv.ServerOptions(), srv.Register).Dial(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	s, err := NewSession(ctx, cc, "fuseclient-test", zaptest.NewLogger(t))

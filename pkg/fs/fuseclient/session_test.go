@@ -2,7 +2,6 @@ package fuseclient
 
 import (
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,32 +12,12 @@ import (
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/internal/buftest"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
-
-// dialBuf serves register's services on an in-memory listener and returns
-// a connection to it.
-func dialBuf(t *testing.T, opts []grpc.ServerOption, register func(*grpc.Server)) *grpc.ClientConn {
-	t.Helper()
-	ln := bufconn.Listen(1 << 20)
-	g := grpc.NewServer(opts...)
-	register(g)
-	go g.Serve(ln)
-	t.Cleanup(g.Stop)
-	cc, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return ln.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc
-}
 
 func TestSessionWithHostfs(t *testing.T) {
 	export := t.TempDir()
@@ -51,7 +30,7 @@ func TestSessionWithHostfs(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	cc := dialBuf(t, srv.ServerOptions(), srv.Register)
+	cc := buftest.Serve(t, srv.ServerOptions(), srv.Register).Dial(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := NewSession(ctx, cc, "fuseclient-test", zaptest.NewLogger(t))
@@ -112,7 +91,7 @@ func TestNewSessionRefuses(t *testing.T) {
 		{"refused", &fakeHandshake{err: status.Error(codes.PermissionDenied, "go away")}, "go away"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cc := dialBuf(t, nil, func(g *grpc.Server) { qtfsv1.RegisterFileSystemServer(g, tc.fake) })
+			cc := buftest.Serve(t, nil, func(g *grpc.Server) { qtfsv1.RegisterFileSystemServer(g, tc.fake) }).Dial(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			_, err := NewSession(ctx, cc, "fuseclient-test", zaptest.NewLogger(t))
@@ -124,9 +103,9 @@ func TestNewSessionRefuses(t *testing.T) {
 }
 
 func TestSessionChunk(t *testing.T) {
-	cc := dialBuf(t, nil, func(g *grpc.Server) {
+	cc := buftest.Serve(t, nil, func(g *grpc.Server) {
 		qtfsv1.RegisterFileSystemServer(g, &fakeHandshake{resp: &qtfsv1.HandshakeResponse{ProtocolVersion: 1, MaxMessageBytes: 256 << 10}})
-	})
+	}).Dial(t)
 	s, err := NewSession(context.Background(), cc, "fuseclient-test", zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)
@@ -152,7 +131,7 @@ func TestMountRefuses(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	cc := dialBuf(t, srv.ServerOptions(), srv.Register)
+	cc := buftest.Serve(t, srv.ServerOptions(), srv.Register).Dial(t)
 	s, err := NewSession(context.Background(), cc, "fuseclient-test", zaptest.NewLogger(t))
 	if err != nil {
 		t.Fatal(err)

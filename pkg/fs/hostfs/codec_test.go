@@ -3,7 +3,6 @@ package hostfs
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -12,11 +11,10 @@ import (
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/qtfs/qtfs/pkg/internal/buftest"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -112,19 +110,8 @@ func startDataServer(t *testing.T) *dataServer {
 	}
 	ds.s = s
 	t.Cleanup(func() { s.Close() })
-	lis := bufconn.Listen(4 << 20)
-	g := grpc.NewServer(s.ServerOptions()...)
-	s.Register(g)
-	go g.Serve(lis)
-	t.Cleanup(g.Stop)
-	cc, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	cc := buftest.Serve(t, s.ServerOptions(), s.Register).Dial(t,
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(8<<20), grpc.MaxCallRecvMsgSize(8<<20)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
 	ds.c = qtfsv1.NewFileSystemClient(cc)
 	ctx := t.Context()
 	if _, err := ds.c.Handshake(ctx, &qtfsv1.HandshakeRequest{ProtocolVersion: 1}); err != nil {

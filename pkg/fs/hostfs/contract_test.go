@@ -1,19 +1,16 @@
 package hostfs_test
 
 import (
-	"context"
-	"net"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/qtfs/qtfs/pkg/fs/contract"
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/internal/buftest"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -65,27 +62,10 @@ func startDirect(t *testing.T, exports []contract.Export) contract.Server {
 // startGRPC serves through a real grpc.Server over an in-memory listener.
 func startGRPC(t *testing.T, exports []contract.Export) contract.Server {
 	s, _ := newServer(t, exports)
-	lis := bufconn.Listen(1 << 20)
-	g := grpc.NewServer(s.ServerOptions()...)
-	s.Register(g)
-	served := make(chan struct{})
-	go func() {
-		defer close(served)
-		_ = g.Serve(lis)
-	}()
-	t.Cleanup(func() {
-		g.Stop()
-		<-served
-	})
+	lis := buftest.Serve(t, s.ServerOptions(), s.Register)
 	return contract.Server{
 		Dial: func(t *testing.T) (qtfsv1.FileSystemClient, func()) {
-			cc, err := grpc.NewClient("passthrough:///bufconn",
-				grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-				grpc.WithTransportCredentials(insecure.NewCredentials()),
-				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
-			if err != nil {
-				t.Fatalf("grpc.NewClient: %v", err)
-			}
+			cc := lis.Dial(t, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
 			return qtfsv1.NewFileSystemClient(cc), func() { _ = cc.Close() }
 		},
 		OpenHandles: s.OpenHandles,

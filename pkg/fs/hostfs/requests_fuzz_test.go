@@ -3,7 +3,6 @@ package hostfs_test
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,14 +14,13 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
 
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/internal/buftest"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -203,19 +201,9 @@ func FuzzRequests(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	ln := bufconn.Listen(1 << 20)
-	g := grpc.NewServer(s.ServerOptions()...)
-	s.Register(g)
-	go g.Serve(ln)
-	f.Cleanup(func() { g.Stop(); s.Close() })
-	cc, err := grpc.NewClient("passthrough:///fuzz",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return ln.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	f.Cleanup(func() { s.Close() })
+	cc := buftest.Serve(f, s.ServerOptions(), s.Register).Dial(f,
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(64<<20), grpc.MaxCallSendMsgSize(64<<20)))
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { cc.Close() })
 	client := qtfsv1.NewFileSystemClient(cc)
 	outside := map[[2]uint64]string{}
 	filepath.Walk(ft.root, func(p string, _ os.FileInfo, err error) error {

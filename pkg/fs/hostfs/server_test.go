@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,14 +15,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/qtfs/qtfs/pkg/fs/contract"
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/internal/buftest"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -431,19 +428,8 @@ func TestSetlkCancelled(t *testing.T) {
 
 func TestGRPCWithoutServerOptions(t *testing.T) {
 	s, _ := newServer(t, nil)
-	lis := bufconn.Listen(1 << 16)
-	g := grpc.NewServer() // the hostfs ServerOptions are missing
-	s.Register(g)
-	go g.Serve(lis)
-	defer g.Stop()
-	cc, err := grpc.NewClient("passthrough:///bufconn",
-		grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-		grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	_, err = qtfsv1.NewFileSystemClient(cc).Handshake(t.Context(), &qtfsv1.HandshakeRequest{ProtocolVersion: 1})
+	cc := buftest.Serve(t, nil, s.Register).Dial(t) // the hostfs ServerOptions are missing
+	_, err := qtfsv1.NewFileSystemClient(cc).Handshake(t.Context(), &qtfsv1.HandshakeRequest{ProtocolVersion: 1})
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "ServerOptions") {
 		t.Fatalf("handshake without ServerOptions: %v", err)
 	}
