@@ -66,6 +66,7 @@ func run(args []string) int {
 		fmt.Println("qtfs-server", version.Version)
 		return 0
 	}
+	keepSysmonAwake()
 	log, err := logging.New(s.LogLevel, s.LogFormat)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "qtfs-server: %v\n", err)

@@ -306,7 +306,14 @@ type proc struct {
 // start runs a command and keeps its stderr; cleanup stops it by pid.
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(name, args...), lines: make(chan string, 1024), done: make(chan struct{})}
+	return startCmd(t, exec.Command(name, args...))
+}
+
+// startCmd is start of a prepared command (its environment set).
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	name := cmd.Path
+	p := &proc{cmd: cmd, lines: make(chan string, 1024), done: make(chan struct{})}
 	pr, pw := io.Pipe()
 	p.cmd.Stderr = pw
 	p.cmd.Stdout = pw
