@@ -26,31 +26,21 @@ type dataCodec = transport.AliasCodec[qtfsv1.ReadResponse]
 func newDataCodec() *dataCodec { return transport.NewAliasCodec(aliasMin, decodeRead) }
 
 // readPart is the Read RPC of a part of a large read, through the
-// session's dataCodec when it has one. The caller takes the reply's buffer
+// session's dataCodec. The caller takes the reply's buffer
 // (takeReadBuffer).
 func (s *Session) readPart(ctx context.Context, req *qtfsv1.ReadRequest, opts ...grpc.CallOption) (*qtfsv1.ReadResponse, error) {
-	return s.client.Read(ctx, req, s.dataOptions(opts)...)
+	return s.client.Read(ctx, req, append(opts, grpc.ForceCodecV2(s.dataCodec))...)
 }
 
 // writePart is the Write RPC of a part of a large write, through the
-// session's dataCodec when it has one.
+// session's dataCodec.
 func (s *Session) writePart(ctx context.Context, req *qtfsv1.WriteRequest, opts ...grpc.CallOption) (*qtfsv1.WriteResponse, error) {
-	return s.client.Write(ctx, req, s.dataOptions(opts)...)
-}
-
-func (s *Session) dataOptions(opts []grpc.CallOption) []grpc.CallOption {
-	if s.dataCodec != nil {
-		opts = append(opts, grpc.ForceCodecV2(s.dataCodec))
-	}
-	return opts
+	return s.client.Write(ctx, req, append(opts, grpc.ForceCodecV2(s.dataCodec))...)
 }
 
 // takeReadBuffer hands over the buffer resp's data aliases; nil when it
-// does not.
+// does not (a small reply, or one the codec did not decode).
 func (s *Session) takeReadBuffer(resp *qtfsv1.ReadResponse) mem.Buffer {
-	if s.dataCodec == nil {
-		return nil
-	}
 	buf, _ := s.dataCodec.Take(resp)
 	return buf
 }

@@ -23,7 +23,7 @@ import (
 )
 
 func testSession(t *testing.T, c qtfsv1.FileSystemClient) *Session {
-	return &Session{client: c, log: zaptest.NewLogger(t), chunk: maxChunk, metrics: newMetrics(), features: map[qtfsv1.Feature]bool{}}
+	return &Session{client: c, log: zaptest.NewLogger(t), chunk: maxChunk, metrics: newMetrics(), features: map[qtfsv1.Feature]bool{}, dataCodec: newDataCodec()}
 }
 
 // TestWireErrno is the errno mapping of replies: what the wire says is

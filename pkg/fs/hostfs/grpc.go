@@ -25,8 +25,9 @@ const slowOp = time.Second
 // releases it when the connection ends), a unary interceptor that counts,
 // times and logs FileSystem calls and turns a handler panic into INTERNAL,
 // message size limits that fit Options.MaxMessageBytes of data, and the
-// codec that leaves written data where it was received (writeCodec; other
-// services' messages go through the plain proto codec).
+// server's dataCodec, which leaves a large Write's data where it was
+// received and sends a large Read's data from the buffer it was read into
+// (every other message it encodes and decodes as the proto codec does).
 func (s *Server) ServerOptions() []grpc.ServerOption {
 	return append([]grpc.ServerOption{
 		grpc.ForceServerCodecV2(s.codec),
