@@ -107,15 +107,15 @@ type cacheParams struct {
 // strictTimeout is how long strict mounts keep attributes and entries.
 const strictTimeout = time.Hour
 
-// specialTimeout is how long the kernel keeps the attributes, and the
-// names of files (not of directories), of proc, sysfs and cgroup mounts
-// under the default policy. Their content is never cached (direct I/O,
-// each read reaches the host) and the server resolves every call by path;
-// directory names are looked up on every walk, so a pid or cgroup that is
-// gone is gone at once. What is kept spares the permission checks and file
-// lookups a scan of /proc would otherwise repeat for every file; mode and
-// owner changes show within this delay, and the host checks permissions
-// again on each call.
+// specialTimeout is how long the kernel keeps the attributes and names of
+// proc, sysfs and cgroup mounts under the default policy (most names of
+// directories excepted: see specialTimeouts). Their
+// content is never cached (direct I/O, each read reaches the host) and the
+// server resolves every call by path, so an open of a file that is gone
+// fails at once. What is kept spares the permission checks and lookups a
+// scan of /proc would otherwise repeat for every file; mode and owner
+// changes show within this delay, and the host checks permissions again on
+// each call.
 const specialTimeout = time.Second
 
 func (c CachePolicy) params() cacheParams {

@@ -48,6 +48,10 @@ type dirHandle struct {
 	localSet   map[uint32]bool
 	localPhase bool
 	localNext  int
+	// listed collects the host's pids of a proc root listing read from
+	// its start, for procRoot.pruneUnlisted at its end; nil after a seek
+	// elsewhere, or once handed over.
+	listed map[string]struct{}
 
 	// closedAtOpen: the Open listed the whole directory and the server
 	// closed it; a rewind opens it again (as after a reconnect).
@@ -87,6 +91,7 @@ func (m *mountFS) newDirHandle(h uint64, n *node) *dirHandle {
 	if m.proc != nil && n == m.root {
 		d.proc = m.proc
 		d.snapshotLocal()
+		d.listed = map[string]struct{}{}
 	}
 	return d
 }
@@ -204,11 +209,20 @@ func (d *dirHandle) take(entries []*qtfsv1.DirEntry, eof bool) syscall.Errno {
 			continue
 		}
 		d.batch = append(d.batch, de)
+		if d.listed != nil {
+			if _, ok := parsePid(string(name)); ok {
+				d.listed[string(name)] = struct{}{}
+			}
+		}
 	}
 	if len(entries) > 0 {
 		d.off = entries[len(entries)-1].GetOffset()
 	}
 	d.eof = eof || len(entries) == 0
+	if d.eof && d.listed != nil {
+		d.proc.pruneUnlisted(d.listed)
+		d.listed = nil
+	}
 	return 0
 }
 
@@ -301,7 +315,11 @@ func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut)
 	if a == nil {
 		return nil, syscall.ENOENT
 	}
-	return d.n.newChild(ctx, a, out)
+	ch, e := d.n.newChild(ctx, a, out)
+	if e == 0 {
+		d.m.specialTimeouts(a, true, out)
+	}
+	return ch, e
 }
 
 // Seekdir restarts the stream after the entry at kernel offset off (0:
@@ -315,8 +333,10 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 		d.localNext = int(min(off-localCookieBase, uint64(len(d.local))))
 		return 0
 	}
+	d.listed = nil
 	if d.proc != nil && off == 0 {
 		d.snapshotLocal() // rewinddir(3): a fresh listing
+		d.listed = map[string]struct{}{}
 	}
 	if off < dotsOffset {
 		d.dots, d.off = int(off), 0

@@ -186,18 +186,43 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		n.missed(caller)
 	}
 	if e != 0 {
+		n.failed(e)
 		return nil, e
 	}
 	ch, e := n.newChild(ctx, resp.GetAttr(), out)
-	if e == 0 && m.specialTTL > 0 {
-		out.SetAttrTimeout(m.specialTTL)
-		if resp.GetAttr().GetMode()&syscall.S_IFMT != syscall.S_IFDIR {
-			// The name of a directory is looked up again on every walk,
-			// so that a process or cgroup that is gone is gone at once.
-			out.SetEntryTimeout(m.specialTTL)
-		}
+	if e == 0 {
+		m.specialTimeouts(resp.GetAttr(), false, out)
 	}
 	return ch, e
+}
+
+// specialTimeouts sets how long the kernel keeps an entry of a special
+// mount under the default policy, and its attributes: specialTTL, except
+// for the name of a directory, which is looked up again on every walk so
+// that a process, device or cgroup that is gone is gone at once. One
+// exception to the exception: the directories a listing of a proc mount
+// names (listed) are kept, since a scan of /proc lists it and then reads a
+// few files of each process, walking through each process's directory
+// again for each file. The client drops such an entry as soon as it sees
+// the process gone (procRoot.sawGone, procRoot.pruneUnlisted).
+func (m *mountFS) specialTimeouts(a *qtfsv1.Attr, listed bool, out *fuse.EntryOut) {
+	if m.specialTTL <= 0 {
+		return
+	}
+	out.SetAttrTimeout(m.specialTTL)
+	if a.GetMode()&syscall.S_IFMT != syscall.S_IFDIR || listed && m.proc != nil {
+		out.SetEntryTimeout(m.specialTTL)
+	}
+}
+
+// failed is told the errno of a call on n (or, for a Lookup, in n) that
+// failed: a proc mount drops the kernel's entry of a process found gone.
+// A name missing from the directory of a living process costs that
+// process's entry too, which the next walk looks up again.
+func (n *node) failed(e syscall.Errno) {
+	if n.m.proc != nil {
+		n.m.proc.sawGone(n, e)
+	}
 }
 
 // getattr stats the node, through h when it is open (which also works
@@ -219,6 +244,7 @@ func (n *node) getattr(ctx context.Context, h uint64, out *fuse.AttrOut) syscall
 	}
 	resp, e := call(m.sess, m.timeout, "Getattr", m.sess.client.Getattr,
 		&qtfsv1.GetattrRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Handle: h})
+	n.failed(e)
 	if e == syscall.ENOENT && h == 0 && n != m.root {
 		// The inode's path is gone (removed or renamed on the host):
 		// the inode is stale. stat(2) retries with a fresh lookup.
@@ -333,6 +359,7 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 	resp, e := call(m.sess, m.timeout, "Readlink", m.sess.client.Readlink,
 		&qtfsv1.ReadlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: p})
 	if e != 0 {
+		n.failed(e)
 		return nil, e
 	}
 	t := resp.GetTarget()
@@ -537,6 +564,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	req.ProbeXattrs = n.knowsXattrsAbsence()
 	resp, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, req)
 	if e != 0 {
+		n.failed(e)
 		return nil, 0, e
 	}
 	if resp.GetNoXattrs() {
@@ -615,6 +643,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 		ReaddirInline: readdirBatch, CloseAtEof: m.sess.reopensHandles(),
 	})
 	if e != 0 {
+		n.failed(e)
 		return nil, 0, e
 	}
 	m.sess.trackPath(resp.GetHandle(), n.path)

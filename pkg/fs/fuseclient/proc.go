@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -81,6 +82,13 @@ type procRoot struct {
 	procDir string
 	// at is the time the links report as theirs.
 	at time.Time
+
+	// dropMu guards dropping and dropRunning: the names of processes
+	// whose kernel entries are to be dropped, and whether a goroutine
+	// is at it.
+	dropMu      sync.Mutex
+	dropping    map[string]struct{}
+	dropRunning bool
 }
 
 // procOptions validates the proc options of a mount and fills in the
@@ -323,4 +331,99 @@ func (l *procLink) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 	}
 	l.p.fillLink(ctx, l.kind, l.pid, l.StableAttr().Ino, &out.Attr)
 	return 0
+}
+
+// A proc mount keeps the kernel's entries of the process directories a
+// listing names for specialTTL (see specialTimeouts). The client drops
+// such an entry as soon as it learns the process ended, so that stat(2)
+// and walks ask the host again: when a call on a file of the process finds
+// it gone, and when a listing of the root, read whole, no longer has it.
+
+// sawGone is told that a call on (or in) n failed with e: when e says the
+// file or process is gone and n lies in a process's directory, the
+// kernel's entry of that process is dropped.
+func (p *procRoot) sawGone(n *node, e syscall.Errno) {
+	if e != syscall.ENOENT && e != syscall.ESRCH {
+		return
+	}
+	if name, ok := p.pidDir(n); ok {
+		p.drop([]string{name})
+	}
+}
+
+// pidDir returns the name of the process directory of the root that n is,
+// or lies in.
+func (p *procRoot) pidDir(n *node) (string, bool) {
+	root := p.m.root.EmbeddedInode()
+	in := n.EmbeddedInode()
+	for {
+		name, parent := in.Parent()
+		switch {
+		case parent == nil:
+			return "", false
+		case parent == root:
+			_, ok := parsePid(name)
+			return name, ok
+		}
+		in = parent
+	}
+}
+
+// pruneUnlisted is given the names of a listing of the root read from its
+// start to its end: the processes the kernel still has an entry of that
+// the listing lacks have ended, and their entries are dropped.
+func (p *procRoot) pruneUnlisted(listed map[string]struct{}) {
+	var gone []string
+	for name, ch := range p.m.root.Children() {
+		if _, ok := ch.Operations().(*node); !ok {
+			continue // the client's own links
+		}
+		if _, ok := parsePid(name); !ok {
+			continue
+		}
+		if _, ok := listed[name]; !ok {
+			gone = append(gone, name)
+		}
+	}
+	p.drop(gone)
+}
+
+// drop drops the kernel's entries of names in the root, on a goroutine:
+// the kernel takes the root's lock to drop an entry, and the call that
+// found a process gone may be one the kernel sent holding that lock (a
+// READDIR of the root, or a rename, whose caller holds both directories).
+func (p *procRoot) drop(names []string) {
+	if len(names) == 0 {
+		return
+	}
+	p.dropMu.Lock()
+	defer p.dropMu.Unlock()
+	if p.dropping == nil {
+		p.dropping = make(map[string]struct{}, len(names))
+	}
+	for _, name := range names {
+		p.dropping[name] = struct{}{}
+	}
+	if !p.dropRunning {
+		p.dropRunning = true
+		go p.dropPending()
+	}
+}
+
+// dropPending drops the entries drop collected until none is left.
+func (p *procRoot) dropPending() {
+	for {
+		p.dropMu.Lock()
+		names := p.dropping
+		p.dropping = nil
+		if len(names) == 0 {
+			p.dropRunning = false
+			p.dropMu.Unlock()
+			return
+		}
+		p.dropMu.Unlock()
+		for name := range names {
+			p.m.root.NotifyEntry(name)
+		}
+	}
 }

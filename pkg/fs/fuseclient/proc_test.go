@@ -236,6 +236,120 @@ func TestProcPidsComeAndGo(t *testing.T) {
 	}
 }
 
+// TestProcScanKeepsPidEntries checks that a scan of /proc (a listing,
+// then a few files of each process) looks nothing up on the host the
+// second time: the names of the processes the listing gave and of their
+// files are kept (specialTTL); only the opens go out.
+func TestProcScanKeepsPidEntries(t *testing.T) {
+	tm := requireProcMount(t, "/proc", "")
+	pid := strconv.Itoa(os.Getppid()) // lives as long as the test
+	scan := func() {
+		t.Helper()
+		if _, err := os.ReadDir(tm.path()); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range []string{"stat", "status"} {
+			if _, err := os.ReadFile(tm.path(pid, f)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	scan()
+	tm.resetStats()
+	scan()
+	st := tm.stats()
+	if st["Lookup"] != 0 || st["Getattr"] != 0 || st["Open"] != 3 {
+		t.Errorf("second scan: RPCs %v, want 3 Opens (the root, stat, status) and no Lookup or Getattr", st)
+	}
+}
+
+// TestProcEndedPidsDropped checks that the kernel's entry of a process a
+// listing named is dropped as soon as the client sees the process gone:
+// by an open of one of its files, or by a listing without it. stat(2)
+// then says ENOENT at once, not when the entry's second runs out.
+func TestProcEndedPidsDropped(t *testing.T) {
+	tm := requireProcMount(t, "/proc", "")
+	// listedThenEnded starts a process, lists the root (which gives the
+	// kernel an entry of it) and ends the process.
+	listedThenEnded := func(t *testing.T) (string, time.Time) {
+		cmd := exec.Command("sleep", "300")
+		if err := cmd.Start(); err != nil {
+			t.Skipf("skipped: no sleep(1): %v", err)
+		}
+		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+		pid := strconv.Itoa(cmd.Process.Pid)
+		if _, err := os.ReadDir(tm.path()); err != nil {
+			t.Fatal(err)
+		}
+		listed := time.Now()
+		if _, err := os.Stat(tm.path(pid)); err != nil {
+			t.Fatalf("a process just listed is not in the mount: %v", err)
+		}
+		if err := cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		_ = cmd.Wait()
+		return pid, listed
+	}
+	// goneSoon waits for stat to say ENOENT. The entry is dropped on a
+	// goroutine: allow it a moment, well within the entry's own second.
+	goneSoon := func(t *testing.T, pid string, listed time.Time) {
+		t.Helper()
+		for {
+			_, err := os.Stat(tm.path(pid))
+			if errors.Is(err, syscall.ENOENT) {
+				return
+			}
+			if time.Since(listed) > 250*time.Millisecond {
+				t.Fatalf("stat of an ended process: %v, want ENOENT", err)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	t.Run("by an open", func(t *testing.T) {
+		pid, listed := listedThenEnded(t)
+		if _, err := os.ReadFile(tm.path(pid, "status")); !errors.Is(err, syscall.ENOENT) {
+			t.Errorf("open of an ended process's file: %v, want ENOENT", err)
+		}
+		goneSoon(t, pid, listed)
+	})
+	t.Run("in a rename", func(t *testing.T) {
+		// rename(2) holds the locks of both directories, the root's too,
+		// while the client looks the missing source up in the process's
+		// directory: the drop that ENOENT starts must not wait for it.
+		pid := strconv.Itoa(os.Getppid())
+		if _, err := os.ReadDir(tm.path()); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- os.Rename(tm.path(pid, "no-such-file"), tm.path("renamed")) }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, syscall.ENOENT) {
+				t.Errorf("rename of a missing file of a process: %v, want ENOENT", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("rename of a missing file of a process hangs")
+		}
+		if _, err := os.Stat(tm.path(pid)); err != nil {
+			t.Errorf("stat of a living process after its entry was dropped: %v", err)
+		}
+	})
+	t.Run("by a listing", func(t *testing.T) {
+		pid, listed := listedThenEnded(t)
+		names, err := os.ReadDir(tm.path())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range names {
+			if e.Name() == pid {
+				t.Fatalf("the listing has the ended process %s", pid)
+			}
+		}
+		goneSoon(t, pid, listed)
+	})
+}
+
 // errnoOf returns the errno inside err (EIO when there is none).
 func errnoOf(err error) syscall.Errno {
 	var e syscall.Errno

@@ -211,8 +211,7 @@ func TestProcRootLinks(t *testing.T) {
 		t.Errorf("localPids = %v, want [300 302]", got)
 	}
 
-	off := *p
-	off.offloadRoot = ""
+	off := &procRoot{localProc: p.localProc, procDir: p.procDir, at: p.at}
 	if kind, _ := off.classify("300"); kind != linkNone {
 		t.Errorf("rule off: 300 classified %v", kind)
 	}
