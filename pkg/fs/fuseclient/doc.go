@@ -131,11 +131,17 @@
 //     to LocalProc/<pid> (listings show those after the host's entries).
 //     Magic links (exe, cwd, root, fd/N, ns/*) read back the host's text
 //     and are resolved by the DPU's kernel, never by the server.
+//   - Under the default policy a proc root mount keeps, for a second, the
+//     process directories a listing named, and drops one as soon as it
+//     sees the process gone; and it reads ahead for scanners: the files a
+//     thread opened one after the other in one process directory are read
+//     along with the first of them in the next (proc.go).
 //
 // Lock order: mountFS.listings.mu → node.mu (dropping listings to bound
 // their memory); otherwise node.mu and fileHandle.mu are leaves (no other
 // lock is taken while one is held, and no RPC is made under them); the
-// Session, ino table and groups cache locks are leaves too. A directory handle has no
+// Session, ino table, groups cache and procRoot (dropMu, scan.mu) locks
+// are leaves too. A directory handle has no
 // lock: go-fuse holds its own lock of the handle around Readdirent, Lookup
 // and Seekdir, the only RPC made under a go-fuse lock; the Readdir sent
 // ahead runs on a goroutine of its own, and the handle waits for it before

@@ -557,15 +557,33 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	m := n.m
 	req := &qtfsv1.OpenRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Flags: openFlags(flags)}
+	var resp *qtfsv1.OpenResponse
 	if m.readInline > 0 && flags&syscall.O_ACCMODE == syscall.O_RDONLY {
 		req.ReadInline = m.readInline
 		req.CloseAtEof = m.sess.reopensHandles()
+		if m.proc != nil && req.CloseAtEof {
+			c, _ := fuse.FromContext(ctx)
+			also, ahead := m.proc.planOpen(c, n)
+			if ahead != nil {
+				// Read along with the open of another file of the
+				// directory a moment ago: no round trip.
+				resp = &qtfsv1.OpenResponse{Attr: ahead.attr, InlineData: ahead.data, InlineEof: true, Closed: true, FlushNeedless: true}
+			}
+			req.ReadAlso = also
+		}
 	}
 	req.ProbeXattrs = n.knowsXattrsAbsence()
-	resp, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, req)
-	if e != 0 {
-		n.failed(e)
-		return nil, 0, e
+	if resp == nil {
+		var e syscall.Errno
+		resp, e = call(m.sess, m.timeout, "Open", m.sess.client.Open, req)
+		if e != 0 {
+			n.failed(e)
+			return nil, 0, e
+		}
+		if m.proc != nil && len(resp.GetAlsoRead()) > 0 {
+			c, _ := fuse.FromContext(ctx)
+			m.proc.keepReadAhead(c, n, resp.GetAlsoRead())
+		}
 	}
 	if resp.GetNoXattrs() {
 		n.xattrsAbsent()

@@ -18,6 +18,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	qfs "github.com/qtfs/qtfs/pkg/fs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -89,6 +90,8 @@ type procRoot struct {
 	dropMu      sync.Mutex
 	dropping    map[string]struct{}
 	dropRunning bool
+
+	scan scanState
 }
 
 // procOptions validates the proc options of a mount and fills in the
@@ -424,6 +427,149 @@ func (p *procRoot) dropPending() {
 		p.dropMu.Unlock()
 		for name := range names {
 			p.m.root.NotifyEntry(name)
+		}
+	}
+}
+
+// Reading ahead for scans of /proc. A scanner (ps, top, a metrics agent)
+// reads the same few files of every process, in the same order: stat then
+// status, say. The client learns that order from the opens of one caller
+// in one process directory, and when the first of those files is opened
+// in the next process's directory, the Open asks the host to read the
+// others too (OpenRequest.read_also). Their opens that follow within
+// scanWindow, by the same caller, are answered from what came back,
+// without a round trip. The content is then at most scanWindow older than
+// the open, as if the open had been that much earlier. Only the files of
+// process directories, only under the default policy (cache=none keeps
+// nothing), and each result is used once.
+
+// scanWindow is how close two opens must follow each other for the client
+// to learn their order, and how long a file read ahead waits for its open.
+const scanWindow = 20 * time.Millisecond
+
+// maxReadAlso is how many files one Open may read ahead (the server's
+// bound too), maxScanNames bounds the learned order (a process directory
+// has a few dozen names), maxReadAhead the files kept read ahead.
+const (
+	maxReadAlso  = 4
+	maxScanNames = 256
+	maxReadAhead = 64
+)
+
+// scanState is a proc mount's reading ahead.
+type scanState struct {
+	mu sync.Mutex
+	// next maps a file's name to the one the last scanner opened after it.
+	next map[string]string
+	// last is the previous open of a file of a process directory.
+	last scanOpen
+	// ahead holds the files read ahead, until their open.
+	ahead map[readAheadKey]readAheadFile
+}
+
+type scanOpen struct {
+	dir  *fs.Inode
+	name string
+	pid  uint32
+	at   int64
+}
+
+type readAheadKey struct {
+	dir  *fs.Inode
+	name string
+}
+
+// readAheadFile is a file read ahead for the open of one caller.
+type readAheadFile struct {
+	pid, uid, gid uint32
+	attr          *qtfsv1.Attr
+	data          []byte
+	until         int64
+}
+
+// pidFile returns n's directory when n is a file of a process directory
+// of the root.
+func (p *procRoot) pidFile(n *node) (*fs.Inode, string, bool) {
+	name, dir := n.Parent()
+	if dir == nil {
+		return nil, "", false
+	}
+	dirName, root := dir.Parent()
+	if root != p.m.root.EmbeddedInode() {
+		return nil, "", false
+	}
+	if _, ok := parsePid(dirName); !ok {
+		return nil, "", false
+	}
+	return dir, name, true
+}
+
+// planOpen is told of a read-only open of n by c. It learns the scanner's
+// order, and returns the files to read along with n and, when n itself
+// was read ahead for c, its attributes and content.
+func (p *procRoot) planOpen(c *fuse.Caller, n *node) (also [][]byte, ahead *readAheadFile) {
+	if p.m.specialTTL <= 0 || c == nil || c.Pid == 0 {
+		return nil, nil
+	}
+	dir, name, ok := p.pidFile(n)
+	if !ok {
+		return nil, nil
+	}
+	now := monoNow()
+	s := &p.scan
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f, ok := s.ahead[readAheadKey{dir, name}]; ok {
+		delete(s.ahead, readAheadKey{dir, name})
+		if f.pid == c.Pid && f.uid == c.Uid && f.gid == c.Gid && now < f.until {
+			ahead = &f
+		}
+	}
+	if l := s.last; l.dir == dir && l.pid == c.Pid && l.name != name && now-l.at < int64(scanWindow) {
+		if s.next == nil || len(s.next) >= maxScanNames {
+			s.next = make(map[string]string)
+		}
+		s.next[l.name] = name
+	}
+	s.last = scanOpen{dir: dir, name: name, pid: c.Pid, at: now}
+	if ahead != nil {
+		return nil, ahead
+	}
+	for x := name; len(also) < maxReadAlso; {
+		y, ok := s.next[x]
+		if !ok || y == name || slices.ContainsFunc(also, func(b []byte) bool { return string(b) == y }) {
+			break
+		}
+		also = append(also, []byte(y))
+		x = y
+	}
+	return also, nil
+}
+
+// keepReadAhead keeps the files read along with an open of n by c, for
+// the opens planOpen expects.
+func (p *procRoot) keepReadAhead(c *fuse.Caller, n *node, files []*qtfsv1.ReadAlso) {
+	if len(files) == 0 || c == nil {
+		return
+	}
+	dir, _, ok := p.pidFile(n)
+	if !ok {
+		return
+	}
+	until := monoNow() + int64(scanWindow)
+	s := &p.scan
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, f := range files {
+		if qfs.ValidName(f.GetName()) != 0 || f.GetAttr() == nil {
+			continue
+		}
+		if s.ahead == nil || len(s.ahead) >= maxReadAhead {
+			// What was not opened in time never will be.
+			s.ahead = make(map[readAheadKey]readAheadFile)
+		}
+		s.ahead[readAheadKey{dir, string(f.GetName())}] = readAheadFile{
+			pid: c.Pid, uid: c.Uid, gid: c.Gid, attr: f.GetAttr(), data: f.GetData(), until: until,
 		}
 	}
 }

@@ -16,22 +16,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-)
 
-// startSleeper starts a sleep(1) of the test (a process of the "host")
-// and stops it, by pid, when the test ends.
-func startSleeper(t *testing.T) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command("sleep", "300")
-	if err := cmd.Start(); err != nil {
-		t.Skipf("skipped: no sleep(1) to start a host process: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	return cmd
-}
+	"github.com/qtfs/qtfs/pkg/internal/proctest"
+)
 
 // requireProcMount mounts the host's proc root with the given proc
 // options; LocalProc "/proc" makes the links land in this process's own
@@ -149,7 +136,7 @@ func TestProcRootSelfLinks(t *testing.T) {
 // text, never followed by the server.
 func TestProcMagicLinks(t *testing.T) {
 	tm := requireProcMount(t, "/proc", "")
-	cmd := startSleeper(t)
+	cmd := proctest.Sleeper(t)
 	pid := strconv.Itoa(cmd.Process.Pid)
 	for _, name := range []string{"exe", "cwd", "root", "fd/0", "fd/1", "ns/net", "ns/pid", "ns/mnt"} {
 		t.Run(name, func(t *testing.T) {
@@ -192,12 +179,12 @@ func TestProcPidsComeAndGo(t *testing.T) {
 			if host, err = os.ReadFile("/proc/" + pid + "/" + f); err != nil {
 				t.Fatal(err)
 			}
-			if got, err = os.ReadFile(tm.path(pid, f)); err != nil || bytes.Equal(withoutSigQ(got), withoutSigQ(host)) {
+			if got, err = os.ReadFile(tm.path(pid, f)); err != nil || bytes.Equal(proctest.WithoutSigQ(got), proctest.WithoutSigQ(host)) {
 				break
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		if err != nil || !bytes.Equal(withoutSigQ(got), withoutSigQ(host)) {
+		if err != nil || !bytes.Equal(proctest.WithoutSigQ(got), proctest.WithoutSigQ(host)) {
 			t.Errorf("%s through the mount: %q, %v; host %q", f, got, err, host)
 		}
 	}
@@ -254,12 +241,95 @@ func TestProcScanKeepsPidEntries(t *testing.T) {
 			}
 		}
 	}
-	scan()
+	// One thread: the client reads status along with stat for the
+	// thread that opened both before (TestProcScanReadsAhead).
+	// A slow run may miss the read-ahead's window: a few tries.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	for try := 0; ; try++ {
+		scan()
+		tm.resetStats()
+		scan()
+		st := tm.stats()
+		if st["Lookup"] != 0 || st["Getattr"] != 0 {
+			t.Fatalf("second scan: RPCs %v, want no Lookup or Getattr", st)
+		}
+		if st["Open"] == 2 {
+			break
+		}
+		if try == 4 {
+			t.Fatalf("second scan: RPCs %v, want 2 Opens (the root; stat, status read along)", st)
+		}
+	}
+}
+
+// TestProcScanReadsAhead checks the reading ahead for scans of /proc: once
+// a thread opened stat then status in a process's directory, its open of
+// stat in another one brings status along, and its open of status that
+// follows costs no RPC and reads the host's content. Another caller, or
+// an open later than scanWindow, asks the host.
+func TestProcScanReadsAhead(t *testing.T) {
+	tm := requireProcMount(t, "/proc", "")
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	pids := []string{strconv.Itoa(proctest.Sleeper(t).Process.Pid), strconv.Itoa(proctest.Sleeper(t).Process.Pid),
+		strconv.Itoa(proctest.Sleeper(t).Process.Pid)}
+	for _, pid := range pids {
+		proctest.WaitAsleep(t, pid)
+	}
+	read := func(pid, name string) []byte {
+		t.Helper()
+		b, err := os.ReadFile(tm.path(pid, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	opens := func() int {
+		t.Helper()
+		return tm.stats()["Open"]
+	}
+	// The order is learnt, and the read-ahead used, only when the opens
+	// follow within scanWindow: a slow run (the race detector) may miss
+	// it, so a few tries are allowed.
+	var got []byte
+	for try := 0; ; try++ {
+		read(pids[0], "stat")
+		read(pids[0], "status") // learnt: status follows stat
+		tm.resetStats()
+		read(pids[1], "stat")
+		got = read(pids[1], "status")
+		n := opens()
+		if n == 1 {
+			break
+		}
+		if try == 4 {
+			t.Fatalf("stat then status of the next process: %d Opens, want 1", n)
+		}
+	}
+	host, err := os.ReadFile("/proc/" + pids[1] + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(proctest.WithoutSigQ(got), proctest.WithoutSigQ(host)) {
+		t.Errorf("status read along: %q; host %q", got, host)
+	}
+
 	tm.resetStats()
-	scan()
-	st := tm.stats()
-	if st["Lookup"] != 0 || st["Getattr"] != 0 || st["Open"] != 3 {
-		t.Errorf("second scan: RPCs %v, want 3 Opens (the root, stat, status) and no Lookup or Getattr", st)
+	read(pids[2], "stat")
+	if out, err := exec.Command("cat", tm.path(pids[2], "status")).CombinedOutput(); err != nil {
+		t.Fatalf("cat: %v %s", err, out)
+	}
+	if n := opens(); n != 2 {
+		t.Errorf("status opened by another process: %d Opens, want 2", n)
+	}
+
+	tm.resetStats()
+	read(pids[0], "stat")
+	time.Sleep(50 * time.Millisecond)
+	read(pids[0], "status")
+	if n := opens(); n != 2 {
+		t.Errorf("status opened 50 ms after stat: %d Opens, want 2", n)
 	}
 }
 
@@ -599,7 +669,7 @@ func TestCgroupThroughMount(t *testing.T) {
 		t.Errorf("Write RPCs: %d for %d write(2) calls", got, len(cases))
 	}
 
-	cmd := startSleeper(t)
+	cmd := proctest.Sleeper(t)
 	pid := strconv.Itoa(cmd.Process.Pid)
 	if e := writeOnce(tm.path("c", "cgroup.procs"), pid); e != 0 {
 		t.Fatalf("move a process through the mount: %v", e)
@@ -631,18 +701,6 @@ func TestCgroupThroughMount(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "c")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("cgroup still on the host after rmdir: %v", err)
 	}
-}
-
-// withoutSigQ drops status's SigQ line: a count of the whole user's queued
-// signals, which any other process may move between two reads.
-func withoutSigQ(status []byte) []byte {
-	var out [][]byte
-	for _, l := range bytes.Split(status, []byte("\n")) {
-		if !bytes.HasPrefix(l, []byte("SigQ:")) {
-			out = append(out, l)
-		}
-	}
-	return bytes.Join(out, []byte("\n"))
 }
 
 // TestProcOpenReadClose: a small /proc file read whole at open costs one

@@ -1,6 +1,7 @@
 package hostfs
 
 import (
+	"bytes"
 	"context"
 	"sync"
 	"syscall"
@@ -46,6 +47,14 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 		if e := s.checkPath(op, req.GetPath()); e != 0 {
 			return e
 		}
+		if len(req.GetReadAlso()) > maxReadAlso {
+			return s.refuse(op, "read_also_count", syscall.EINVAL)
+		}
+		for _, name := range req.GetReadAlso() {
+			if e := s.checkName(op, name); e != 0 {
+				return e
+			}
+		}
 		flags, e := s.openFlags(op, req.GetFlags(), false)
 		if e != 0 {
 			return e
@@ -61,9 +70,15 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 		if err != nil {
 			return s.walkErrno(op, req.GetPath(), err)
 		}
-		return s.newHandle(op, ss, m, fd, flags, req.GetCaller(), inlineReads{
+		if e := s.newHandle(op, ss, m, fd, flags, req.GetCaller(), inlineReads{
 			data: req.GetReadInline(), entries: req.GetReaddirInline(), closeAtEOF: req.GetCloseAtEof(),
-			probeXattrs: req.GetProbeXattrs() && m.ops.allows("Listxattr")}, resp)
+			probeXattrs: req.GetProbeXattrs() && m.ops.allows("Listxattr")}, resp); e != 0 {
+			return e
+		}
+		if resp.Closed && resp.InlineEof && specialKind(m.kind) {
+			resp.AlsoRead = s.readAlso(m, req.GetPath(), req.GetReadAlso(), req.GetReadInline())
+		}
+		return 0
 	})
 	if err != nil {
 		return nil, err
@@ -72,6 +87,57 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 		return &qtfsv1.OpenResponse{Errno: resp.Errno}, nil
 	}
 	return resp, nil
+}
+
+// maxReadAlso and readAlsoBytes bound OpenRequest.read_also: how many
+// files, and how much of each.
+const (
+	maxReadAlso   = 4
+	readAlsoBytes = 16 << 10
+)
+
+// specialKind reports whether files of this filesystem kind are generated
+// by the kernel when read (proc, sysfs, cgroup): small, cheap to read, and
+// read by scanners in the same few names in directory after directory.
+func specialKind(k qtfsv1.FsKind) bool {
+	switch k {
+	case qtfsv1.FsKind_FS_KIND_PROC, qtfsv1.FsKind_FS_KIND_SYSFS,
+		qtfsv1.FsKind_FS_KIND_CGROUP, qtfsv1.FsKind_FS_KIND_CGROUP2:
+		return true
+	}
+	return false
+}
+
+// readAlso reads the files names of path's directory whole, for the
+// opens the client expects next (OpenRequest.read_also). The caller's
+// credentials are in force, as for the Open itself. A file that cannot be
+// opened read-only, is not a regular file, or is larger than max (and
+// readAlsoBytes) is left out.
+func (s *Server) readAlso(m *mount, path []byte, names [][]byte, max uint32) []*qtfsv1.ReadAlso {
+	if len(names) == 0 {
+		return nil
+	}
+	dir := ""
+	if i := bytes.LastIndexByte(path, '/'); i >= 0 {
+		dir = string(path[:i+1])
+	}
+	n := min(int(max), readAlsoBytes, s.maxData)
+	var out []*qtfsv1.ReadAlso
+	for _, name := range names {
+		fd, err := openBeneath(m.fd, dir+string(name), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+		if err != nil {
+			continue
+		}
+		if a, err := fstat(fd); err == nil && a.GetMode()&unix.S_IFMT == unix.S_IFREG {
+			buf := make([]byte, n)
+			if got, err := unix.Pread(fd, buf, 0); err == nil && got < n {
+				s.met.read(got)
+				out = append(out, &qtfsv1.ReadAlso{Name: name, Attr: a, Data: buf[:got]})
+			}
+		}
+		closeFd(fd)
+	}
+	return out
 }
 
 // inlineReads are the reads an Open does for its client (OpenRequest

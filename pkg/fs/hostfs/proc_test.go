@@ -3,7 +3,6 @@ package hostfs_test
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"syscall"
@@ -13,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/internal/proctest"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -31,24 +31,12 @@ func procServer(t *testing.T) (*hostfs.DirectClient, uint64) {
 	return session(t, s, "/proc")
 }
 
-// sleeper starts a host process for the test and stops it, by pid, when
-// the test ends.
-func sleeper(t *testing.T) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command("sleep", "300")
-	if err := cmd.Start(); err != nil {
-		t.Skipf("skipped: no sleep(1): %v", err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	return cmd
-}
-
 // TestMagicLinksNotFollowed checks that the magic links of a process read
 // back the host's text and are never followed by the server.
 func TestMagicLinksNotFollowed(t *testing.T) {
 	c, m := procServer(t)
 	ctx := t.Context()
-	pid := strconv.Itoa(sleeper(t).Process.Pid)
+	pid := strconv.Itoa(proctest.Sleeper(t).Process.Pid)
 	for _, name := range []string{"exe", "cwd", "root", "fd/0", "ns/net", "ns/pid"} {
 		t.Run(name, func(t *testing.T) {
 			want, err := os.Readlink("/proc/" + pid + "/" + name)
@@ -81,7 +69,7 @@ func TestMagicLinksNotFollowed(t *testing.T) {
 func TestVanishedProcess(t *testing.T) {
 	c, m := procServer(t)
 	ctx := t.Context()
-	cmd := sleeper(t)
+	cmd := proctest.Sleeper(t)
 	pid := strconv.Itoa(cmd.Process.Pid)
 	o, err := c.Open(ctx, &qtfsv1.OpenRequest{Mount: m, Caller: root, Path: []byte(pid + "/status")})
 	if err != nil || o.GetErrno() != 0 {
@@ -143,5 +131,75 @@ func TestNonSeekableFiles(t *testing.T) {
 	r, err := c.Read(ctx, &qtfsv1.ReadRequest{Handle: o.GetHandle(), Offset: 42, Size: 64})
 	if err != nil || r.GetErrno() != 0 || !bytes.Equal(r.GetData(), []byte("first writesecond")) {
 		t.Errorf("read: %q errno %d %v", r.GetData(), r.GetErrno(), err)
+	}
+}
+
+// TestOpenReadsAlso checks OpenRequest.read_also: the files named beside
+// a small proc file read whole come back whole, with their attributes;
+// names that are missing, too large or not regular files are left out;
+// a bad name or too many refuse the call; nothing is read for a file the
+// inline read did not take whole.
+func TestOpenReadsAlso(t *testing.T) {
+	c, m := procServer(t)
+	ctx := t.Context()
+	pid := strconv.Itoa(proctest.Sleeper(t).Process.Pid)
+	proctest.WaitAsleep(t, pid)
+	open := func(name string, also ...string) *qtfsv1.OpenResponse {
+		t.Helper()
+		req := &qtfsv1.OpenRequest{Mount: m, Caller: root, Path: []byte(pid + "/" + name),
+			ReadInline: 64 << 10, CloseAtEof: true}
+		for _, a := range also {
+			req.ReadAlso = append(req.ReadAlso, []byte(a))
+		}
+		o, err := c.Open(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	// smaps is larger than a read ahead takes (16 KiB) for a process
+	// with a few mappings; task is a directory; nosuch is missing.
+	o := open("stat", "status", "nosuch", "task", "cmdline")
+	if o.GetErrno() != 0 || !o.GetClosed() {
+		t.Fatalf("open: %v", o)
+	}
+	got := map[string]*qtfsv1.ReadAlso{}
+	for _, f := range o.GetAlsoRead() {
+		got[string(f.GetName())] = f
+	}
+	if len(got) != 2 || got["status"] == nil || got["cmdline"] == nil {
+		t.Fatalf("read along: %v; want status and cmdline", got)
+	}
+	for name, f := range got {
+		host, err := os.ReadFile("/proc/" + pid + "/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(proctest.WithoutSigQ(f.GetData()), proctest.WithoutSigQ(host)) {
+			t.Errorf("%s read along: %q; host %q", name, f.GetData(), host)
+		}
+		var st unix.Stat_t
+		if err := unix.Stat("/proc/"+pid+"/"+name, &st); err != nil || f.GetAttr().GetIno() != st.Ino {
+			t.Errorf("%s read along: attributes %v; host ino %d (%v)", name, f.GetAttr(), st.Ino, err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		also []string
+	}{
+		{"bad name", []string{"../stat"}},
+		{"too many", []string{"status", "cmdline", "statm", "comm", "io"}},
+	} {
+		if o := open("stat", tc.also...); o.GetErrno() != int32(syscall.EINVAL) {
+			t.Errorf("%s: errno %d, want EINVAL", tc.name, o.GetErrno())
+		}
+	}
+	// Not read whole by the inline read: nothing read along.
+	req := &qtfsv1.OpenRequest{Mount: m, Caller: root, Path: []byte(pid + "/status"), ReadInline: 16,
+		CloseAtEof: true, ReadAlso: [][]byte{[]byte("stat")}}
+	if o, err := c.Open(ctx, req); err != nil || o.GetErrno() != 0 || len(o.GetAlsoRead()) != 0 {
+		t.Errorf("open not read whole: %v %v; want nothing read along", o, err)
+	} else {
+		c.Release(ctx, &qtfsv1.ReleaseRequest{Handle: o.GetHandle()})
 	}
 }

@@ -2213,7 +2213,14 @@ type OpenRequest struct {
 	// Say whether the file has extended attributes (OpenResponse.no_xattrs),
 	// for a client that answers the attribute calls of a file it knows has
 	// none (cp -a, rsync -X and tar --xattrs list every file they open).
-	ProbeXattrs   bool `protobuf:"varint,8,opt,name=probe_xattrs,json=probeXattrs,proto3" json:"probe_xattrs,omitempty"`
+	ProbeXattrs bool `protobuf:"varint,8,opt,name=probe_xattrs,json=probeXattrs,proto3" json:"probe_xattrs,omitempty"`
+	// With read_inline and close_at_eof, on a small file of a proc, sysfs
+	// or cgroup filesystem that the inline read took whole: also read these
+	// files of the same directory whole, as the caller, for the client to
+	// answer the opens that follow at once (a scan of /proc reads the same
+	// few files of every process). Names as Lookup takes them; at most 4,
+	// each read up to 16 KiB. Ignored elsewhere.
+	ReadAlso      [][]byte `protobuf:"bytes,9,rep,name=read_also,json=readAlso,proto3" json:"read_also,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2304,6 +2311,13 @@ func (x *OpenRequest) GetProbeXattrs() bool {
 	return false
 }
 
+func (x *OpenRequest) GetReadAlso() [][]byte {
+	if x != nil {
+		return x.ReadAlso
+	}
+	return nil
+}
+
 type OpenResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Errno  int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
@@ -2327,7 +2341,10 @@ type OpenResponse struct {
 	// With probe_xattrs: the file had no extended attribute when it was
 	// opened (flistxattr(2) listed none). Not set when the export does not
 	// allow Listxattr.
-	NoXattrs      bool `protobuf:"varint,10,opt,name=no_xattrs,json=noXattrs,proto3" json:"no_xattrs,omitempty"`
+	NoXattrs bool `protobuf:"varint,10,opt,name=no_xattrs,json=noXattrs,proto3" json:"no_xattrs,omitempty"`
+	// The files of read_also that were read whole, each with its attributes;
+	// one that could not be opened, read or fit is left out.
+	AlsoRead      []*ReadAlso `protobuf:"bytes,11,rep,name=also_read,json=alsoRead,proto3" json:"also_read,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2432,6 +2449,74 @@ func (x *OpenResponse) GetNoXattrs() bool {
 	return false
 }
 
+func (x *OpenResponse) GetAlsoRead() []*ReadAlso {
+	if x != nil {
+		return x.AlsoRead
+	}
+	return nil
+}
+
+// ReadAlso is one file read for OpenRequest.read_also.
+type ReadAlso struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          []byte                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Attr          *Attr                  `protobuf:"bytes,2,opt,name=attr,proto3" json:"attr,omitempty"`
+	Data          []byte                 `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadAlso) Reset() {
+	*x = ReadAlso{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadAlso) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadAlso) ProtoMessage() {}
+
+func (x *ReadAlso) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadAlso.ProtoReflect.Descriptor instead.
+func (*ReadAlso) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ReadAlso) GetName() []byte {
+	if x != nil {
+		return x.Name
+	}
+	return nil
+}
+
+func (x *ReadAlso) GetAttr() *Attr {
+	if x != nil {
+		return x.Attr
+	}
+	return nil
+}
+
+func (x *ReadAlso) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type CreateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Mount         uint64                 `protobuf:"varint,1,opt,name=mount,proto3" json:"mount,omitempty"`
@@ -2447,7 +2532,7 @@ type CreateRequest struct {
 
 func (x *CreateRequest) Reset() {
 	*x = CreateRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[27]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2459,7 +2544,7 @@ func (x *CreateRequest) String() string {
 func (*CreateRequest) ProtoMessage() {}
 
 func (x *CreateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[27]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2472,7 +2557,7 @@ func (x *CreateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRequest.ProtoReflect.Descriptor instead.
 func (*CreateRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{27}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CreateRequest) GetMount() uint64 {
@@ -2539,7 +2624,7 @@ type CreateResponse struct {
 
 func (x *CreateResponse) Reset() {
 	*x = CreateResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[28]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2551,7 +2636,7 @@ func (x *CreateResponse) String() string {
 func (*CreateResponse) ProtoMessage() {}
 
 func (x *CreateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[28]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2564,7 +2649,7 @@ func (x *CreateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateResponse.ProtoReflect.Descriptor instead.
 func (*CreateResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{28}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CreateResponse) GetErrno() int32 {
@@ -2614,7 +2699,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[29]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2626,7 +2711,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[29]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2639,7 +2724,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{29}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadRequest) GetHandle() uint64 {
@@ -2674,7 +2759,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[30]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2686,7 +2771,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[30]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2699,7 +2784,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{30}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadResponse) GetErrno() int32 {
@@ -2727,7 +2812,7 @@ type WriteRequest struct {
 
 func (x *WriteRequest) Reset() {
 	*x = WriteRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[31]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2739,7 +2824,7 @@ func (x *WriteRequest) String() string {
 func (*WriteRequest) ProtoMessage() {}
 
 func (x *WriteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[31]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2752,7 +2837,7 @@ func (x *WriteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteRequest.ProtoReflect.Descriptor instead.
 func (*WriteRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{31}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *WriteRequest) GetHandle() uint64 {
@@ -2786,7 +2871,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[32]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2798,7 +2883,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[32]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2811,7 +2896,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{32}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *WriteResponse) GetErrno() int32 {
@@ -2837,7 +2922,7 @@ type FlushRequest struct {
 
 func (x *FlushRequest) Reset() {
 	*x = FlushRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[33]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2849,7 +2934,7 @@ func (x *FlushRequest) String() string {
 func (*FlushRequest) ProtoMessage() {}
 
 func (x *FlushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[33]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2862,7 +2947,7 @@ func (x *FlushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FlushRequest.ProtoReflect.Descriptor instead.
 func (*FlushRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{33}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *FlushRequest) GetHandle() uint64 {
@@ -2883,7 +2968,7 @@ type FsyncRequest struct {
 
 func (x *FsyncRequest) Reset() {
 	*x = FsyncRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[34]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2895,7 +2980,7 @@ func (x *FsyncRequest) String() string {
 func (*FsyncRequest) ProtoMessage() {}
 
 func (x *FsyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[34]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2908,7 +2993,7 @@ func (x *FsyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FsyncRequest.ProtoReflect.Descriptor instead.
 func (*FsyncRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{34}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *FsyncRequest) GetHandle() uint64 {
@@ -2934,7 +3019,7 @@ type ReleaseRequest struct {
 
 func (x *ReleaseRequest) Reset() {
 	*x = ReleaseRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[35]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2946,7 +3031,7 @@ func (x *ReleaseRequest) String() string {
 func (*ReleaseRequest) ProtoMessage() {}
 
 func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[35]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2959,7 +3044,7 @@ func (x *ReleaseRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReleaseRequest.ProtoReflect.Descriptor instead.
 func (*ReleaseRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{35}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReleaseRequest) GetHandle() uint64 {
@@ -2984,7 +3069,7 @@ type ReaddirRequest struct {
 
 func (x *ReaddirRequest) Reset() {
 	*x = ReaddirRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[36]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2996,7 +3081,7 @@ func (x *ReaddirRequest) String() string {
 func (*ReaddirRequest) ProtoMessage() {}
 
 func (x *ReaddirRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[36]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3009,7 +3094,7 @@ func (x *ReaddirRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReaddirRequest.ProtoReflect.Descriptor instead.
 func (*ReaddirRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{36}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ReaddirRequest) GetHandle() uint64 {
@@ -3056,7 +3141,7 @@ type DirEntry struct {
 
 func (x *DirEntry) Reset() {
 	*x = DirEntry{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[37]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3068,7 +3153,7 @@ func (x *DirEntry) String() string {
 func (*DirEntry) ProtoMessage() {}
 
 func (x *DirEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[37]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3081,7 +3166,7 @@ func (x *DirEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirEntry.ProtoReflect.Descriptor instead.
 func (*DirEntry) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{37}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *DirEntry) GetName() []byte {
@@ -3131,7 +3216,7 @@ type ReaddirResponse struct {
 
 func (x *ReaddirResponse) Reset() {
 	*x = ReaddirResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[38]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3143,7 +3228,7 @@ func (x *ReaddirResponse) String() string {
 func (*ReaddirResponse) ProtoMessage() {}
 
 func (x *ReaddirResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[38]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3156,7 +3241,7 @@ func (x *ReaddirResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReaddirResponse.ProtoReflect.Descriptor instead.
 func (*ReaddirResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{38}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ReaddirResponse) GetErrno() int32 {
@@ -3191,7 +3276,7 @@ type StatfsRequest struct {
 
 func (x *StatfsRequest) Reset() {
 	*x = StatfsRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[39]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3203,7 +3288,7 @@ func (x *StatfsRequest) String() string {
 func (*StatfsRequest) ProtoMessage() {}
 
 func (x *StatfsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[39]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3216,7 +3301,7 @@ func (x *StatfsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatfsRequest.ProtoReflect.Descriptor instead.
 func (*StatfsRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{39}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *StatfsRequest) GetMount() uint64 {
@@ -3257,7 +3342,7 @@ type StatfsResponse struct {
 
 func (x *StatfsResponse) Reset() {
 	*x = StatfsResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3269,7 +3354,7 @@ func (x *StatfsResponse) String() string {
 func (*StatfsResponse) ProtoMessage() {}
 
 func (x *StatfsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3282,7 +3367,7 @@ func (x *StatfsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatfsResponse.ProtoReflect.Descriptor instead.
 func (*StatfsResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{40}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *StatfsResponse) GetErrno() int32 {
@@ -3362,7 +3447,7 @@ type GetxattrRequest struct {
 
 func (x *GetxattrRequest) Reset() {
 	*x = GetxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3374,7 +3459,7 @@ func (x *GetxattrRequest) String() string {
 func (*GetxattrRequest) ProtoMessage() {}
 
 func (x *GetxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3387,7 +3472,7 @@ func (x *GetxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetxattrRequest.ProtoReflect.Descriptor instead.
 func (*GetxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{41}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetxattrRequest) GetMount() uint64 {
@@ -3437,7 +3522,7 @@ type GetxattrResponse struct {
 
 func (x *GetxattrResponse) Reset() {
 	*x = GetxattrResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3449,7 +3534,7 @@ func (x *GetxattrResponse) String() string {
 func (*GetxattrResponse) ProtoMessage() {}
 
 func (x *GetxattrResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3462,7 +3547,7 @@ func (x *GetxattrResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetxattrResponse.ProtoReflect.Descriptor instead.
 func (*GetxattrResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{42}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetxattrResponse) GetErrno() int32 {
@@ -3501,7 +3586,7 @@ type SetxattrRequest struct {
 
 func (x *SetxattrRequest) Reset() {
 	*x = SetxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3513,7 +3598,7 @@ func (x *SetxattrRequest) String() string {
 func (*SetxattrRequest) ProtoMessage() {}
 
 func (x *SetxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3526,7 +3611,7 @@ func (x *SetxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetxattrRequest.ProtoReflect.Descriptor instead.
 func (*SetxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{43}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SetxattrRequest) GetMount() uint64 {
@@ -3584,7 +3669,7 @@ type ListxattrRequest struct {
 
 func (x *ListxattrRequest) Reset() {
 	*x = ListxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3596,7 +3681,7 @@ func (x *ListxattrRequest) String() string {
 func (*ListxattrRequest) ProtoMessage() {}
 
 func (x *ListxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3609,7 +3694,7 @@ func (x *ListxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListxattrRequest.ProtoReflect.Descriptor instead.
 func (*ListxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{44}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListxattrRequest) GetMount() uint64 {
@@ -3652,7 +3737,7 @@ type ListxattrResponse struct {
 
 func (x *ListxattrResponse) Reset() {
 	*x = ListxattrResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3664,7 +3749,7 @@ func (x *ListxattrResponse) String() string {
 func (*ListxattrResponse) ProtoMessage() {}
 
 func (x *ListxattrResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3677,7 +3762,7 @@ func (x *ListxattrResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListxattrResponse.ProtoReflect.Descriptor instead.
 func (*ListxattrResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{45}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ListxattrResponse) GetErrno() int32 {
@@ -3713,7 +3798,7 @@ type RemovexattrRequest struct {
 
 func (x *RemovexattrRequest) Reset() {
 	*x = RemovexattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3725,7 +3810,7 @@ func (x *RemovexattrRequest) String() string {
 func (*RemovexattrRequest) ProtoMessage() {}
 
 func (x *RemovexattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3738,7 +3823,7 @@ func (x *RemovexattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovexattrRequest.ProtoReflect.Descriptor instead.
 func (*RemovexattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{46}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RemovexattrRequest) GetMount() uint64 {
@@ -3781,7 +3866,7 @@ type FallocateRequest struct {
 
 func (x *FallocateRequest) Reset() {
 	*x = FallocateRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3793,7 +3878,7 @@ func (x *FallocateRequest) String() string {
 func (*FallocateRequest) ProtoMessage() {}
 
 func (x *FallocateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3806,7 +3891,7 @@ func (x *FallocateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FallocateRequest.ProtoReflect.Descriptor instead.
 func (*FallocateRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{47}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *FallocateRequest) GetHandle() uint64 {
@@ -3849,7 +3934,7 @@ type LseekRequest struct {
 
 func (x *LseekRequest) Reset() {
 	*x = LseekRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3861,7 +3946,7 @@ func (x *LseekRequest) String() string {
 func (*LseekRequest) ProtoMessage() {}
 
 func (x *LseekRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3874,7 +3959,7 @@ func (x *LseekRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LseekRequest.ProtoReflect.Descriptor instead.
 func (*LseekRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{48}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *LseekRequest) GetHandle() uint64 {
@@ -3908,7 +3993,7 @@ type LseekResponse struct {
 
 func (x *LseekResponse) Reset() {
 	*x = LseekResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3920,7 +4005,7 @@ func (x *LseekResponse) String() string {
 func (*LseekResponse) ProtoMessage() {}
 
 func (x *LseekResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3933,7 +4018,7 @@ func (x *LseekResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LseekResponse.ProtoReflect.Descriptor instead.
 func (*LseekResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{49}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *LseekResponse) GetErrno() int32 {
@@ -3964,7 +4049,7 @@ type CopyFileRangeRequest struct {
 
 func (x *CopyFileRangeRequest) Reset() {
 	*x = CopyFileRangeRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3976,7 +4061,7 @@ func (x *CopyFileRangeRequest) String() string {
 func (*CopyFileRangeRequest) ProtoMessage() {}
 
 func (x *CopyFileRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3989,7 +4074,7 @@ func (x *CopyFileRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyFileRangeRequest.ProtoReflect.Descriptor instead.
 func (*CopyFileRangeRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{50}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CopyFileRangeRequest) GetHandleIn() uint64 {
@@ -4044,7 +4129,7 @@ type CopyFileRangeResponse struct {
 
 func (x *CopyFileRangeResponse) Reset() {
 	*x = CopyFileRangeResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4056,7 +4141,7 @@ func (x *CopyFileRangeResponse) String() string {
 func (*CopyFileRangeResponse) ProtoMessage() {}
 
 func (x *CopyFileRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4069,7 +4154,7 @@ func (x *CopyFileRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyFileRangeResponse.ProtoReflect.Descriptor instead.
 func (*CopyFileRangeResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{51}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CopyFileRangeResponse) GetErrno() int32 {
@@ -4101,7 +4186,7 @@ type Lock struct {
 
 func (x *Lock) Reset() {
 	*x = Lock{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4113,7 +4198,7 @@ func (x *Lock) String() string {
 func (*Lock) ProtoMessage() {}
 
 func (x *Lock) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4126,7 +4211,7 @@ func (x *Lock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lock.ProtoReflect.Descriptor instead.
 func (*Lock) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{52}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *Lock) GetStart() uint64 {
@@ -4169,7 +4254,7 @@ type GetlkRequest struct {
 
 func (x *GetlkRequest) Reset() {
 	*x = GetlkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4181,7 +4266,7 @@ func (x *GetlkRequest) String() string {
 func (*GetlkRequest) ProtoMessage() {}
 
 func (x *GetlkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4194,7 +4279,7 @@ func (x *GetlkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetlkRequest.ProtoReflect.Descriptor instead.
 func (*GetlkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{53}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *GetlkRequest) GetHandle() uint64 {
@@ -4229,7 +4314,7 @@ type GetlkResponse struct {
 
 func (x *GetlkResponse) Reset() {
 	*x = GetlkResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4241,7 +4326,7 @@ func (x *GetlkResponse) String() string {
 func (*GetlkResponse) ProtoMessage() {}
 
 func (x *GetlkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4254,7 +4339,7 @@ func (x *GetlkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetlkResponse.ProtoReflect.Descriptor instead.
 func (*GetlkResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{54}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *GetlkResponse) GetErrno() int32 {
@@ -4286,7 +4371,7 @@ type SetlkRequest struct {
 
 func (x *SetlkRequest) Reset() {
 	*x = SetlkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4298,7 +4383,7 @@ func (x *SetlkRequest) String() string {
 func (*SetlkRequest) ProtoMessage() {}
 
 func (x *SetlkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4311,7 +4396,7 @@ func (x *SetlkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetlkRequest.ProtoReflect.Descriptor instead.
 func (*SetlkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{55}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *SetlkRequest) GetHandle() uint64 {
@@ -4365,7 +4450,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4377,7 +4462,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4390,7 +4475,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{56}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *ExecRequest) GetMsg() isExecRequest_Msg {
@@ -4506,7 +4591,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4518,7 +4603,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4531,7 +4616,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{57}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *ExecStart) GetBinary() []byte {
@@ -4602,7 +4687,7 @@ type WindowSize struct {
 
 func (x *WindowSize) Reset() {
 	*x = WindowSize{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4614,7 +4699,7 @@ func (x *WindowSize) String() string {
 func (*WindowSize) ProtoMessage() {}
 
 func (x *WindowSize) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4627,7 +4712,7 @@ func (x *WindowSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
 func (*WindowSize) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{58}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *WindowSize) GetRows() uint32 {
@@ -4675,7 +4760,7 @@ type ExecFile struct {
 
 func (x *ExecFile) Reset() {
 	*x = ExecFile{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4687,7 +4772,7 @@ func (x *ExecFile) String() string {
 func (*ExecFile) ProtoMessage() {}
 
 func (x *ExecFile) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4700,7 +4785,7 @@ func (x *ExecFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecFile.ProtoReflect.Descriptor instead.
 func (*ExecFile) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{59}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ExecFile) GetFd() uint32 {
@@ -4746,7 +4831,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4758,7 +4843,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4771,7 +4856,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{60}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ExecResponse) GetMsg() isExecResponse_Msg {
@@ -4857,7 +4942,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4869,7 +4954,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4882,7 +4967,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{61}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ExecStarted) GetPid() uint32 {
@@ -4914,7 +4999,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4926,7 +5011,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4939,7 +5024,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{62}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ExecExit) GetCode() int32 {
@@ -4977,7 +5062,7 @@ type SocketRequest struct {
 
 func (x *SocketRequest) Reset() {
 	*x = SocketRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4989,7 +5074,7 @@ func (x *SocketRequest) String() string {
 func (*SocketRequest) ProtoMessage() {}
 
 func (x *SocketRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5002,7 +5087,7 @@ func (x *SocketRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketRequest.ProtoReflect.Descriptor instead.
 func (*SocketRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{63}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *SocketRequest) GetMsg() isSocketRequest_Msg {
@@ -5075,7 +5160,7 @@ type SocketOpen struct {
 
 func (x *SocketOpen) Reset() {
 	*x = SocketOpen{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5087,7 +5172,7 @@ func (x *SocketOpen) String() string {
 func (*SocketOpen) ProtoMessage() {}
 
 func (x *SocketOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5100,7 +5185,7 @@ func (x *SocketOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketOpen.ProtoReflect.Descriptor instead.
 func (*SocketOpen) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{64}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *SocketOpen) GetPath() []byte {
@@ -5125,7 +5210,7 @@ type SocketResponse struct {
 
 func (x *SocketResponse) Reset() {
 	*x = SocketResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5137,7 +5222,7 @@ func (x *SocketResponse) String() string {
 func (*SocketResponse) ProtoMessage() {}
 
 func (x *SocketResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5150,7 +5235,7 @@ func (x *SocketResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketResponse.ProtoReflect.Descriptor instead.
 func (*SocketResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{65}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *SocketResponse) GetMsg() isSocketResponse_Msg {
@@ -5238,7 +5323,7 @@ type SocketConnected struct {
 
 func (x *SocketConnected) Reset() {
 	*x = SocketConnected{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5250,7 +5335,7 @@ func (x *SocketConnected) String() string {
 func (*SocketConnected) ProtoMessage() {}
 
 func (x *SocketConnected) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5263,7 +5348,7 @@ func (x *SocketConnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketConnected.ProtoReflect.Descriptor instead.
 func (*SocketConnected) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{66}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *SocketConnected) GetPath() []byte {
@@ -5287,7 +5372,7 @@ type SocketError struct {
 
 func (x *SocketError) Reset() {
 	*x = SocketError{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5299,7 +5384,7 @@ func (x *SocketError) String() string {
 func (*SocketError) ProtoMessage() {}
 
 func (x *SocketError) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5312,7 +5397,7 @@ func (x *SocketError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketError.ProtoReflect.Descriptor instead.
 func (*SocketError) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{67}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *SocketError) GetErrno() int32 {
@@ -5337,7 +5422,7 @@ type SocketListRequest struct {
 
 func (x *SocketListRequest) Reset() {
 	*x = SocketListRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5349,7 +5434,7 @@ func (x *SocketListRequest) String() string {
 func (*SocketListRequest) ProtoMessage() {}
 
 func (x *SocketListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5362,7 +5447,7 @@ func (x *SocketListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketListRequest.ProtoReflect.Descriptor instead.
 func (*SocketListRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{68}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{69}
 }
 
 type SocketListResponse struct {
@@ -5375,7 +5460,7 @@ type SocketListResponse struct {
 
 func (x *SocketListResponse) Reset() {
 	*x = SocketListResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5387,7 +5472,7 @@ func (x *SocketListResponse) String() string {
 func (*SocketListResponse) ProtoMessage() {}
 
 func (x *SocketListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5400,7 +5485,7 @@ func (x *SocketListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketListResponse.ProtoReflect.Descriptor instead.
 func (*SocketListResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{69}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *SocketListResponse) GetPaths() [][]byte {
@@ -5569,7 +5654,7 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
 	"\x04path\x18\x03 \x01(\fR\x04path\x12\x19\n" +
 	"\bnew_path\x18\x04 \x01(\fR\anewPath\x12\x19\n" +
-	"\bnew_name\x18\x05 \x01(\fR\anewName\"\x83\x02\n" +
+	"\bnew_name\x18\x05 \x01(\fR\anewName\"\xa0\x02\n" +
 	"\vOpenRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
@@ -5580,7 +5665,8 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\fclose_at_eof\x18\x06 \x01(\bR\n" +
 	"closeAtEof\x12%\n" +
 	"\x0ereaddir_inline\x18\a \x01(\rR\rreaddirInline\x12!\n" +
-	"\fprobe_xattrs\x18\b \x01(\bR\vprobeXattrs\"\xc9\x02\n" +
+	"\fprobe_xattrs\x18\b \x01(\bR\vprobeXattrs\x12\x1b\n" +
+	"\tread_also\x18\t \x03(\fR\breadAlso\"\xf9\x02\n" +
 	"\fOpenResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06handle\x18\x02 \x01(\x04R\x06handle\x12!\n" +
@@ -5595,7 +5681,12 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\ventries_eof\x18\t \x01(\bR\n" +
 	"entriesEof\x12\x1b\n" +
 	"\tno_xattrs\x18\n" +
-	" \x01(\bR\bnoXattrs\"\xb6\x01\n" +
+	" \x01(\bR\bnoXattrs\x12.\n" +
+	"\talso_read\x18\v \x03(\v2\x11.qtfs.v1.ReadAlsoR\balsoRead\"U\n" +
+	"\bReadAlso\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\fR\x04name\x12!\n" +
+	"\x04attr\x18\x02 \x01(\v2\r.qtfs.v1.AttrR\x04attr\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\"\xb6\x01\n" +
 	"\rCreateRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
@@ -5875,7 +5966,7 @@ func file_qtfs_v1_qtfs_proto_rawDescGZIP() []byte {
 }
 
 var file_qtfs_v1_qtfs_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 70)
+var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
 var file_qtfs_v1_qtfs_proto_goTypes = []any{
 	(Feature)(0),                  // 0: qtfs.v1.Feature
 	(FsKind)(0),                   // 1: qtfs.v1.FsKind
@@ -5907,49 +5998,50 @@ var file_qtfs_v1_qtfs_proto_goTypes = []any{
 	(*LinkRequest)(nil),           // 27: qtfs.v1.LinkRequest
 	(*OpenRequest)(nil),           // 28: qtfs.v1.OpenRequest
 	(*OpenResponse)(nil),          // 29: qtfs.v1.OpenResponse
-	(*CreateRequest)(nil),         // 30: qtfs.v1.CreateRequest
-	(*CreateResponse)(nil),        // 31: qtfs.v1.CreateResponse
-	(*ReadRequest)(nil),           // 32: qtfs.v1.ReadRequest
-	(*ReadResponse)(nil),          // 33: qtfs.v1.ReadResponse
-	(*WriteRequest)(nil),          // 34: qtfs.v1.WriteRequest
-	(*WriteResponse)(nil),         // 35: qtfs.v1.WriteResponse
-	(*FlushRequest)(nil),          // 36: qtfs.v1.FlushRequest
-	(*FsyncRequest)(nil),          // 37: qtfs.v1.FsyncRequest
-	(*ReleaseRequest)(nil),        // 38: qtfs.v1.ReleaseRequest
-	(*ReaddirRequest)(nil),        // 39: qtfs.v1.ReaddirRequest
-	(*DirEntry)(nil),              // 40: qtfs.v1.DirEntry
-	(*ReaddirResponse)(nil),       // 41: qtfs.v1.ReaddirResponse
-	(*StatfsRequest)(nil),         // 42: qtfs.v1.StatfsRequest
-	(*StatfsResponse)(nil),        // 43: qtfs.v1.StatfsResponse
-	(*GetxattrRequest)(nil),       // 44: qtfs.v1.GetxattrRequest
-	(*GetxattrResponse)(nil),      // 45: qtfs.v1.GetxattrResponse
-	(*SetxattrRequest)(nil),       // 46: qtfs.v1.SetxattrRequest
-	(*ListxattrRequest)(nil),      // 47: qtfs.v1.ListxattrRequest
-	(*ListxattrResponse)(nil),     // 48: qtfs.v1.ListxattrResponse
-	(*RemovexattrRequest)(nil),    // 49: qtfs.v1.RemovexattrRequest
-	(*FallocateRequest)(nil),      // 50: qtfs.v1.FallocateRequest
-	(*LseekRequest)(nil),          // 51: qtfs.v1.LseekRequest
-	(*LseekResponse)(nil),         // 52: qtfs.v1.LseekResponse
-	(*CopyFileRangeRequest)(nil),  // 53: qtfs.v1.CopyFileRangeRequest
-	(*CopyFileRangeResponse)(nil), // 54: qtfs.v1.CopyFileRangeResponse
-	(*Lock)(nil),                  // 55: qtfs.v1.Lock
-	(*GetlkRequest)(nil),          // 56: qtfs.v1.GetlkRequest
-	(*GetlkResponse)(nil),         // 57: qtfs.v1.GetlkResponse
-	(*SetlkRequest)(nil),          // 58: qtfs.v1.SetlkRequest
-	(*ExecRequest)(nil),           // 59: qtfs.v1.ExecRequest
-	(*ExecStart)(nil),             // 60: qtfs.v1.ExecStart
-	(*WindowSize)(nil),            // 61: qtfs.v1.WindowSize
-	(*ExecFile)(nil),              // 62: qtfs.v1.ExecFile
-	(*ExecResponse)(nil),          // 63: qtfs.v1.ExecResponse
-	(*ExecStarted)(nil),           // 64: qtfs.v1.ExecStarted
-	(*ExecExit)(nil),              // 65: qtfs.v1.ExecExit
-	(*SocketRequest)(nil),         // 66: qtfs.v1.SocketRequest
-	(*SocketOpen)(nil),            // 67: qtfs.v1.SocketOpen
-	(*SocketResponse)(nil),        // 68: qtfs.v1.SocketResponse
-	(*SocketConnected)(nil),       // 69: qtfs.v1.SocketConnected
-	(*SocketError)(nil),           // 70: qtfs.v1.SocketError
-	(*SocketListRequest)(nil),     // 71: qtfs.v1.SocketListRequest
-	(*SocketListResponse)(nil),    // 72: qtfs.v1.SocketListResponse
+	(*ReadAlso)(nil),              // 30: qtfs.v1.ReadAlso
+	(*CreateRequest)(nil),         // 31: qtfs.v1.CreateRequest
+	(*CreateResponse)(nil),        // 32: qtfs.v1.CreateResponse
+	(*ReadRequest)(nil),           // 33: qtfs.v1.ReadRequest
+	(*ReadResponse)(nil),          // 34: qtfs.v1.ReadResponse
+	(*WriteRequest)(nil),          // 35: qtfs.v1.WriteRequest
+	(*WriteResponse)(nil),         // 36: qtfs.v1.WriteResponse
+	(*FlushRequest)(nil),          // 37: qtfs.v1.FlushRequest
+	(*FsyncRequest)(nil),          // 38: qtfs.v1.FsyncRequest
+	(*ReleaseRequest)(nil),        // 39: qtfs.v1.ReleaseRequest
+	(*ReaddirRequest)(nil),        // 40: qtfs.v1.ReaddirRequest
+	(*DirEntry)(nil),              // 41: qtfs.v1.DirEntry
+	(*ReaddirResponse)(nil),       // 42: qtfs.v1.ReaddirResponse
+	(*StatfsRequest)(nil),         // 43: qtfs.v1.StatfsRequest
+	(*StatfsResponse)(nil),        // 44: qtfs.v1.StatfsResponse
+	(*GetxattrRequest)(nil),       // 45: qtfs.v1.GetxattrRequest
+	(*GetxattrResponse)(nil),      // 46: qtfs.v1.GetxattrResponse
+	(*SetxattrRequest)(nil),       // 47: qtfs.v1.SetxattrRequest
+	(*ListxattrRequest)(nil),      // 48: qtfs.v1.ListxattrRequest
+	(*ListxattrResponse)(nil),     // 49: qtfs.v1.ListxattrResponse
+	(*RemovexattrRequest)(nil),    // 50: qtfs.v1.RemovexattrRequest
+	(*FallocateRequest)(nil),      // 51: qtfs.v1.FallocateRequest
+	(*LseekRequest)(nil),          // 52: qtfs.v1.LseekRequest
+	(*LseekResponse)(nil),         // 53: qtfs.v1.LseekResponse
+	(*CopyFileRangeRequest)(nil),  // 54: qtfs.v1.CopyFileRangeRequest
+	(*CopyFileRangeResponse)(nil), // 55: qtfs.v1.CopyFileRangeResponse
+	(*Lock)(nil),                  // 56: qtfs.v1.Lock
+	(*GetlkRequest)(nil),          // 57: qtfs.v1.GetlkRequest
+	(*GetlkResponse)(nil),         // 58: qtfs.v1.GetlkResponse
+	(*SetlkRequest)(nil),          // 59: qtfs.v1.SetlkRequest
+	(*ExecRequest)(nil),           // 60: qtfs.v1.ExecRequest
+	(*ExecStart)(nil),             // 61: qtfs.v1.ExecStart
+	(*WindowSize)(nil),            // 62: qtfs.v1.WindowSize
+	(*ExecFile)(nil),              // 63: qtfs.v1.ExecFile
+	(*ExecResponse)(nil),          // 64: qtfs.v1.ExecResponse
+	(*ExecStarted)(nil),           // 65: qtfs.v1.ExecStarted
+	(*ExecExit)(nil),              // 66: qtfs.v1.ExecExit
+	(*SocketRequest)(nil),         // 67: qtfs.v1.SocketRequest
+	(*SocketOpen)(nil),            // 68: qtfs.v1.SocketOpen
+	(*SocketResponse)(nil),        // 69: qtfs.v1.SocketResponse
+	(*SocketConnected)(nil),       // 70: qtfs.v1.SocketConnected
+	(*SocketError)(nil),           // 71: qtfs.v1.SocketError
+	(*SocketListRequest)(nil),     // 72: qtfs.v1.SocketListRequest
+	(*SocketListResponse)(nil),    // 73: qtfs.v1.SocketListResponse
 }
 var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	0,  // 0: qtfs.v1.HandshakeRequest.features:type_name -> qtfs.v1.Feature
@@ -5976,104 +6068,106 @@ var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	11, // 21: qtfs.v1.LinkRequest.caller:type_name -> qtfs.v1.Caller
 	11, // 22: qtfs.v1.OpenRequest.caller:type_name -> qtfs.v1.Caller
 	12, // 23: qtfs.v1.OpenResponse.attr:type_name -> qtfs.v1.Attr
-	40, // 24: qtfs.v1.OpenResponse.entries:type_name -> qtfs.v1.DirEntry
-	11, // 25: qtfs.v1.CreateRequest.caller:type_name -> qtfs.v1.Caller
-	12, // 26: qtfs.v1.CreateResponse.attr:type_name -> qtfs.v1.Attr
-	12, // 27: qtfs.v1.CreateResponse.dir_attr:type_name -> qtfs.v1.Attr
-	12, // 28: qtfs.v1.DirEntry.attr:type_name -> qtfs.v1.Attr
-	40, // 29: qtfs.v1.ReaddirResponse.entries:type_name -> qtfs.v1.DirEntry
-	11, // 30: qtfs.v1.StatfsRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 31: qtfs.v1.GetxattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 32: qtfs.v1.SetxattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 33: qtfs.v1.ListxattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 34: qtfs.v1.RemovexattrRequest.caller:type_name -> qtfs.v1.Caller
-	55, // 35: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
-	55, // 36: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
-	55, // 37: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
-	60, // 38: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
-	61, // 39: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
-	61, // 40: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
-	62, // 41: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
-	64, // 42: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
-	65, // 43: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
-	67, // 44: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
-	69, // 45: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
-	70, // 46: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
-	6,  // 47: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
-	9,  // 48: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
-	16, // 49: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
-	17, // 50: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
-	18, // 51: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
-	19, // 52: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
-	21, // 53: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
-	22, // 54: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
-	23, // 55: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
-	24, // 56: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
-	25, // 57: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
-	26, // 58: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
-	27, // 59: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
-	28, // 60: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
-	30, // 61: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
-	32, // 62: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
-	34, // 63: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
-	36, // 64: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
-	37, // 65: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
-	38, // 66: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
-	39, // 67: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
-	42, // 68: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
-	44, // 69: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
-	46, // 70: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
-	47, // 71: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
-	49, // 72: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
-	50, // 73: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
-	51, // 74: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
-	53, // 75: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
-	56, // 76: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
-	58, // 77: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
-	3,  // 78: qtfs.v1.FileSystem.Calls:input_type -> qtfs.v1.CallFrame
-	59, // 79: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
-	66, // 80: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
-	71, // 81: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
-	7,  // 82: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
-	10, // 83: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
-	14, // 84: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
-	15, // 85: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
-	15, // 86: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
-	20, // 87: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
-	14, // 88: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
-	14, // 89: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
-	14, // 90: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
-	13, // 91: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
-	13, // 92: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
-	13, // 93: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
-	14, // 94: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
-	29, // 95: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
-	31, // 96: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
-	33, // 97: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
-	35, // 98: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
-	13, // 99: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
-	13, // 100: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
-	13, // 101: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
-	41, // 102: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
-	43, // 103: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
-	45, // 104: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
-	13, // 105: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
-	48, // 106: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
-	13, // 107: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
-	13, // 108: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
-	52, // 109: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
-	54, // 110: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
-	57, // 111: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
-	13, // 112: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
-	3,  // 113: qtfs.v1.FileSystem.Calls:output_type -> qtfs.v1.CallFrame
-	63, // 114: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
-	68, // 115: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
-	72, // 116: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
-	82, // [82:117] is the sub-list for method output_type
-	47, // [47:82] is the sub-list for method input_type
-	47, // [47:47] is the sub-list for extension type_name
-	47, // [47:47] is the sub-list for extension extendee
-	0,  // [0:47] is the sub-list for field type_name
+	41, // 24: qtfs.v1.OpenResponse.entries:type_name -> qtfs.v1.DirEntry
+	30, // 25: qtfs.v1.OpenResponse.also_read:type_name -> qtfs.v1.ReadAlso
+	12, // 26: qtfs.v1.ReadAlso.attr:type_name -> qtfs.v1.Attr
+	11, // 27: qtfs.v1.CreateRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 28: qtfs.v1.CreateResponse.attr:type_name -> qtfs.v1.Attr
+	12, // 29: qtfs.v1.CreateResponse.dir_attr:type_name -> qtfs.v1.Attr
+	12, // 30: qtfs.v1.DirEntry.attr:type_name -> qtfs.v1.Attr
+	41, // 31: qtfs.v1.ReaddirResponse.entries:type_name -> qtfs.v1.DirEntry
+	11, // 32: qtfs.v1.StatfsRequest.caller:type_name -> qtfs.v1.Caller
+	11, // 33: qtfs.v1.GetxattrRequest.caller:type_name -> qtfs.v1.Caller
+	11, // 34: qtfs.v1.SetxattrRequest.caller:type_name -> qtfs.v1.Caller
+	11, // 35: qtfs.v1.ListxattrRequest.caller:type_name -> qtfs.v1.Caller
+	11, // 36: qtfs.v1.RemovexattrRequest.caller:type_name -> qtfs.v1.Caller
+	56, // 37: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
+	56, // 38: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
+	56, // 39: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
+	61, // 40: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
+	62, // 41: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
+	62, // 42: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
+	63, // 43: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
+	65, // 44: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
+	66, // 45: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
+	68, // 46: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
+	70, // 47: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
+	71, // 48: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
+	6,  // 49: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
+	9,  // 50: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
+	16, // 51: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
+	17, // 52: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
+	18, // 53: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
+	19, // 54: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
+	21, // 55: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
+	22, // 56: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
+	23, // 57: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
+	24, // 58: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
+	25, // 59: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
+	26, // 60: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
+	27, // 61: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
+	28, // 62: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
+	31, // 63: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
+	33, // 64: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
+	35, // 65: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
+	37, // 66: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
+	38, // 67: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
+	39, // 68: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
+	40, // 69: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
+	43, // 70: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
+	45, // 71: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
+	47, // 72: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
+	48, // 73: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
+	50, // 74: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
+	51, // 75: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
+	52, // 76: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
+	54, // 77: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
+	57, // 78: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
+	59, // 79: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
+	3,  // 80: qtfs.v1.FileSystem.Calls:input_type -> qtfs.v1.CallFrame
+	60, // 81: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
+	67, // 82: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
+	72, // 83: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
+	7,  // 84: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
+	10, // 85: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
+	14, // 86: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
+	15, // 87: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
+	15, // 88: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
+	20, // 89: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
+	14, // 90: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
+	14, // 91: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
+	14, // 92: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
+	13, // 93: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
+	13, // 94: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
+	13, // 95: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
+	14, // 96: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
+	29, // 97: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
+	32, // 98: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
+	34, // 99: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
+	36, // 100: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
+	13, // 101: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
+	13, // 102: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
+	13, // 103: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
+	42, // 104: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
+	44, // 105: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
+	46, // 106: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
+	13, // 107: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
+	49, // 108: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
+	13, // 109: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
+	13, // 110: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
+	53, // 111: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
+	55, // 112: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
+	58, // 113: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
+	13, // 114: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
+	3,  // 115: qtfs.v1.FileSystem.Calls:output_type -> qtfs.v1.CallFrame
+	64, // 116: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
+	69, // 117: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
+	73, // 118: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
+	84, // [84:119] is the sub-list for method output_type
+	49, // [49:84] is the sub-list for method input_type
+	49, // [49:49] is the sub-list for extension type_name
+	49, // [49:49] is the sub-list for extension extendee
+	0,  // [0:49] is the sub-list for field type_name
 }
 
 func init() { file_qtfs_v1_qtfs_proto_init() }
@@ -6081,25 +6175,25 @@ func file_qtfs_v1_qtfs_proto_init() {
 	if File_qtfs_v1_qtfs_proto != nil {
 		return
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[56].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[57].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_StdinEof)(nil),
 		(*ExecRequest_Signal)(nil),
 		(*ExecRequest_Resize)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[60].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[61].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[63].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[64].OneofWrappers = []any{
 		(*SocketRequest_Open)(nil),
 		(*SocketRequest_Data)(nil),
 		(*SocketRequest_CloseWrite)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[65].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[66].OneofWrappers = []any{
 		(*SocketResponse_Connected)(nil),
 		(*SocketResponse_Data)(nil),
 		(*SocketResponse_CloseWrite)(nil),
@@ -6111,7 +6205,7 @@ func file_qtfs_v1_qtfs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qtfs_v1_qtfs_proto_rawDesc), len(file_qtfs_v1_qtfs_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   70,
+			NumMessages:   71,
 			NumExtensions: 0,
 			NumServices:   3,
 		},
