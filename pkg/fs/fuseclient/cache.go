@@ -70,23 +70,12 @@ func (c CachePolicy) String() string {
 	return fmt.Sprintf("CachePolicy(%d)", int(c))
 }
 
-// specialKind reports whether files of this filesystem kind have content
-// that their size does not describe (proc, sysfs, cgroup).
-func specialKind(k qtfsv1.FsKind) bool {
-	switch k {
-	case qtfsv1.FsKind_FS_KIND_PROC, qtfsv1.FsKind_FS_KIND_SYSFS,
-		qtfsv1.FsKind_FS_KIND_CGROUP, qtfsv1.FsKind_FS_KIND_CGROUP2:
-		return true
-	}
-	return false
-}
-
 // resolve turns CacheDefault into the policy for a mount of kind k.
 func (c CachePolicy) resolve(k qtfsv1.FsKind) CachePolicy {
 	if c != CacheDefault {
 		return c
 	}
-	if specialKind(k) {
+	if qfs.SpecialKind(k) {
 		return CacheNone
 	}
 	return CacheAuto

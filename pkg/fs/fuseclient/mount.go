@@ -16,6 +16,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"go.uber.org/zap"
 
+	qfs "github.com/qtfs/qtfs/pkg/fs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -158,8 +159,8 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		rootDev:  rootAttr.GetDev(),
 		inos:     newInoMap(rootAttr.GetDev()),
 		groups:   newGroupsCache("/proc"),
-		directIO: policy == CacheNone || specialKind(resp.GetFsKind()),
-		special:  specialKind(resp.GetFsKind()),
+		directIO: policy == CacheNone || qfs.SpecialKind(resp.GetFsKind()),
+		special:  qfs.SpecialKind(resp.GetFsKind()),
 	}
 	if m.special && opts.Cache == CacheDefault {
 		m.specialTTL = specialTimeout
@@ -168,7 +169,7 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		m.proc = newProcRoot(m, localProc, offloadRoot)
 	}
 	// Reading in the open call changes atime: only where that means nothing.
-	if specialKind(m.kind) && sess.hasFeature(qtfsv1.Feature_FEATURE_OPEN_READ_INLINE) {
+	if qfs.SpecialKind(m.kind) && sess.hasFeature(qtfsv1.Feature_FEATURE_OPEN_READ_INLINE) {
 		m.readInline = uint32(min(readInlineSize, sess.chunk))
 	}
 	m.root = &node{m: m}

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	qfs "github.com/qtfs/qtfs/pkg/fs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -75,7 +76,7 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 			probeXattrs: req.GetProbeXattrs() && m.ops.allows("Listxattr")}, resp); e != 0 {
 			return e
 		}
-		if resp.Closed && resp.InlineEof && specialKind(m.kind) {
+		if resp.Closed && resp.InlineEof && qfs.SpecialKind(m.kind) {
 			resp.AlsoRead = s.readAlso(m, req.GetPath(), req.GetReadAlso(), req.GetReadInline())
 		}
 		return 0
@@ -95,18 +96,6 @@ const (
 	maxReadAlso   = 4
 	readAlsoBytes = 16 << 10
 )
-
-// specialKind reports whether files of this filesystem kind are generated
-// by the kernel when read (proc, sysfs, cgroup): small, cheap to read, and
-// read by scanners in the same few names in directory after directory.
-func specialKind(k qtfsv1.FsKind) bool {
-	switch k {
-	case qtfsv1.FsKind_FS_KIND_PROC, qtfsv1.FsKind_FS_KIND_SYSFS,
-		qtfsv1.FsKind_FS_KIND_CGROUP, qtfsv1.FsKind_FS_KIND_CGROUP2:
-		return true
-	}
-	return false
-}
 
 // readAlso reads the files names of path's directory whole, for the
 // opens the client expects next (OpenRequest.read_also). The caller's
