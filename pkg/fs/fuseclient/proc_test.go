@@ -161,11 +161,7 @@ func TestProcMagicLinks(t *testing.T) {
 // file of an ended process fails as on the host.
 func TestProcPidsComeAndGo(t *testing.T) {
 	tm := requireProcMount(t, "/proc", "")
-	cmd := exec.Command("sleep", "300")
-	if err := cmd.Start(); err != nil {
-		t.Skipf("skipped: no sleep(1): %v", err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	cmd := proctest.Sleeper(t)
 	pid := strconv.Itoa(cmd.Process.Pid)
 	if _, err := os.Stat(tm.path(pid)); err != nil {
 		t.Fatalf("a process just started is not in the mount: %v", err)
@@ -342,11 +338,7 @@ func TestProcEndedPidsDropped(t *testing.T) {
 	// listedThenEnded starts a process, lists the root (which gives the
 	// kernel an entry of it) and ends the process.
 	listedThenEnded := func(t *testing.T) (string, time.Time) {
-		cmd := exec.Command("sleep", "300")
-		if err := cmd.Start(); err != nil {
-			t.Skipf("skipped: no sleep(1): %v", err)
-		}
-		defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+		cmd := proctest.Sleeper(t)
 		pid := strconv.Itoa(cmd.Process.Pid)
 		if _, err := os.ReadDir(tm.path()); err != nil {
 			t.Fatal(err)
