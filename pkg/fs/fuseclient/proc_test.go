@@ -249,10 +249,20 @@ func TestProcScanKeepsPidEntries(t *testing.T) {
 		// attributes, fetched at mount, would otherwise be asked for
 		// again by whichever scan crosses their second.
 		time.Sleep(1100 * time.Millisecond)
+		t0 := time.Now()
 		scan()
 		tm.resetStats()
 		scan()
 		st := tm.stats()
+		if d := time.Since(t0); d > 800*time.Millisecond {
+			// What the first scan fetched may have run out during the
+			// second: this try says nothing (a loaded run under the
+			// race detector).
+			if try == 4 {
+				t.Fatalf("every try took too long to judge (the last %v, RPCs %v)", d, st)
+			}
+			continue
+		}
 		if st["Lookup"] != 0 || st["Getattr"] != 0 {
 			t.Fatalf("second scan: RPCs %v, want no Lookup or Getattr", st)
 		}
