@@ -460,3 +460,72 @@ func TestRunLocal(t *testing.T) {
 		t.Fatalf("foreign file gone: %v", err)
 	}
 }
+
+func TestWriteHistory(t *testing.T) {
+	dir := t.TempDir()
+	// Three full runs saved on one day, the third as DATE-HOST-3, and a
+	// quick one; the second is older than the first by its start time.
+	first := fakeResults()
+	first.Machine.QtfsCommit = "0123456789abcdef (with uncommitted changes)"
+	second := fakeResults()
+	second.Started = first.Started.Add(-time.Hour)
+	second.Machine.QtfsCommit = "fedcba9876543210"
+	for i := range second.Samples {
+		if s := &second.Samples[i]; s.Peer == PeerQtfsTLS && s.Workload == "stat" {
+			s.Value = 4000 // 2.00x sshfs: short of the metadata target
+		}
+	}
+	third := fakeResults()
+	third.Started = first.Started.Add(time.Hour)
+	third.Workloads = third.Workloads[:1] // an older layout: one workload
+	quick := fakeResults()
+	quick.Quick = true
+	for _, r := range []*Results{first, second, third, quick} {
+		if _, _, err := WriteResults(r, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path, err := WriteHistory(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md := string(raw)
+	rows := []string{
+		"| [2026-01-02 02:04](2026-01-02-box-2.md) | box | fedcba9 | **4.00x** | **6.67x** | 2.00x | 2.50x | 5 of 8 |",
+		"| [2026-01-02 03:04](2026-01-02-box.md) | box | 0123456* | **4.00x** | **6.67x** | **4.00x** | 2.50x | 5 of 8 |",
+		"| [2026-01-02 04:04](2026-01-02-box-3.md) | box | ? | **4.00x** | — | — | — | ",
+	}
+	at := -1
+	for _, row := range rows {
+		i := strings.Index(md, row)
+		if i < 0 {
+			t.Errorf("history lacks the row %q", row)
+			continue
+		}
+		if i < at {
+			t.Errorf("row %q is out of time order", row)
+		}
+		at = i
+	}
+	if !strings.Contains(md, "| run | host | commit | seq-read | rand-read-qd1 | stat ᵐ | find-stat ᵐ | targets met |") {
+		t.Error("history lacks its header, with the workloads of the newest run and the older ones")
+	}
+	if strings.Contains(md, "quick") {
+		t.Error("history lists a quick run")
+	}
+	if t.Failed() {
+		t.Log(md)
+	}
+
+	// A results file that does not decode is named, not skipped.
+	if err := os.WriteFile(filepath.Join(dir, "broken.json"), []byte("{"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WriteHistory(dir); err == nil || !strings.Contains(err.Error(), "broken.json") {
+		t.Fatalf("history over a broken file: %v", err)
+	}
+}

@@ -506,7 +506,7 @@ func targets(res *Results, t *table) []target {
 		out = append(out, target{name, m, verdict(all, known)})
 	}
 	worst("every workload: qtfs over TCP+TLS ≥ 2x sshfs", PeerSSHFS, 2, func(WorkloadInfo) bool { return true })
-	worst("metadata ≥ 3x sshfs", PeerSSHFS, 3, func(w WorkloadInfo) bool { return w.Class == classMeta || w.Class == classTree })
+	worst("metadata ≥ 3x sshfs", PeerSSHFS, 3, metadataTarget)
 	for _, lp := range []struct{ peer, name string }{{PeerLoopback, "go-fuse loopback"}, {PeerNoPT, "go-fuse loopback without passthrough"}} {
 		if !t.has(lp.peer) {
 			continue

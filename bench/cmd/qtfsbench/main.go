@@ -26,6 +26,7 @@ func run() int {
 	results := fs.String("results", "", "where to write the report (default REPO/bench/results)")
 	peers := fs.String("peers", "", "comma-separated subset of "+strings.Join(bench.AllPeers, ",")+" (also BENCH_PEERS)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	historyOnly := fs.Bool("history", false, "only rewrite the results directory's README.md, the table of the runs kept there, and exit")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -53,6 +54,15 @@ func run() int {
 	if *results != "" {
 		cfg.ResultsDir = *results
 	}
+	if *historyOnly {
+		path, err := bench.WriteHistory(cfg.ResultsDir)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "qtfsbench:", err)
+			return 1
+		}
+		fmt.Fprintln(os.Stderr, "qtfsbench: history", path)
+		return 0
+	}
 	if *peers == "" {
 		*peers = os.Getenv("BENCH_PEERS")
 	}
@@ -77,5 +87,11 @@ func run() int {
 		return 1
 	}
 	fmt.Fprintf(os.Stderr, "qtfsbench: report %s, raw results %s\n", md, js)
+	hist, herr := bench.WriteHistory(cfg.ResultsDir)
+	if herr != nil {
+		fmt.Fprintln(os.Stderr, "qtfsbench:", herr)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "qtfsbench: history %s\n", hist)
 	return 0
 }
