@@ -55,13 +55,7 @@ func run() int {
 		cfg.ResultsDir = *results
 	}
 	if *historyOnly {
-		path, err := bench.WriteHistory(cfg.ResultsDir)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "qtfsbench:", err)
-			return 1
-		}
-		fmt.Fprintln(os.Stderr, "qtfsbench: history", path)
-		return 0
+		return writeHistory(cfg.ResultsDir)
 	}
 	if *peers == "" {
 		*peers = os.Getenv("BENCH_PEERS")
@@ -87,11 +81,17 @@ func run() int {
 		return 1
 	}
 	fmt.Fprintf(os.Stderr, "qtfsbench: report %s, raw results %s\n", md, js)
-	hist, herr := bench.WriteHistory(cfg.ResultsDir)
-	if herr != nil {
-		fmt.Fprintln(os.Stderr, "qtfsbench:", herr)
+	return writeHistory(cfg.ResultsDir)
+}
+
+// writeHistory rewrites the history of the runs in dir; it returns the
+// exit status.
+func writeHistory(dir string) int {
+	path, err := bench.WriteHistory(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "qtfsbench:", err)
 		return 1
 	}
-	fmt.Fprintf(os.Stderr, "qtfsbench: history %s\n", hist)
+	fmt.Fprintln(os.Stderr, "qtfsbench: history", path)
 	return 0
 }
