@@ -68,7 +68,10 @@
 // Signals: SIGINT, SIGQUIT, SIGHUP and SIGWINCH are what a terminal sends
 // to a whole foreground process group, and go to the process group (with
 // a pty: to the pty's foreground group); every other signal goes to the
-// process alone, as kill(1) would send it.
+// process alone, as kill(1) would send it. A program starts with every
+// signal at its default action, also when the server itself was started
+// with SIGHUP or SIGINT ignored (nohup): the server then handles them, and
+// drops them.
 //
 // Lock order: Server has no lock. run.mu guards the exited flag and is
 // held while a signal is sent; run.sendMu serialises stream.Send. Neither

@@ -383,6 +383,7 @@ func (s *Server) start(stream qtfsv1.Exec_RunServer, st *qtfsv1.ExecStart, path 
 		r.stdin = p[1]
 		r.outs = []*output{{f: p[2], kind: "stdout", wrap: wrapStdout}, {f: p[4], kind: "stderr", wrap: wrapStderr}}
 	}
+	defaultSignalsForChildren()
 	if err := cmd.Start(); err != nil {
 		code, result := int32(CodeCannotRun), resultFailed
 		if errors.Is(err, fs.ErrNotExist) {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -526,6 +527,35 @@ func TestSignalsGoToProcessOrGroup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestProgramsStartWithSignalsAtDefault checks that a program run on the
+// host starts with SIGHUP and SIGINT at their default action even when the
+// server runs with them ignored (as under nohup): it could not trap them,
+// nor be stopped by them, otherwise. /proc's SigIgn mask says which
+// signals a process ignores.
+func TestProgramsStartWithSignalsAtDefault(t *testing.T) {
+	signal.Ignore(syscall.SIGHUP, syscall.SIGINT)
+	t.Cleanup(func() { signal.Reset(syscall.SIGHUP, syscall.SIGINT) })
+	ts := newServer(t, &hostexec.Options{Allow: []string{"sh"}})
+	res, out, errOut := ts.run(t, sh(`sed -n 's/^SigIgn:[[:space:]]*//p' /proc/$$/status`))
+	if res.Code != 0 {
+		t.Fatalf("exit %d: %s", res.Code, errOut)
+	}
+	mask, err := strconv.ParseUint(strings.TrimSpace(out), 16, 64)
+	if err != nil {
+		t.Fatalf("SigIgn %q: %v", out, err)
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT} {
+		if mask&(1<<(sig-1)) != 0 {
+			t.Errorf("the program started with %v ignored (SigIgn %016x)", sig, mask)
+		}
+	}
+	// The server itself goes on ignoring them.
+	if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
 }
 
 func TestConcurrentRuns(t *testing.T) {
