@@ -14,3 +14,7 @@ func SpecialKind(k qtfsv1.FsKind) bool {
 	}
 	return false
 }
+
+// MaxReadAlso bounds OpenRequest.read_also: how many files of a special
+// filesystem one Open may read along for the opens the client expects.
+const MaxReadAlso = 4

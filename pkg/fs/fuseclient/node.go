@@ -558,12 +558,13 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	m := n.m
 	req := &qtfsv1.OpenRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Flags: openFlags(flags)}
 	var resp *qtfsv1.OpenResponse
+	var caller *fuse.Caller // of a proc mount's read-only open: for reading ahead
 	if m.readInline > 0 && flags&syscall.O_ACCMODE == syscall.O_RDONLY {
 		req.ReadInline = m.readInline
 		req.CloseAtEof = m.sess.reopensHandles()
 		if m.proc != nil && req.CloseAtEof {
-			c, _ := fuse.FromContext(ctx)
-			also, ahead := m.proc.planOpen(c, n)
+			caller, _ = fuse.FromContext(ctx)
+			also, ahead := m.proc.planOpen(caller, n)
 			if ahead != nil {
 				// Read along with the open of another file of the
 				// directory a moment ago: no round trip.
@@ -581,8 +582,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, e
 		}
 		if m.proc != nil && len(resp.GetAlsoRead()) > 0 {
-			c, _ := fuse.FromContext(ctx)
-			m.proc.keepReadAhead(c, n, resp.GetAlsoRead())
+			m.proc.keepReadAhead(caller, n, resp.GetAlsoRead())
 		}
 	}
 	if resp.GetNoXattrs() {

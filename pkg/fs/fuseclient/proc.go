@@ -447,11 +447,10 @@ func (p *procRoot) dropPending() {
 // to learn their order, and how long a file read ahead waits for its open.
 const scanWindow = 20 * time.Millisecond
 
-// maxReadAlso is how many files one Open may read ahead (the server's
-// bound too), maxScanNames bounds the learned order (a process directory
-// has a few dozen names), maxReadAhead the files kept read ahead.
+// maxScanNames bounds the learned order (a process directory has a few
+// dozen names), maxReadAhead the files kept read ahead; qfs.MaxReadAlso
+// how many one Open may read along.
 const (
-	maxReadAlso  = 4
 	maxScanNames = 256
 	maxReadAhead = 64
 )
@@ -535,7 +534,7 @@ func (p *procRoot) planOpen(c *fuse.Caller, n *node) (also [][]byte, ahead *read
 	if ahead != nil {
 		return nil, ahead
 	}
-	for x := name; len(also) < maxReadAlso; {
+	for x := name; len(also) < qfs.MaxReadAlso; {
 		y, ok := s.next[x]
 		if !ok || y == name || slices.ContainsFunc(also, func(b []byte) bool { return string(b) == y }) {
 			break

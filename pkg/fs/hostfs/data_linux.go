@@ -1,7 +1,6 @@
 package hostfs
 
 import (
-	"bytes"
 	"context"
 	"sync"
 	"syscall"
@@ -48,7 +47,7 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 		if e := s.checkPath(op, req.GetPath()); e != 0 {
 			return e
 		}
-		if len(req.GetReadAlso()) > maxReadAlso {
+		if len(req.GetReadAlso()) > qfs.MaxReadAlso {
 			return s.refuse(op, "read_also_count", syscall.EINVAL)
 		}
 		for _, name := range req.GetReadAlso() {
@@ -90,30 +89,24 @@ func (s *Server) Open(ctx context.Context, req *qtfsv1.OpenRequest) (*qtfsv1.Ope
 	return resp, nil
 }
 
-// maxReadAlso and readAlsoBytes bound OpenRequest.read_also: how many
-// files, and how much of each.
-const (
-	maxReadAlso   = 4
-	readAlsoBytes = 16 << 10
-)
+// readAlsoBytes bounds what OpenRequest.read_also reads of each file
+// (qfs.MaxReadAlso bounds how many).
+const readAlsoBytes = 16 << 10
 
 // readAlso reads the files names of path's directory whole, for the
 // opens the client expects next (OpenRequest.read_also). The caller's
 // credentials are in force, as for the Open itself. A file that cannot be
-// opened read-only, is not a regular file, or is larger than max (and
+// opened read-only, is not a regular file, or is larger than limit (and
 // readAlsoBytes) is left out.
-func (s *Server) readAlso(m *mount, path []byte, names [][]byte, max uint32) []*qtfsv1.ReadAlso {
+func (s *Server) readAlso(m *mount, path []byte, names [][]byte, limit uint32) []*qtfsv1.ReadAlso {
 	if len(names) == 0 {
 		return nil
 	}
-	dir := ""
-	if i := bytes.LastIndexByte(path, '/'); i >= 0 {
-		dir = string(path[:i+1])
-	}
-	n := min(int(max), readAlsoBytes, s.maxData)
+	dir, _ := qfs.SplitPath(path)
+	n := min(int(limit), readAlsoBytes, s.maxData)
 	var out []*qtfsv1.ReadAlso
 	for _, name := range names {
-		fd, err := openBeneath(m.fd, dir+string(name), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+		fd, err := openBeneath(m.fd, string(qfs.JoinPath(dir, name)), unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 		if err != nil {
 			continue
 		}
