@@ -209,3 +209,8 @@ func (c *DirectClient) Getlk(ctx context.Context, in *qtfsv1.GetlkRequest, _ ...
 func (c *DirectClient) Setlk(ctx context.Context, in *qtfsv1.SetlkRequest, _ ...grpc.CallOption) (*qtfsv1.ErrnoResponse, error) {
 	return call(c, ctx, qtfsv1.FileSystem_Setlk_FullMethodName, in, c.s.Setlk)
 }
+
+// Mounts calls Server.Mounts.
+func (c *DirectClient) Mounts(ctx context.Context, in *qtfsv1.MountsRequest, _ ...grpc.CallOption) (*qtfsv1.MountsResponse, error) {
+	return call(c, ctx, qtfsv1.FileSystem_Mounts_FullMethodName, in, c.s.Mounts)
+}

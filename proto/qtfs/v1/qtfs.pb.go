@@ -239,6 +239,58 @@ func (SetattrValid) EnumDescriptor() ([]byte, []int) {
 	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{2}
 }
 
+// FifoDirection says which way a bridge carries bytes.
+type FifoDirection int32
+
+const (
+	FifoDirection_FIFO_DIRECTION_UNSPECIFIED FifoDirection = 0
+	// The host end is read, the DPU end written (container stdout, stderr).
+	FifoDirection_FIFO_DIRECTION_TO_DPU FifoDirection = 1
+	// The DPU end is read, the host end written (container stdin).
+	FifoDirection_FIFO_DIRECTION_FROM_DPU FifoDirection = 2
+)
+
+// Enum value maps for FifoDirection.
+var (
+	FifoDirection_name = map[int32]string{
+		0: "FIFO_DIRECTION_UNSPECIFIED",
+		1: "FIFO_DIRECTION_TO_DPU",
+		2: "FIFO_DIRECTION_FROM_DPU",
+	}
+	FifoDirection_value = map[string]int32{
+		"FIFO_DIRECTION_UNSPECIFIED": 0,
+		"FIFO_DIRECTION_TO_DPU":      1,
+		"FIFO_DIRECTION_FROM_DPU":    2,
+	}
+)
+
+func (x FifoDirection) Enum() *FifoDirection {
+	p := new(FifoDirection)
+	*p = x
+	return p
+}
+
+func (x FifoDirection) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FifoDirection) Descriptor() protoreflect.EnumDescriptor {
+	return file_qtfs_v1_qtfs_proto_enumTypes[3].Descriptor()
+}
+
+func (FifoDirection) Type() protoreflect.EnumType {
+	return &file_qtfs_v1_qtfs_proto_enumTypes[3]
+}
+
+func (x FifoDirection) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FifoDirection.Descriptor instead.
+func (FifoDirection) EnumDescriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{3}
+}
+
 // One call or one reply on FileSystem.Calls.
 type CallFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -697,7 +749,11 @@ type MountRequest struct {
 	// An absolute host path that is an export or lies beneath one.
 	Path []byte `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// The caller, for the permission checks of the walk.
-	Caller        *Caller `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
+	Caller *Caller `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
+	// Create the directories of path that are missing beneath the export,
+	// as mkdir -p would (mode 0755, owned by the caller), before the walk.
+	// Refused with EROFS on a read-only export.
+	Create        bool `protobuf:"varint,3,opt,name=create,proto3" json:"create,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -746,6 +802,13 @@ func (x *MountRequest) GetCaller() *Caller {
 	return nil
 }
 
+func (x *MountRequest) GetCreate() bool {
+	if x != nil {
+		return x.Create
+	}
+	return false
+}
+
 type MountResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Errno int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
@@ -756,7 +819,9 @@ type MountResponse struct {
 	// True when the export is read-only.
 	ReadOnly bool `protobuf:"varint,4,opt,name=read_only,json=readOnly,proto3" json:"read_only,omitempty"`
 	// The filesystem the mount's root lies on.
-	FsKind        FsKind `protobuf:"varint,5,opt,name=fs_kind,json=fsKind,proto3,enum=qtfs.v1.FsKind" json:"fs_kind,omitempty"`
+	FsKind FsKind `protobuf:"varint,5,opt,name=fs_kind,json=fsKind,proto3,enum=qtfs.v1.FsKind" json:"fs_kind,omitempty"`
+	// With create: the host directories that were made, parents first.
+	Created       [][]byte `protobuf:"bytes,6,rep,name=created,proto3" json:"created,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -824,6 +889,13 @@ func (x *MountResponse) GetFsKind() FsKind {
 		return x.FsKind
 	}
 	return FsKind_FS_KIND_UNSPECIFIED
+}
+
+func (x *MountResponse) GetCreated() [][]byte {
+	if x != nil {
+		return x.Created
+	}
+	return nil
 }
 
 // Caller is the DPU process a request acts for, as FUSE reports it. The
@@ -3265,6 +3337,232 @@ func (x *ReaddirResponse) GetEof() bool {
 	return false
 }
 
+type MountsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mount         uint64                 `protobuf:"varint,1,opt,name=mount,proto3" json:"mount,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountsRequest) Reset() {
+	*x = MountsRequest{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountsRequest) ProtoMessage() {}
+
+func (x *MountsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountsRequest.ProtoReflect.Descriptor instead.
+func (*MountsRequest) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *MountsRequest) GetMount() uint64 {
+	if x != nil {
+		return x.Mount
+	}
+	return 0
+}
+
+type MountsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Errno int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
+	// The host mount that holds the mount's root first (path ""), then the
+	// host mounts beneath the root, each after its parent.
+	Mounts        []*HostMount `protobuf:"bytes,2,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountsResponse) Reset() {
+	*x = MountsResponse{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountsResponse) ProtoMessage() {}
+
+func (x *MountsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountsResponse.ProtoReflect.Descriptor instead.
+func (*MountsResponse) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *MountsResponse) GetErrno() int32 {
+	if x != nil {
+		return x.Errno
+	}
+	return 0
+}
+
+func (x *MountsResponse) GetMounts() []*HostMount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
+// HostMount is one line of the host's /proc/self/mountinfo (proc(5)), as
+// the server sees it, with its mount point made relative to a mount.
+type HostMount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The host's mount id and the id of its parent mount.
+	Id       uint32 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	ParentId uint32 `protobuf:"varint,2,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	// The device of the filesystem.
+	Major uint32 `protobuf:"varint,3,opt,name=major,proto3" json:"major,omitempty"`
+	Minor uint32 `protobuf:"varint,4,opt,name=minor,proto3" json:"minor,omitempty"`
+	// The directory of the filesystem that is mounted (mountinfo's root);
+	// for the mount that holds the root, the directory the mount's root is.
+	Root []byte `protobuf:"bytes,5,opt,name=root,proto3" json:"root,omitempty"`
+	// The mount point, relative to the mount's root ("" for the mount that
+	// holds it); a path as the header of this file defines it.
+	Path []byte `protobuf:"bytes,6,opt,name=path,proto3" json:"path,omitempty"`
+	// Per-mount options ("rw,nosuid,relatime").
+	Options string `protobuf:"bytes,7,opt,name=options,proto3" json:"options,omitempty"`
+	// The filesystem type ("cgroup", "cgroup2", "ext4", "proc").
+	FsType string `protobuf:"bytes,8,opt,name=fs_type,json=fsType,proto3" json:"fs_type,omitempty"`
+	// The mount source ("cgroup", "/dev/sda1").
+	Source []byte `protobuf:"bytes,9,opt,name=source,proto3" json:"source,omitempty"`
+	// Per-superblock options ("rw,memory").
+	SuperOptions  string `protobuf:"bytes,10,opt,name=super_options,json=superOptions,proto3" json:"super_options,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostMount) Reset() {
+	*x = HostMount{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostMount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostMount) ProtoMessage() {}
+
+func (x *HostMount) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostMount.ProtoReflect.Descriptor instead.
+func (*HostMount) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *HostMount) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *HostMount) GetParentId() uint32 {
+	if x != nil {
+		return x.ParentId
+	}
+	return 0
+}
+
+func (x *HostMount) GetMajor() uint32 {
+	if x != nil {
+		return x.Major
+	}
+	return 0
+}
+
+func (x *HostMount) GetMinor() uint32 {
+	if x != nil {
+		return x.Minor
+	}
+	return 0
+}
+
+func (x *HostMount) GetRoot() []byte {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *HostMount) GetPath() []byte {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *HostMount) GetOptions() string {
+	if x != nil {
+		return x.Options
+	}
+	return ""
+}
+
+func (x *HostMount) GetFsType() string {
+	if x != nil {
+		return x.FsType
+	}
+	return ""
+}
+
+func (x *HostMount) GetSource() []byte {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *HostMount) GetSuperOptions() string {
+	if x != nil {
+		return x.SuperOptions
+	}
+	return ""
+}
+
 type StatfsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Mount         uint64                 `protobuf:"varint,1,opt,name=mount,proto3" json:"mount,omitempty"`
@@ -3276,7 +3574,7 @@ type StatfsRequest struct {
 
 func (x *StatfsRequest) Reset() {
 	*x = StatfsRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3288,7 +3586,7 @@ func (x *StatfsRequest) String() string {
 func (*StatfsRequest) ProtoMessage() {}
 
 func (x *StatfsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[40]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3301,7 +3599,7 @@ func (x *StatfsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatfsRequest.ProtoReflect.Descriptor instead.
 func (*StatfsRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{40}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *StatfsRequest) GetMount() uint64 {
@@ -3342,7 +3640,7 @@ type StatfsResponse struct {
 
 func (x *StatfsResponse) Reset() {
 	*x = StatfsResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3354,7 +3652,7 @@ func (x *StatfsResponse) String() string {
 func (*StatfsResponse) ProtoMessage() {}
 
 func (x *StatfsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[41]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3367,7 +3665,7 @@ func (x *StatfsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatfsResponse.ProtoReflect.Descriptor instead.
 func (*StatfsResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{41}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *StatfsResponse) GetErrno() int32 {
@@ -3447,7 +3745,7 @@ type GetxattrRequest struct {
 
 func (x *GetxattrRequest) Reset() {
 	*x = GetxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3459,7 +3757,7 @@ func (x *GetxattrRequest) String() string {
 func (*GetxattrRequest) ProtoMessage() {}
 
 func (x *GetxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[42]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3472,7 +3770,7 @@ func (x *GetxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetxattrRequest.ProtoReflect.Descriptor instead.
 func (*GetxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{42}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetxattrRequest) GetMount() uint64 {
@@ -3522,7 +3820,7 @@ type GetxattrResponse struct {
 
 func (x *GetxattrResponse) Reset() {
 	*x = GetxattrResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3534,7 +3832,7 @@ func (x *GetxattrResponse) String() string {
 func (*GetxattrResponse) ProtoMessage() {}
 
 func (x *GetxattrResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[43]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3547,7 +3845,7 @@ func (x *GetxattrResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetxattrResponse.ProtoReflect.Descriptor instead.
 func (*GetxattrResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{43}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetxattrResponse) GetErrno() int32 {
@@ -3586,7 +3884,7 @@ type SetxattrRequest struct {
 
 func (x *SetxattrRequest) Reset() {
 	*x = SetxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3598,7 +3896,7 @@ func (x *SetxattrRequest) String() string {
 func (*SetxattrRequest) ProtoMessage() {}
 
 func (x *SetxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[44]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3611,7 +3909,7 @@ func (x *SetxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetxattrRequest.ProtoReflect.Descriptor instead.
 func (*SetxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{44}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SetxattrRequest) GetMount() uint64 {
@@ -3669,7 +3967,7 @@ type ListxattrRequest struct {
 
 func (x *ListxattrRequest) Reset() {
 	*x = ListxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3681,7 +3979,7 @@ func (x *ListxattrRequest) String() string {
 func (*ListxattrRequest) ProtoMessage() {}
 
 func (x *ListxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3694,7 +3992,7 @@ func (x *ListxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListxattrRequest.ProtoReflect.Descriptor instead.
 func (*ListxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{45}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListxattrRequest) GetMount() uint64 {
@@ -3737,7 +4035,7 @@ type ListxattrResponse struct {
 
 func (x *ListxattrResponse) Reset() {
 	*x = ListxattrResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3749,7 +4047,7 @@ func (x *ListxattrResponse) String() string {
 func (*ListxattrResponse) ProtoMessage() {}
 
 func (x *ListxattrResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3762,7 +4060,7 @@ func (x *ListxattrResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListxattrResponse.ProtoReflect.Descriptor instead.
 func (*ListxattrResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{46}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListxattrResponse) GetErrno() int32 {
@@ -3798,7 +4096,7 @@ type RemovexattrRequest struct {
 
 func (x *RemovexattrRequest) Reset() {
 	*x = RemovexattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3810,7 +4108,7 @@ func (x *RemovexattrRequest) String() string {
 func (*RemovexattrRequest) ProtoMessage() {}
 
 func (x *RemovexattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3823,7 +4121,7 @@ func (x *RemovexattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovexattrRequest.ProtoReflect.Descriptor instead.
 func (*RemovexattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{47}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *RemovexattrRequest) GetMount() uint64 {
@@ -3866,7 +4164,7 @@ type FallocateRequest struct {
 
 func (x *FallocateRequest) Reset() {
 	*x = FallocateRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3878,7 +4176,7 @@ func (x *FallocateRequest) String() string {
 func (*FallocateRequest) ProtoMessage() {}
 
 func (x *FallocateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3891,7 +4189,7 @@ func (x *FallocateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FallocateRequest.ProtoReflect.Descriptor instead.
 func (*FallocateRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{48}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *FallocateRequest) GetHandle() uint64 {
@@ -3934,7 +4232,7 @@ type LseekRequest struct {
 
 func (x *LseekRequest) Reset() {
 	*x = LseekRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3946,7 +4244,7 @@ func (x *LseekRequest) String() string {
 func (*LseekRequest) ProtoMessage() {}
 
 func (x *LseekRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3959,7 +4257,7 @@ func (x *LseekRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LseekRequest.ProtoReflect.Descriptor instead.
 func (*LseekRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{49}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *LseekRequest) GetHandle() uint64 {
@@ -3993,7 +4291,7 @@ type LseekResponse struct {
 
 func (x *LseekResponse) Reset() {
 	*x = LseekResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4005,7 +4303,7 @@ func (x *LseekResponse) String() string {
 func (*LseekResponse) ProtoMessage() {}
 
 func (x *LseekResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4018,7 +4316,7 @@ func (x *LseekResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LseekResponse.ProtoReflect.Descriptor instead.
 func (*LseekResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{50}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *LseekResponse) GetErrno() int32 {
@@ -4049,7 +4347,7 @@ type CopyFileRangeRequest struct {
 
 func (x *CopyFileRangeRequest) Reset() {
 	*x = CopyFileRangeRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4061,7 +4359,7 @@ func (x *CopyFileRangeRequest) String() string {
 func (*CopyFileRangeRequest) ProtoMessage() {}
 
 func (x *CopyFileRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4074,7 +4372,7 @@ func (x *CopyFileRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyFileRangeRequest.ProtoReflect.Descriptor instead.
 func (*CopyFileRangeRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{51}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *CopyFileRangeRequest) GetHandleIn() uint64 {
@@ -4129,7 +4427,7 @@ type CopyFileRangeResponse struct {
 
 func (x *CopyFileRangeResponse) Reset() {
 	*x = CopyFileRangeResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4141,7 +4439,7 @@ func (x *CopyFileRangeResponse) String() string {
 func (*CopyFileRangeResponse) ProtoMessage() {}
 
 func (x *CopyFileRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4154,7 +4452,7 @@ func (x *CopyFileRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyFileRangeResponse.ProtoReflect.Descriptor instead.
 func (*CopyFileRangeResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{52}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *CopyFileRangeResponse) GetErrno() int32 {
@@ -4186,7 +4484,7 @@ type Lock struct {
 
 func (x *Lock) Reset() {
 	*x = Lock{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4198,7 +4496,7 @@ func (x *Lock) String() string {
 func (*Lock) ProtoMessage() {}
 
 func (x *Lock) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4211,7 +4509,7 @@ func (x *Lock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lock.ProtoReflect.Descriptor instead.
 func (*Lock) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{53}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Lock) GetStart() uint64 {
@@ -4254,7 +4552,7 @@ type GetlkRequest struct {
 
 func (x *GetlkRequest) Reset() {
 	*x = GetlkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4266,7 +4564,7 @@ func (x *GetlkRequest) String() string {
 func (*GetlkRequest) ProtoMessage() {}
 
 func (x *GetlkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4279,7 +4577,7 @@ func (x *GetlkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetlkRequest.ProtoReflect.Descriptor instead.
 func (*GetlkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{54}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *GetlkRequest) GetHandle() uint64 {
@@ -4314,7 +4612,7 @@ type GetlkResponse struct {
 
 func (x *GetlkResponse) Reset() {
 	*x = GetlkResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4326,7 +4624,7 @@ func (x *GetlkResponse) String() string {
 func (*GetlkResponse) ProtoMessage() {}
 
 func (x *GetlkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4339,7 +4637,7 @@ func (x *GetlkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetlkResponse.ProtoReflect.Descriptor instead.
 func (*GetlkResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{55}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *GetlkResponse) GetErrno() int32 {
@@ -4371,7 +4669,7 @@ type SetlkRequest struct {
 
 func (x *SetlkRequest) Reset() {
 	*x = SetlkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4383,7 +4681,7 @@ func (x *SetlkRequest) String() string {
 func (*SetlkRequest) ProtoMessage() {}
 
 func (x *SetlkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4396,7 +4694,7 @@ func (x *SetlkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetlkRequest.ProtoReflect.Descriptor instead.
 func (*SetlkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{56}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *SetlkRequest) GetHandle() uint64 {
@@ -4450,7 +4748,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4462,7 +4760,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4475,7 +4773,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{57}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *ExecRequest) GetMsg() isExecRequest_Msg {
@@ -4591,7 +4889,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4603,7 +4901,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4616,7 +4914,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{58}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *ExecStart) GetBinary() []byte {
@@ -4687,7 +4985,7 @@ type WindowSize struct {
 
 func (x *WindowSize) Reset() {
 	*x = WindowSize{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4699,7 +4997,7 @@ func (x *WindowSize) String() string {
 func (*WindowSize) ProtoMessage() {}
 
 func (x *WindowSize) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4712,7 +5010,7 @@ func (x *WindowSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
 func (*WindowSize) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{59}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *WindowSize) GetRows() uint32 {
@@ -4760,7 +5058,7 @@ type ExecFile struct {
 
 func (x *ExecFile) Reset() {
 	*x = ExecFile{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4772,7 +5070,7 @@ func (x *ExecFile) String() string {
 func (*ExecFile) ProtoMessage() {}
 
 func (x *ExecFile) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4785,7 +5083,7 @@ func (x *ExecFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecFile.ProtoReflect.Descriptor instead.
 func (*ExecFile) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{60}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ExecFile) GetFd() uint32 {
@@ -4831,7 +5129,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4843,7 +5141,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4856,7 +5154,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{61}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *ExecResponse) GetMsg() isExecResponse_Msg {
@@ -4942,7 +5240,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4954,7 +5252,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4967,7 +5265,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{62}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ExecStarted) GetPid() uint32 {
@@ -4999,7 +5297,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5011,7 +5309,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5024,7 +5322,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{63}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ExecExit) GetCode() int32 {
@@ -5048,6 +5346,378 @@ func (x *ExecExit) GetError() string {
 	return ""
 }
 
+type FifoRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*FifoRequest_Open
+	//	*FifoRequest_Data
+	//	*FifoRequest_CloseWrite
+	Msg           isFifoRequest_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FifoRequest) Reset() {
+	*x = FifoRequest{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FifoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FifoRequest) ProtoMessage() {}
+
+func (x *FifoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FifoRequest.ProtoReflect.Descriptor instead.
+func (*FifoRequest) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *FifoRequest) GetMsg() isFifoRequest_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *FifoRequest) GetOpen() *FifoOpen {
+	if x != nil {
+		if x, ok := x.Msg.(*FifoRequest_Open); ok {
+			return x.Open
+		}
+	}
+	return nil
+}
+
+func (x *FifoRequest) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*FifoRequest_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *FifoRequest) GetCloseWrite() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*FifoRequest_CloseWrite); ok {
+			return x.CloseWrite
+		}
+	}
+	return false
+}
+
+type isFifoRequest_Msg interface {
+	isFifoRequest_Msg()
+}
+
+type FifoRequest_Open struct {
+	// The first message: which FIFO, which way.
+	Open *FifoOpen `protobuf:"bytes,1,opt,name=open,proto3,oneof"`
+}
+
+type FifoRequest_Data struct {
+	// FROM_DPU: bytes read from the DPU end, in order.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+type FifoRequest_CloseWrite struct {
+	// FROM_DPU: the DPU end's last writer closed (EOF); always true.
+	CloseWrite bool `protobuf:"varint,3,opt,name=close_write,json=closeWrite,proto3,oneof"`
+}
+
+func (*FifoRequest_Open) isFifoRequest_Msg() {}
+
+func (*FifoRequest_Data) isFifoRequest_Msg() {}
+
+func (*FifoRequest_CloseWrite) isFifoRequest_Msg() {}
+
+type FifoOpen struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The absolute host path of the FIFO: an export or beneath one.
+	Path      []byte        `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Direction FifoDirection `protobuf:"varint,2,opt,name=direction,proto3,enum=qtfs.v1.FifoDirection" json:"direction,omitempty"`
+	// The permission bits of a FIFO the server makes (0700 when zero).
+	Mode          uint32 `protobuf:"varint,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FifoOpen) Reset() {
+	*x = FifoOpen{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FifoOpen) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FifoOpen) ProtoMessage() {}
+
+func (x *FifoOpen) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FifoOpen.ProtoReflect.Descriptor instead.
+func (*FifoOpen) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *FifoOpen) GetPath() []byte {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *FifoOpen) GetDirection() FifoDirection {
+	if x != nil {
+		return x.Direction
+	}
+	return FifoDirection_FIFO_DIRECTION_UNSPECIFIED
+}
+
+func (x *FifoOpen) GetMode() uint32 {
+	if x != nil {
+		return x.Mode
+	}
+	return 0
+}
+
+type FifoResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*FifoResponse_Ready
+	//	*FifoResponse_Data
+	//	*FifoResponse_Eof
+	//	*FifoResponse_Error
+	Msg           isFifoResponse_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FifoResponse) Reset() {
+	*x = FifoResponse{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FifoResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FifoResponse) ProtoMessage() {}
+
+func (x *FifoResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FifoResponse.ProtoReflect.Descriptor instead.
+func (*FifoResponse) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *FifoResponse) GetMsg() isFifoResponse_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *FifoResponse) GetReady() *FifoReady {
+	if x != nil {
+		if x, ok := x.Msg.(*FifoResponse_Ready); ok {
+			return x.Ready
+		}
+	}
+	return nil
+}
+
+func (x *FifoResponse) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Msg.(*FifoResponse_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *FifoResponse) GetEof() bool {
+	if x != nil {
+		if x, ok := x.Msg.(*FifoResponse_Eof); ok {
+			return x.Eof
+		}
+	}
+	return false
+}
+
+func (x *FifoResponse) GetError() *SocketError {
+	if x != nil {
+		if x, ok := x.Msg.(*FifoResponse_Error); ok {
+			return x.Error
+		}
+	}
+	return nil
+}
+
+type isFifoResponse_Msg interface {
+	isFifoResponse_Msg()
+}
+
+type FifoResponse_Ready struct {
+	// The host FIFO exists (it was made now, or it was there).
+	Ready *FifoReady `protobuf:"bytes,1,opt,name=ready,proto3,oneof"`
+}
+
+type FifoResponse_Data struct {
+	// TO_DPU: bytes read from the host end, in order.
+	Data []byte `protobuf:"bytes,2,opt,name=data,proto3,oneof"`
+}
+
+type FifoResponse_Eof struct {
+	// TO_DPU: the host end's last writer closed (EOF); the last message.
+	Eof bool `protobuf:"varint,3,opt,name=eof,proto3,oneof"`
+}
+
+type FifoResponse_Error struct {
+	// Why the bridge could not be made or was cut; the last message.
+	Error *SocketError `protobuf:"bytes,4,opt,name=error,proto3,oneof"`
+}
+
+func (*FifoResponse_Ready) isFifoResponse_Msg() {}
+
+func (*FifoResponse_Data) isFifoResponse_Msg() {}
+
+func (*FifoResponse_Eof) isFifoResponse_Msg() {}
+
+func (*FifoResponse_Error) isFifoResponse_Msg() {}
+
+type FifoReady struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the server made the FIFO (it did not exist).
+	Created       bool `protobuf:"varint,1,opt,name=created,proto3" json:"created,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FifoReady) Reset() {
+	*x = FifoReady{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FifoReady) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FifoReady) ProtoMessage() {}
+
+func (x *FifoReady) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FifoReady.ProtoReflect.Descriptor instead.
+func (*FifoReady) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *FifoReady) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
+}
+
+type FifoRemoveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Absolute host paths of FIFOs, each an export or beneath one. A path
+	// that does not exist is skipped; one that is not a FIFO is refused.
+	Paths         [][]byte `protobuf:"bytes,1,rep,name=paths,proto3" json:"paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FifoRemoveRequest) Reset() {
+	*x = FifoRemoveRequest{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FifoRemoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FifoRemoveRequest) ProtoMessage() {}
+
+func (x *FifoRemoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FifoRemoveRequest.ProtoReflect.Descriptor instead.
+func (*FifoRemoveRequest) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *FifoRemoveRequest) GetPaths() [][]byte {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
 type SocketRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Msg:
@@ -5062,7 +5732,7 @@ type SocketRequest struct {
 
 func (x *SocketRequest) Reset() {
 	*x = SocketRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5074,7 +5744,7 @@ func (x *SocketRequest) String() string {
 func (*SocketRequest) ProtoMessage() {}
 
 func (x *SocketRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5087,7 +5757,7 @@ func (x *SocketRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketRequest.ProtoReflect.Descriptor instead.
 func (*SocketRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{64}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *SocketRequest) GetMsg() isSocketRequest_Msg {
@@ -5160,7 +5830,7 @@ type SocketOpen struct {
 
 func (x *SocketOpen) Reset() {
 	*x = SocketOpen{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5172,7 +5842,7 @@ func (x *SocketOpen) String() string {
 func (*SocketOpen) ProtoMessage() {}
 
 func (x *SocketOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5185,7 +5855,7 @@ func (x *SocketOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketOpen.ProtoReflect.Descriptor instead.
 func (*SocketOpen) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{65}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *SocketOpen) GetPath() []byte {
@@ -5210,7 +5880,7 @@ type SocketResponse struct {
 
 func (x *SocketResponse) Reset() {
 	*x = SocketResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5222,7 +5892,7 @@ func (x *SocketResponse) String() string {
 func (*SocketResponse) ProtoMessage() {}
 
 func (x *SocketResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5235,7 +5905,7 @@ func (x *SocketResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketResponse.ProtoReflect.Descriptor instead.
 func (*SocketResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{66}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *SocketResponse) GetMsg() isSocketResponse_Msg {
@@ -5323,7 +5993,7 @@ type SocketConnected struct {
 
 func (x *SocketConnected) Reset() {
 	*x = SocketConnected{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5335,7 +6005,7 @@ func (x *SocketConnected) String() string {
 func (*SocketConnected) ProtoMessage() {}
 
 func (x *SocketConnected) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5348,7 +6018,7 @@ func (x *SocketConnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketConnected.ProtoReflect.Descriptor instead.
 func (*SocketConnected) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{67}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *SocketConnected) GetPath() []byte {
@@ -5372,7 +6042,7 @@ type SocketError struct {
 
 func (x *SocketError) Reset() {
 	*x = SocketError{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5384,7 +6054,7 @@ func (x *SocketError) String() string {
 func (*SocketError) ProtoMessage() {}
 
 func (x *SocketError) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5397,7 +6067,7 @@ func (x *SocketError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketError.ProtoReflect.Descriptor instead.
 func (*SocketError) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{68}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *SocketError) GetErrno() int32 {
@@ -5422,7 +6092,7 @@ type SocketListRequest struct {
 
 func (x *SocketListRequest) Reset() {
 	*x = SocketListRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5434,7 +6104,7 @@ func (x *SocketListRequest) String() string {
 func (*SocketListRequest) ProtoMessage() {}
 
 func (x *SocketListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5447,7 +6117,7 @@ func (x *SocketListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketListRequest.ProtoReflect.Descriptor instead.
 func (*SocketListRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{69}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{77}
 }
 
 type SocketListResponse struct {
@@ -5460,7 +6130,7 @@ type SocketListResponse struct {
 
 func (x *SocketListResponse) Reset() {
 	*x = SocketListResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[70]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5472,7 +6142,7 @@ func (x *SocketListResponse) String() string {
 func (*SocketListResponse) ProtoMessage() {}
 
 func (x *SocketListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[70]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5485,7 +6155,7 @@ func (x *SocketListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketListResponse.ProtoReflect.Descriptor instead.
 func (*SocketListResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{70}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *SocketListResponse) GetPaths() [][]byte {
@@ -5530,16 +6200,18 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"ExportInfo\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\fR\x04path\x12\x1b\n" +
 	"\tread_only\x18\x02 \x01(\bR\breadOnly\x12(\n" +
-	"\afs_kind\x18\x03 \x01(\x0e2\x0f.qtfs.v1.FsKindR\x06fsKind\"K\n" +
+	"\afs_kind\x18\x03 \x01(\x0e2\x0f.qtfs.v1.FsKindR\x06fsKind\"c\n" +
 	"\fMountRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\fR\x04path\x12'\n" +
-	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\"\xa5\x01\n" +
+	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x16\n" +
+	"\x06create\x18\x03 \x01(\bR\x06create\"\xbf\x01\n" +
 	"\rMountResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x14\n" +
 	"\x05mount\x18\x02 \x01(\x04R\x05mount\x12!\n" +
 	"\x04root\x18\x03 \x01(\v2\r.qtfs.v1.AttrR\x04root\x12\x1b\n" +
 	"\tread_only\x18\x04 \x01(\bR\breadOnly\x12(\n" +
-	"\afs_kind\x18\x05 \x01(\x0e2\x0f.qtfs.v1.FsKindR\x06fsKind\"V\n" +
+	"\afs_kind\x18\x05 \x01(\x0e2\x0f.qtfs.v1.FsKindR\x06fsKind\x12\x18\n" +
+	"\acreated\x18\x06 \x03(\fR\acreated\"V\n" +
 	"\x06Caller\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\rR\x03uid\x12\x10\n" +
 	"\x03gid\x18\x02 \x01(\rR\x03gid\x12\x10\n" +
@@ -5737,7 +6409,24 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x0fReaddirResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12+\n" +
 	"\aentries\x18\x02 \x03(\v2\x11.qtfs.v1.DirEntryR\aentries\x12\x10\n" +
-	"\x03eof\x18\x03 \x01(\bR\x03eof\"b\n" +
+	"\x03eof\x18\x03 \x01(\bR\x03eof\"%\n" +
+	"\rMountsRequest\x12\x14\n" +
+	"\x05mount\x18\x01 \x01(\x04R\x05mount\"R\n" +
+	"\x0eMountsResponse\x12\x14\n" +
+	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12*\n" +
+	"\x06mounts\x18\x02 \x03(\v2\x12.qtfs.v1.HostMountR\x06mounts\"\xfc\x01\n" +
+	"\tHostMount\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\rR\x02id\x12\x1b\n" +
+	"\tparent_id\x18\x02 \x01(\rR\bparentId\x12\x14\n" +
+	"\x05major\x18\x03 \x01(\rR\x05major\x12\x14\n" +
+	"\x05minor\x18\x04 \x01(\rR\x05minor\x12\x12\n" +
+	"\x04root\x18\x05 \x01(\fR\x04root\x12\x12\n" +
+	"\x04path\x18\x06 \x01(\fR\x04path\x12\x18\n" +
+	"\aoptions\x18\a \x01(\tR\aoptions\x12\x17\n" +
+	"\afs_type\x18\b \x01(\tR\x06fsType\x12\x16\n" +
+	"\x06source\x18\t \x01(\fR\x06source\x12#\n" +
+	"\rsuper_options\x18\n" +
+	" \x01(\tR\fsuperOptions\"b\n" +
 	"\rStatfsRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
@@ -5864,7 +6553,27 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\bExecExit\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x16\n" +
 	"\x06signal\x18\x02 \x01(\rR\x06signal\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"z\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"v\n" +
+	"\vFifoRequest\x12'\n" +
+	"\x04open\x18\x01 \x01(\v2\x11.qtfs.v1.FifoOpenH\x00R\x04open\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12!\n" +
+	"\vclose_write\x18\x03 \x01(\bH\x00R\n" +
+	"closeWriteB\x05\n" +
+	"\x03msg\"h\n" +
+	"\bFifoOpen\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\fR\x04path\x124\n" +
+	"\tdirection\x18\x02 \x01(\x0e2\x16.qtfs.v1.FifoDirectionR\tdirection\x12\x12\n" +
+	"\x04mode\x18\x03 \x01(\rR\x04mode\"\x99\x01\n" +
+	"\fFifoResponse\x12*\n" +
+	"\x05ready\x18\x01 \x01(\v2\x12.qtfs.v1.FifoReadyH\x00R\x05ready\x12\x14\n" +
+	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12\x12\n" +
+	"\x03eof\x18\x03 \x01(\bH\x00R\x03eof\x12,\n" +
+	"\x05error\x18\x04 \x01(\v2\x14.qtfs.v1.SocketErrorH\x00R\x05errorB\x05\n" +
+	"\x03msg\"%\n" +
+	"\tFifoReady\x12\x18\n" +
+	"\acreated\x18\x01 \x01(\bR\acreated\")\n" +
+	"\x11FifoRemoveRequest\x12\x14\n" +
+	"\x05paths\x18\x01 \x03(\fR\x05paths\"z\n" +
 	"\rSocketRequest\x12)\n" +
 	"\x04open\x18\x01 \x01(\v2\x13.qtfs.v1.SocketOpenH\x00R\x04open\x12\x14\n" +
 	"\x04data\x18\x02 \x01(\fH\x00R\x04data\x12!\n" +
@@ -5912,7 +6621,11 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x13SETATTR_VALID_ATIME\x10\x10\x12\x17\n" +
 	"\x13SETATTR_VALID_MTIME\x10 \x12\x1b\n" +
 	"\x17SETATTR_VALID_ATIME_NOW\x10@\x12\x1c\n" +
-	"\x17SETATTR_VALID_MTIME_NOW\x10\x80\x012\xfd\x0e\n" +
+	"\x17SETATTR_VALID_MTIME_NOW\x10\x80\x01*g\n" +
+	"\rFifoDirection\x12\x1e\n" +
+	"\x1aFIFO_DIRECTION_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15FIFO_DIRECTION_TO_DPU\x10\x01\x12\x1b\n" +
+	"\x17FIFO_DIRECTION_FROM_DPU\x10\x022\xb8\x0f\n" +
 	"\n" +
 	"FileSystem\x12B\n" +
 	"\tHandshake\x12\x19.qtfs.v1.HandshakeRequest\x1a\x1a.qtfs.v1.HandshakeResponse\x126\n" +
@@ -5936,7 +6649,8 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x05Fsync\x12\x15.qtfs.v1.FsyncRequest\x1a\x16.qtfs.v1.ErrnoResponse\x12:\n" +
 	"\aRelease\x12\x17.qtfs.v1.ReleaseRequest\x1a\x16.qtfs.v1.ErrnoResponse\x12<\n" +
 	"\aReaddir\x12\x17.qtfs.v1.ReaddirRequest\x1a\x18.qtfs.v1.ReaddirResponse\x129\n" +
-	"\x06Statfs\x12\x16.qtfs.v1.StatfsRequest\x1a\x17.qtfs.v1.StatfsResponse\x12?\n" +
+	"\x06Statfs\x12\x16.qtfs.v1.StatfsRequest\x1a\x17.qtfs.v1.StatfsResponse\x129\n" +
+	"\x06Mounts\x12\x16.qtfs.v1.MountsRequest\x1a\x17.qtfs.v1.MountsResponse\x12?\n" +
 	"\bGetxattr\x12\x18.qtfs.v1.GetxattrRequest\x1a\x19.qtfs.v1.GetxattrResponse\x12<\n" +
 	"\bSetxattr\x12\x18.qtfs.v1.SetxattrRequest\x1a\x16.qtfs.v1.ErrnoResponse\x12B\n" +
 	"\tListxattr\x12\x19.qtfs.v1.ListxattrRequest\x1a\x1a.qtfs.v1.ListxattrResponse\x12B\n" +
@@ -5948,7 +6662,10 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x05Setlk\x12\x15.qtfs.v1.SetlkRequest\x1a\x16.qtfs.v1.ErrnoResponse\x123\n" +
 	"\x05Calls\x12\x12.qtfs.v1.CallFrame\x1a\x12.qtfs.v1.CallFrame(\x010\x012>\n" +
 	"\x04Exec\x126\n" +
-	"\x03Run\x12\x14.qtfs.v1.ExecRequest\x1a\x15.qtfs.v1.ExecResponse(\x010\x012\x8e\x01\n" +
+	"\x03Run\x12\x14.qtfs.v1.ExecRequest\x1a\x15.qtfs.v1.ExecResponse(\x010\x012\x7f\n" +
+	"\x04Fifo\x129\n" +
+	"\x06Bridge\x12\x14.qtfs.v1.FifoRequest\x1a\x15.qtfs.v1.FifoResponse(\x010\x01\x12<\n" +
+	"\x06Remove\x12\x1a.qtfs.v1.FifoRemoveRequest\x1a\x16.qtfs.v1.ErrnoResponse2\x8e\x01\n" +
 	"\vSocketProxy\x12>\n" +
 	"\aConnect\x12\x16.qtfs.v1.SocketRequest\x1a\x17.qtfs.v1.SocketResponse(\x010\x01\x12?\n" +
 	"\x04List\x12\x1a.qtfs.v1.SocketListRequest\x1a\x1b.qtfs.v1.SocketListResponseB+Z)github.com/qtfs/qtfs/proto/qtfs/v1;qtfsv1b\x06proto3"
@@ -5965,209 +6682,229 @@ func file_qtfs_v1_qtfs_proto_rawDescGZIP() []byte {
 	return file_qtfs_v1_qtfs_proto_rawDescData
 }
 
-var file_qtfs_v1_qtfs_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
+var file_qtfs_v1_qtfs_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
 var file_qtfs_v1_qtfs_proto_goTypes = []any{
 	(Feature)(0),                  // 0: qtfs.v1.Feature
 	(FsKind)(0),                   // 1: qtfs.v1.FsKind
 	(SetattrValid)(0),             // 2: qtfs.v1.SetattrValid
-	(*CallFrame)(nil),             // 3: qtfs.v1.CallFrame
-	(*ChannelHello)(nil),          // 4: qtfs.v1.ChannelHello
-	(*ChannelWelcome)(nil),        // 5: qtfs.v1.ChannelWelcome
-	(*HandshakeRequest)(nil),      // 6: qtfs.v1.HandshakeRequest
-	(*HandshakeResponse)(nil),     // 7: qtfs.v1.HandshakeResponse
-	(*ExportInfo)(nil),            // 8: qtfs.v1.ExportInfo
-	(*MountRequest)(nil),          // 9: qtfs.v1.MountRequest
-	(*MountResponse)(nil),         // 10: qtfs.v1.MountResponse
-	(*Caller)(nil),                // 11: qtfs.v1.Caller
-	(*Attr)(nil),                  // 12: qtfs.v1.Attr
-	(*ErrnoResponse)(nil),         // 13: qtfs.v1.ErrnoResponse
-	(*EntryResponse)(nil),         // 14: qtfs.v1.EntryResponse
-	(*AttrResponse)(nil),          // 15: qtfs.v1.AttrResponse
-	(*LookupRequest)(nil),         // 16: qtfs.v1.LookupRequest
-	(*GetattrRequest)(nil),        // 17: qtfs.v1.GetattrRequest
-	(*SetattrRequest)(nil),        // 18: qtfs.v1.SetattrRequest
-	(*ReadlinkRequest)(nil),       // 19: qtfs.v1.ReadlinkRequest
-	(*ReadlinkResponse)(nil),      // 20: qtfs.v1.ReadlinkResponse
-	(*SymlinkRequest)(nil),        // 21: qtfs.v1.SymlinkRequest
-	(*MknodRequest)(nil),          // 22: qtfs.v1.MknodRequest
-	(*MkdirRequest)(nil),          // 23: qtfs.v1.MkdirRequest
-	(*UnlinkRequest)(nil),         // 24: qtfs.v1.UnlinkRequest
-	(*RmdirRequest)(nil),          // 25: qtfs.v1.RmdirRequest
-	(*RenameRequest)(nil),         // 26: qtfs.v1.RenameRequest
-	(*LinkRequest)(nil),           // 27: qtfs.v1.LinkRequest
-	(*OpenRequest)(nil),           // 28: qtfs.v1.OpenRequest
-	(*OpenResponse)(nil),          // 29: qtfs.v1.OpenResponse
-	(*ReadAlso)(nil),              // 30: qtfs.v1.ReadAlso
-	(*CreateRequest)(nil),         // 31: qtfs.v1.CreateRequest
-	(*CreateResponse)(nil),        // 32: qtfs.v1.CreateResponse
-	(*ReadRequest)(nil),           // 33: qtfs.v1.ReadRequest
-	(*ReadResponse)(nil),          // 34: qtfs.v1.ReadResponse
-	(*WriteRequest)(nil),          // 35: qtfs.v1.WriteRequest
-	(*WriteResponse)(nil),         // 36: qtfs.v1.WriteResponse
-	(*FlushRequest)(nil),          // 37: qtfs.v1.FlushRequest
-	(*FsyncRequest)(nil),          // 38: qtfs.v1.FsyncRequest
-	(*ReleaseRequest)(nil),        // 39: qtfs.v1.ReleaseRequest
-	(*ReaddirRequest)(nil),        // 40: qtfs.v1.ReaddirRequest
-	(*DirEntry)(nil),              // 41: qtfs.v1.DirEntry
-	(*ReaddirResponse)(nil),       // 42: qtfs.v1.ReaddirResponse
-	(*StatfsRequest)(nil),         // 43: qtfs.v1.StatfsRequest
-	(*StatfsResponse)(nil),        // 44: qtfs.v1.StatfsResponse
-	(*GetxattrRequest)(nil),       // 45: qtfs.v1.GetxattrRequest
-	(*GetxattrResponse)(nil),      // 46: qtfs.v1.GetxattrResponse
-	(*SetxattrRequest)(nil),       // 47: qtfs.v1.SetxattrRequest
-	(*ListxattrRequest)(nil),      // 48: qtfs.v1.ListxattrRequest
-	(*ListxattrResponse)(nil),     // 49: qtfs.v1.ListxattrResponse
-	(*RemovexattrRequest)(nil),    // 50: qtfs.v1.RemovexattrRequest
-	(*FallocateRequest)(nil),      // 51: qtfs.v1.FallocateRequest
-	(*LseekRequest)(nil),          // 52: qtfs.v1.LseekRequest
-	(*LseekResponse)(nil),         // 53: qtfs.v1.LseekResponse
-	(*CopyFileRangeRequest)(nil),  // 54: qtfs.v1.CopyFileRangeRequest
-	(*CopyFileRangeResponse)(nil), // 55: qtfs.v1.CopyFileRangeResponse
-	(*Lock)(nil),                  // 56: qtfs.v1.Lock
-	(*GetlkRequest)(nil),          // 57: qtfs.v1.GetlkRequest
-	(*GetlkResponse)(nil),         // 58: qtfs.v1.GetlkResponse
-	(*SetlkRequest)(nil),          // 59: qtfs.v1.SetlkRequest
-	(*ExecRequest)(nil),           // 60: qtfs.v1.ExecRequest
-	(*ExecStart)(nil),             // 61: qtfs.v1.ExecStart
-	(*WindowSize)(nil),            // 62: qtfs.v1.WindowSize
-	(*ExecFile)(nil),              // 63: qtfs.v1.ExecFile
-	(*ExecResponse)(nil),          // 64: qtfs.v1.ExecResponse
-	(*ExecStarted)(nil),           // 65: qtfs.v1.ExecStarted
-	(*ExecExit)(nil),              // 66: qtfs.v1.ExecExit
-	(*SocketRequest)(nil),         // 67: qtfs.v1.SocketRequest
-	(*SocketOpen)(nil),            // 68: qtfs.v1.SocketOpen
-	(*SocketResponse)(nil),        // 69: qtfs.v1.SocketResponse
-	(*SocketConnected)(nil),       // 70: qtfs.v1.SocketConnected
-	(*SocketError)(nil),           // 71: qtfs.v1.SocketError
-	(*SocketListRequest)(nil),     // 72: qtfs.v1.SocketListRequest
-	(*SocketListResponse)(nil),    // 73: qtfs.v1.SocketListResponse
+	(FifoDirection)(0),            // 3: qtfs.v1.FifoDirection
+	(*CallFrame)(nil),             // 4: qtfs.v1.CallFrame
+	(*ChannelHello)(nil),          // 5: qtfs.v1.ChannelHello
+	(*ChannelWelcome)(nil),        // 6: qtfs.v1.ChannelWelcome
+	(*HandshakeRequest)(nil),      // 7: qtfs.v1.HandshakeRequest
+	(*HandshakeResponse)(nil),     // 8: qtfs.v1.HandshakeResponse
+	(*ExportInfo)(nil),            // 9: qtfs.v1.ExportInfo
+	(*MountRequest)(nil),          // 10: qtfs.v1.MountRequest
+	(*MountResponse)(nil),         // 11: qtfs.v1.MountResponse
+	(*Caller)(nil),                // 12: qtfs.v1.Caller
+	(*Attr)(nil),                  // 13: qtfs.v1.Attr
+	(*ErrnoResponse)(nil),         // 14: qtfs.v1.ErrnoResponse
+	(*EntryResponse)(nil),         // 15: qtfs.v1.EntryResponse
+	(*AttrResponse)(nil),          // 16: qtfs.v1.AttrResponse
+	(*LookupRequest)(nil),         // 17: qtfs.v1.LookupRequest
+	(*GetattrRequest)(nil),        // 18: qtfs.v1.GetattrRequest
+	(*SetattrRequest)(nil),        // 19: qtfs.v1.SetattrRequest
+	(*ReadlinkRequest)(nil),       // 20: qtfs.v1.ReadlinkRequest
+	(*ReadlinkResponse)(nil),      // 21: qtfs.v1.ReadlinkResponse
+	(*SymlinkRequest)(nil),        // 22: qtfs.v1.SymlinkRequest
+	(*MknodRequest)(nil),          // 23: qtfs.v1.MknodRequest
+	(*MkdirRequest)(nil),          // 24: qtfs.v1.MkdirRequest
+	(*UnlinkRequest)(nil),         // 25: qtfs.v1.UnlinkRequest
+	(*RmdirRequest)(nil),          // 26: qtfs.v1.RmdirRequest
+	(*RenameRequest)(nil),         // 27: qtfs.v1.RenameRequest
+	(*LinkRequest)(nil),           // 28: qtfs.v1.LinkRequest
+	(*OpenRequest)(nil),           // 29: qtfs.v1.OpenRequest
+	(*OpenResponse)(nil),          // 30: qtfs.v1.OpenResponse
+	(*ReadAlso)(nil),              // 31: qtfs.v1.ReadAlso
+	(*CreateRequest)(nil),         // 32: qtfs.v1.CreateRequest
+	(*CreateResponse)(nil),        // 33: qtfs.v1.CreateResponse
+	(*ReadRequest)(nil),           // 34: qtfs.v1.ReadRequest
+	(*ReadResponse)(nil),          // 35: qtfs.v1.ReadResponse
+	(*WriteRequest)(nil),          // 36: qtfs.v1.WriteRequest
+	(*WriteResponse)(nil),         // 37: qtfs.v1.WriteResponse
+	(*FlushRequest)(nil),          // 38: qtfs.v1.FlushRequest
+	(*FsyncRequest)(nil),          // 39: qtfs.v1.FsyncRequest
+	(*ReleaseRequest)(nil),        // 40: qtfs.v1.ReleaseRequest
+	(*ReaddirRequest)(nil),        // 41: qtfs.v1.ReaddirRequest
+	(*DirEntry)(nil),              // 42: qtfs.v1.DirEntry
+	(*ReaddirResponse)(nil),       // 43: qtfs.v1.ReaddirResponse
+	(*MountsRequest)(nil),         // 44: qtfs.v1.MountsRequest
+	(*MountsResponse)(nil),        // 45: qtfs.v1.MountsResponse
+	(*HostMount)(nil),             // 46: qtfs.v1.HostMount
+	(*StatfsRequest)(nil),         // 47: qtfs.v1.StatfsRequest
+	(*StatfsResponse)(nil),        // 48: qtfs.v1.StatfsResponse
+	(*GetxattrRequest)(nil),       // 49: qtfs.v1.GetxattrRequest
+	(*GetxattrResponse)(nil),      // 50: qtfs.v1.GetxattrResponse
+	(*SetxattrRequest)(nil),       // 51: qtfs.v1.SetxattrRequest
+	(*ListxattrRequest)(nil),      // 52: qtfs.v1.ListxattrRequest
+	(*ListxattrResponse)(nil),     // 53: qtfs.v1.ListxattrResponse
+	(*RemovexattrRequest)(nil),    // 54: qtfs.v1.RemovexattrRequest
+	(*FallocateRequest)(nil),      // 55: qtfs.v1.FallocateRequest
+	(*LseekRequest)(nil),          // 56: qtfs.v1.LseekRequest
+	(*LseekResponse)(nil),         // 57: qtfs.v1.LseekResponse
+	(*CopyFileRangeRequest)(nil),  // 58: qtfs.v1.CopyFileRangeRequest
+	(*CopyFileRangeResponse)(nil), // 59: qtfs.v1.CopyFileRangeResponse
+	(*Lock)(nil),                  // 60: qtfs.v1.Lock
+	(*GetlkRequest)(nil),          // 61: qtfs.v1.GetlkRequest
+	(*GetlkResponse)(nil),         // 62: qtfs.v1.GetlkResponse
+	(*SetlkRequest)(nil),          // 63: qtfs.v1.SetlkRequest
+	(*ExecRequest)(nil),           // 64: qtfs.v1.ExecRequest
+	(*ExecStart)(nil),             // 65: qtfs.v1.ExecStart
+	(*WindowSize)(nil),            // 66: qtfs.v1.WindowSize
+	(*ExecFile)(nil),              // 67: qtfs.v1.ExecFile
+	(*ExecResponse)(nil),          // 68: qtfs.v1.ExecResponse
+	(*ExecStarted)(nil),           // 69: qtfs.v1.ExecStarted
+	(*ExecExit)(nil),              // 70: qtfs.v1.ExecExit
+	(*FifoRequest)(nil),           // 71: qtfs.v1.FifoRequest
+	(*FifoOpen)(nil),              // 72: qtfs.v1.FifoOpen
+	(*FifoResponse)(nil),          // 73: qtfs.v1.FifoResponse
+	(*FifoReady)(nil),             // 74: qtfs.v1.FifoReady
+	(*FifoRemoveRequest)(nil),     // 75: qtfs.v1.FifoRemoveRequest
+	(*SocketRequest)(nil),         // 76: qtfs.v1.SocketRequest
+	(*SocketOpen)(nil),            // 77: qtfs.v1.SocketOpen
+	(*SocketResponse)(nil),        // 78: qtfs.v1.SocketResponse
+	(*SocketConnected)(nil),       // 79: qtfs.v1.SocketConnected
+	(*SocketError)(nil),           // 80: qtfs.v1.SocketError
+	(*SocketListRequest)(nil),     // 81: qtfs.v1.SocketListRequest
+	(*SocketListResponse)(nil),    // 82: qtfs.v1.SocketListResponse
 }
 var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	0,  // 0: qtfs.v1.HandshakeRequest.features:type_name -> qtfs.v1.Feature
 	0,  // 1: qtfs.v1.HandshakeResponse.features:type_name -> qtfs.v1.Feature
-	8,  // 2: qtfs.v1.HandshakeResponse.exports:type_name -> qtfs.v1.ExportInfo
+	9,  // 2: qtfs.v1.HandshakeResponse.exports:type_name -> qtfs.v1.ExportInfo
 	1,  // 3: qtfs.v1.ExportInfo.fs_kind:type_name -> qtfs.v1.FsKind
-	11, // 4: qtfs.v1.MountRequest.caller:type_name -> qtfs.v1.Caller
-	12, // 5: qtfs.v1.MountResponse.root:type_name -> qtfs.v1.Attr
+	12, // 4: qtfs.v1.MountRequest.caller:type_name -> qtfs.v1.Caller
+	13, // 5: qtfs.v1.MountResponse.root:type_name -> qtfs.v1.Attr
 	1,  // 6: qtfs.v1.MountResponse.fs_kind:type_name -> qtfs.v1.FsKind
-	12, // 7: qtfs.v1.ErrnoResponse.dir_attr:type_name -> qtfs.v1.Attr
-	12, // 8: qtfs.v1.EntryResponse.attr:type_name -> qtfs.v1.Attr
-	12, // 9: qtfs.v1.EntryResponse.dir_attr:type_name -> qtfs.v1.Attr
-	12, // 10: qtfs.v1.AttrResponse.attr:type_name -> qtfs.v1.Attr
-	11, // 11: qtfs.v1.LookupRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 12: qtfs.v1.GetattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 13: qtfs.v1.SetattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 14: qtfs.v1.ReadlinkRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 15: qtfs.v1.SymlinkRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 16: qtfs.v1.MknodRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 17: qtfs.v1.MkdirRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 18: qtfs.v1.UnlinkRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 19: qtfs.v1.RmdirRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 20: qtfs.v1.RenameRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 21: qtfs.v1.LinkRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 22: qtfs.v1.OpenRequest.caller:type_name -> qtfs.v1.Caller
-	12, // 23: qtfs.v1.OpenResponse.attr:type_name -> qtfs.v1.Attr
-	41, // 24: qtfs.v1.OpenResponse.entries:type_name -> qtfs.v1.DirEntry
-	30, // 25: qtfs.v1.OpenResponse.also_read:type_name -> qtfs.v1.ReadAlso
-	12, // 26: qtfs.v1.ReadAlso.attr:type_name -> qtfs.v1.Attr
-	11, // 27: qtfs.v1.CreateRequest.caller:type_name -> qtfs.v1.Caller
-	12, // 28: qtfs.v1.CreateResponse.attr:type_name -> qtfs.v1.Attr
-	12, // 29: qtfs.v1.CreateResponse.dir_attr:type_name -> qtfs.v1.Attr
-	12, // 30: qtfs.v1.DirEntry.attr:type_name -> qtfs.v1.Attr
-	41, // 31: qtfs.v1.ReaddirResponse.entries:type_name -> qtfs.v1.DirEntry
-	11, // 32: qtfs.v1.StatfsRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 33: qtfs.v1.GetxattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 34: qtfs.v1.SetxattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 35: qtfs.v1.ListxattrRequest.caller:type_name -> qtfs.v1.Caller
-	11, // 36: qtfs.v1.RemovexattrRequest.caller:type_name -> qtfs.v1.Caller
-	56, // 37: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
-	56, // 38: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
-	56, // 39: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
-	61, // 40: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
-	62, // 41: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
-	62, // 42: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
-	63, // 43: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
-	65, // 44: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
-	66, // 45: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
-	68, // 46: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
-	70, // 47: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
-	71, // 48: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
-	6,  // 49: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
-	9,  // 50: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
-	16, // 51: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
-	17, // 52: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
-	18, // 53: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
-	19, // 54: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
-	21, // 55: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
-	22, // 56: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
-	23, // 57: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
-	24, // 58: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
-	25, // 59: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
-	26, // 60: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
-	27, // 61: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
-	28, // 62: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
-	31, // 63: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
-	33, // 64: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
-	35, // 65: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
-	37, // 66: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
-	38, // 67: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
-	39, // 68: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
-	40, // 69: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
-	43, // 70: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
-	45, // 71: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
-	47, // 72: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
-	48, // 73: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
-	50, // 74: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
-	51, // 75: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
-	52, // 76: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
-	54, // 77: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
-	57, // 78: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
-	59, // 79: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
-	3,  // 80: qtfs.v1.FileSystem.Calls:input_type -> qtfs.v1.CallFrame
-	60, // 81: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
-	67, // 82: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
-	72, // 83: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
-	7,  // 84: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
-	10, // 85: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
-	14, // 86: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
-	15, // 87: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
-	15, // 88: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
-	20, // 89: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
-	14, // 90: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
-	14, // 91: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
-	14, // 92: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
-	13, // 93: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
-	13, // 94: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
-	13, // 95: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
-	14, // 96: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
-	29, // 97: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
-	32, // 98: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
-	34, // 99: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
-	36, // 100: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
-	13, // 101: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
-	13, // 102: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
-	13, // 103: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
-	42, // 104: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
-	44, // 105: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
-	46, // 106: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
-	13, // 107: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
-	49, // 108: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
-	13, // 109: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
-	13, // 110: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
-	53, // 111: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
-	55, // 112: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
-	58, // 113: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
-	13, // 114: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
-	3,  // 115: qtfs.v1.FileSystem.Calls:output_type -> qtfs.v1.CallFrame
-	64, // 116: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
-	69, // 117: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
-	73, // 118: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
-	84, // [84:119] is the sub-list for method output_type
-	49, // [49:84] is the sub-list for method input_type
-	49, // [49:49] is the sub-list for extension type_name
-	49, // [49:49] is the sub-list for extension extendee
-	0,  // [0:49] is the sub-list for field type_name
+	13, // 7: qtfs.v1.ErrnoResponse.dir_attr:type_name -> qtfs.v1.Attr
+	13, // 8: qtfs.v1.EntryResponse.attr:type_name -> qtfs.v1.Attr
+	13, // 9: qtfs.v1.EntryResponse.dir_attr:type_name -> qtfs.v1.Attr
+	13, // 10: qtfs.v1.AttrResponse.attr:type_name -> qtfs.v1.Attr
+	12, // 11: qtfs.v1.LookupRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 12: qtfs.v1.GetattrRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 13: qtfs.v1.SetattrRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 14: qtfs.v1.ReadlinkRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 15: qtfs.v1.SymlinkRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 16: qtfs.v1.MknodRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 17: qtfs.v1.MkdirRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 18: qtfs.v1.UnlinkRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 19: qtfs.v1.RmdirRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 20: qtfs.v1.RenameRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 21: qtfs.v1.LinkRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 22: qtfs.v1.OpenRequest.caller:type_name -> qtfs.v1.Caller
+	13, // 23: qtfs.v1.OpenResponse.attr:type_name -> qtfs.v1.Attr
+	42, // 24: qtfs.v1.OpenResponse.entries:type_name -> qtfs.v1.DirEntry
+	31, // 25: qtfs.v1.OpenResponse.also_read:type_name -> qtfs.v1.ReadAlso
+	13, // 26: qtfs.v1.ReadAlso.attr:type_name -> qtfs.v1.Attr
+	12, // 27: qtfs.v1.CreateRequest.caller:type_name -> qtfs.v1.Caller
+	13, // 28: qtfs.v1.CreateResponse.attr:type_name -> qtfs.v1.Attr
+	13, // 29: qtfs.v1.CreateResponse.dir_attr:type_name -> qtfs.v1.Attr
+	13, // 30: qtfs.v1.DirEntry.attr:type_name -> qtfs.v1.Attr
+	42, // 31: qtfs.v1.ReaddirResponse.entries:type_name -> qtfs.v1.DirEntry
+	46, // 32: qtfs.v1.MountsResponse.mounts:type_name -> qtfs.v1.HostMount
+	12, // 33: qtfs.v1.StatfsRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 34: qtfs.v1.GetxattrRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 35: qtfs.v1.SetxattrRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 36: qtfs.v1.ListxattrRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 37: qtfs.v1.RemovexattrRequest.caller:type_name -> qtfs.v1.Caller
+	60, // 38: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
+	60, // 39: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
+	60, // 40: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
+	65, // 41: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
+	66, // 42: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
+	66, // 43: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
+	67, // 44: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
+	69, // 45: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
+	70, // 46: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
+	72, // 47: qtfs.v1.FifoRequest.open:type_name -> qtfs.v1.FifoOpen
+	3,  // 48: qtfs.v1.FifoOpen.direction:type_name -> qtfs.v1.FifoDirection
+	74, // 49: qtfs.v1.FifoResponse.ready:type_name -> qtfs.v1.FifoReady
+	80, // 50: qtfs.v1.FifoResponse.error:type_name -> qtfs.v1.SocketError
+	77, // 51: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
+	79, // 52: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
+	80, // 53: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
+	7,  // 54: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
+	10, // 55: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
+	17, // 56: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
+	18, // 57: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
+	19, // 58: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
+	20, // 59: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
+	22, // 60: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
+	23, // 61: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
+	24, // 62: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
+	25, // 63: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
+	26, // 64: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
+	27, // 65: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
+	28, // 66: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
+	29, // 67: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
+	32, // 68: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
+	34, // 69: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
+	36, // 70: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
+	38, // 71: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
+	39, // 72: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
+	40, // 73: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
+	41, // 74: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
+	47, // 75: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
+	44, // 76: qtfs.v1.FileSystem.Mounts:input_type -> qtfs.v1.MountsRequest
+	49, // 77: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
+	51, // 78: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
+	52, // 79: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
+	54, // 80: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
+	55, // 81: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
+	56, // 82: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
+	58, // 83: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
+	61, // 84: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
+	63, // 85: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
+	4,  // 86: qtfs.v1.FileSystem.Calls:input_type -> qtfs.v1.CallFrame
+	64, // 87: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
+	71, // 88: qtfs.v1.Fifo.Bridge:input_type -> qtfs.v1.FifoRequest
+	75, // 89: qtfs.v1.Fifo.Remove:input_type -> qtfs.v1.FifoRemoveRequest
+	76, // 90: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
+	81, // 91: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
+	8,  // 92: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
+	11, // 93: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
+	15, // 94: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
+	16, // 95: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
+	16, // 96: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
+	21, // 97: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
+	15, // 98: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
+	15, // 99: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
+	15, // 100: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
+	14, // 101: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
+	14, // 102: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
+	14, // 103: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
+	15, // 104: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
+	30, // 105: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
+	33, // 106: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
+	35, // 107: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
+	37, // 108: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
+	14, // 109: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
+	14, // 110: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
+	14, // 111: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
+	43, // 112: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
+	48, // 113: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
+	45, // 114: qtfs.v1.FileSystem.Mounts:output_type -> qtfs.v1.MountsResponse
+	50, // 115: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
+	14, // 116: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
+	53, // 117: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
+	14, // 118: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
+	14, // 119: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
+	57, // 120: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
+	59, // 121: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
+	62, // 122: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
+	14, // 123: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
+	4,  // 124: qtfs.v1.FileSystem.Calls:output_type -> qtfs.v1.CallFrame
+	68, // 125: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
+	73, // 126: qtfs.v1.Fifo.Bridge:output_type -> qtfs.v1.FifoResponse
+	14, // 127: qtfs.v1.Fifo.Remove:output_type -> qtfs.v1.ErrnoResponse
+	78, // 128: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
+	82, // 129: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
+	92, // [92:130] is the sub-list for method output_type
+	54, // [54:92] is the sub-list for method input_type
+	54, // [54:54] is the sub-list for extension type_name
+	54, // [54:54] is the sub-list for extension extendee
+	0,  // [0:54] is the sub-list for field type_name
 }
 
 func init() { file_qtfs_v1_qtfs_proto_init() }
@@ -6175,25 +6912,36 @@ func file_qtfs_v1_qtfs_proto_init() {
 	if File_qtfs_v1_qtfs_proto != nil {
 		return
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[57].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[60].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_StdinEof)(nil),
 		(*ExecRequest_Signal)(nil),
 		(*ExecRequest_Resize)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[61].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[64].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[64].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[67].OneofWrappers = []any{
+		(*FifoRequest_Open)(nil),
+		(*FifoRequest_Data)(nil),
+		(*FifoRequest_CloseWrite)(nil),
+	}
+	file_qtfs_v1_qtfs_proto_msgTypes[69].OneofWrappers = []any{
+		(*FifoResponse_Ready)(nil),
+		(*FifoResponse_Data)(nil),
+		(*FifoResponse_Eof)(nil),
+		(*FifoResponse_Error)(nil),
+	}
+	file_qtfs_v1_qtfs_proto_msgTypes[72].OneofWrappers = []any{
 		(*SocketRequest_Open)(nil),
 		(*SocketRequest_Data)(nil),
 		(*SocketRequest_CloseWrite)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[66].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[74].OneofWrappers = []any{
 		(*SocketResponse_Connected)(nil),
 		(*SocketResponse_Data)(nil),
 		(*SocketResponse_CloseWrite)(nil),
@@ -6204,10 +6952,10 @@ func file_qtfs_v1_qtfs_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qtfs_v1_qtfs_proto_rawDesc), len(file_qtfs_v1_qtfs_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   71,
+			NumEnums:      4,
+			NumMessages:   79,
 			NumExtensions: 0,
-			NumServices:   3,
+			NumServices:   4,
 		},
 		GoTypes:           file_qtfs_v1_qtfs_proto_goTypes,
 		DependencyIndexes: file_qtfs_v1_qtfs_proto_depIdxs,

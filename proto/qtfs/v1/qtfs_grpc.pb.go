@@ -66,6 +66,7 @@ const (
 	FileSystem_Release_FullMethodName       = "/qtfs.v1.FileSystem/Release"
 	FileSystem_Readdir_FullMethodName       = "/qtfs.v1.FileSystem/Readdir"
 	FileSystem_Statfs_FullMethodName        = "/qtfs.v1.FileSystem/Statfs"
+	FileSystem_Mounts_FullMethodName        = "/qtfs.v1.FileSystem/Mounts"
 	FileSystem_Getxattr_FullMethodName      = "/qtfs.v1.FileSystem/Getxattr"
 	FileSystem_Setxattr_FullMethodName      = "/qtfs.v1.FileSystem/Setxattr"
 	FileSystem_Listxattr_FullMethodName     = "/qtfs.v1.FileSystem/Listxattr"
@@ -133,6 +134,11 @@ type FileSystemClient interface {
 	Readdir(ctx context.Context, in *ReaddirRequest, opts ...grpc.CallOption) (*ReaddirResponse, error)
 	// Statfs returns filesystem statistics for `path`.
 	Statfs(ctx context.Context, in *StatfsRequest, opts ...grpc.CallOption) (*StatfsResponse, error)
+	// Mounts lists the host's mounts at and beneath a mount's root: the
+	// mount that holds the root, then those beneath it, parents first. The
+	// DPU shows them to its programs in /proc/<pid>/mountinfo in place of
+	// the FUSE mount, so that mounts are classified by the host's types.
+	Mounts(ctx context.Context, in *MountsRequest, opts ...grpc.CallOption) (*MountsResponse, error)
 	// Getxattr, Setxattr, Listxattr and Removexattr act on extended
 	// attributes (user.*, trusted.*, security.*, system.posix_acl_*).
 	Getxattr(ctx context.Context, in *GetxattrRequest, opts ...grpc.CallOption) (*GetxattrResponse, error)
@@ -389,6 +395,16 @@ func (c *fileSystemClient) Statfs(ctx context.Context, in *StatfsRequest, opts .
 	return out, nil
 }
 
+func (c *fileSystemClient) Mounts(ctx context.Context, in *MountsRequest, opts ...grpc.CallOption) (*MountsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MountsResponse)
+	err := c.cc.Invoke(ctx, FileSystem_Mounts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *fileSystemClient) Getxattr(ctx context.Context, in *GetxattrRequest, opts ...grpc.CallOption) (*GetxattrResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetxattrResponse)
@@ -547,6 +563,11 @@ type FileSystemServer interface {
 	Readdir(context.Context, *ReaddirRequest) (*ReaddirResponse, error)
 	// Statfs returns filesystem statistics for `path`.
 	Statfs(context.Context, *StatfsRequest) (*StatfsResponse, error)
+	// Mounts lists the host's mounts at and beneath a mount's root: the
+	// mount that holds the root, then those beneath it, parents first. The
+	// DPU shows them to its programs in /proc/<pid>/mountinfo in place of
+	// the FUSE mount, so that mounts are classified by the host's types.
+	Mounts(context.Context, *MountsRequest) (*MountsResponse, error)
 	// Getxattr, Setxattr, Listxattr and Removexattr act on extended
 	// attributes (user.*, trusted.*, security.*, system.posix_acl_*).
 	Getxattr(context.Context, *GetxattrRequest) (*GetxattrResponse, error)
@@ -648,6 +669,9 @@ func (UnimplementedFileSystemServer) Readdir(context.Context, *ReaddirRequest) (
 }
 func (UnimplementedFileSystemServer) Statfs(context.Context, *StatfsRequest) (*StatfsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Statfs not implemented")
+}
+func (UnimplementedFileSystemServer) Mounts(context.Context, *MountsRequest) (*MountsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Mounts not implemented")
 }
 func (UnimplementedFileSystemServer) Getxattr(context.Context, *GetxattrRequest) (*GetxattrResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Getxattr not implemented")
@@ -1096,6 +1120,24 @@ func _FileSystem_Statfs_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FileSystem_Mounts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MountsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FileSystemServer).Mounts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FileSystem_Mounts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FileSystemServer).Mounts(ctx, req.(*MountsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _FileSystem_Getxattr_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetxattrRequest)
 	if err := dec(in); err != nil {
@@ -1361,6 +1403,10 @@ var FileSystem_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _FileSystem_Statfs_Handler,
 		},
 		{
+			MethodName: "Mounts",
+			Handler:    _FileSystem_Mounts_Handler,
+		},
+		{
 			MethodName: "Getxattr",
 			Handler:    _FileSystem_Getxattr_Handler,
 		},
@@ -1515,6 +1561,181 @@ var Exec_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Run",
 			Handler:       _Exec_Run_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
+	Metadata: "qtfs/v1/qtfs.proto",
+}
+
+const (
+	Fifo_Bridge_FullMethodName = "/qtfs.v1.Fifo/Bridge"
+	Fifo_Remove_FullMethodName = "/qtfs.v1.Fifo/Remove"
+)
+
+// FifoClient is the client API for Fifo service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Fifo carries FIFOs across the machines. A FIFO on the DPU and a FIFO on
+// the host at the same path become one: what a process writes into one
+// end is read from the other machine's end, in order, and EOF crosses
+// when the last writer closes. The kernel keeps each FIFO's pipe on its
+// own machine, so the container stdio that the DPU's dockerd opens and the
+// host's containerd-shim opens meet only through this service. It is off
+// unless the server exports the path.
+type FifoClient interface {
+	// Bridge carries one FIFO in one direction. The first client message is
+	// `open`; the server makes the host FIFO (and its missing directories)
+	// when absent and answers `ready`, or `error` and ends the stream. Then
+	// it opens the host end, which waits for a peer on the host as open(2)
+	// does. TO_DPU: the server reads the host FIFO and sends `data`, then
+	// `eof` once the host's last writer closed, and ends the stream.
+	// FROM_DPU: the client sends `data` and `close_write`; the server writes
+	// the host FIFO and closes it at `close_write`, then ends the stream.
+	// The client ending the stream releases the host end, also while it is
+	// still waiting for its peer.
+	Bridge(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FifoRequest, FifoResponse], error)
+	// Remove removes host FIFOs (nothing else) and then their directory if
+	// it is empty: the end of the container or exec process they served.
+	Remove(ctx context.Context, in *FifoRemoveRequest, opts ...grpc.CallOption) (*ErrnoResponse, error)
+}
+
+type fifoClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewFifoClient(cc grpc.ClientConnInterface) FifoClient {
+	return &fifoClient{cc}
+}
+
+func (c *fifoClient) Bridge(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[FifoRequest, FifoResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Fifo_ServiceDesc.Streams[0], Fifo_Bridge_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[FifoRequest, FifoResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Fifo_BridgeClient = grpc.BidiStreamingClient[FifoRequest, FifoResponse]
+
+func (c *fifoClient) Remove(ctx context.Context, in *FifoRemoveRequest, opts ...grpc.CallOption) (*ErrnoResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ErrnoResponse)
+	err := c.cc.Invoke(ctx, Fifo_Remove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// FifoServer is the server API for Fifo service.
+// All implementations must embed UnimplementedFifoServer
+// for forward compatibility.
+//
+// Fifo carries FIFOs across the machines. A FIFO on the DPU and a FIFO on
+// the host at the same path become one: what a process writes into one
+// end is read from the other machine's end, in order, and EOF crosses
+// when the last writer closes. The kernel keeps each FIFO's pipe on its
+// own machine, so the container stdio that the DPU's dockerd opens and the
+// host's containerd-shim opens meet only through this service. It is off
+// unless the server exports the path.
+type FifoServer interface {
+	// Bridge carries one FIFO in one direction. The first client message is
+	// `open`; the server makes the host FIFO (and its missing directories)
+	// when absent and answers `ready`, or `error` and ends the stream. Then
+	// it opens the host end, which waits for a peer on the host as open(2)
+	// does. TO_DPU: the server reads the host FIFO and sends `data`, then
+	// `eof` once the host's last writer closed, and ends the stream.
+	// FROM_DPU: the client sends `data` and `close_write`; the server writes
+	// the host FIFO and closes it at `close_write`, then ends the stream.
+	// The client ending the stream releases the host end, also while it is
+	// still waiting for its peer.
+	Bridge(grpc.BidiStreamingServer[FifoRequest, FifoResponse]) error
+	// Remove removes host FIFOs (nothing else) and then their directory if
+	// it is empty: the end of the container or exec process they served.
+	Remove(context.Context, *FifoRemoveRequest) (*ErrnoResponse, error)
+	mustEmbedUnimplementedFifoServer()
+}
+
+// UnimplementedFifoServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedFifoServer struct{}
+
+func (UnimplementedFifoServer) Bridge(grpc.BidiStreamingServer[FifoRequest, FifoResponse]) error {
+	return status.Error(codes.Unimplemented, "method Bridge not implemented")
+}
+func (UnimplementedFifoServer) Remove(context.Context, *FifoRemoveRequest) (*ErrnoResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Remove not implemented")
+}
+func (UnimplementedFifoServer) mustEmbedUnimplementedFifoServer() {}
+func (UnimplementedFifoServer) testEmbeddedByValue()              {}
+
+// UnsafeFifoServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to FifoServer will
+// result in compilation errors.
+type UnsafeFifoServer interface {
+	mustEmbedUnimplementedFifoServer()
+}
+
+func RegisterFifoServer(s grpc.ServiceRegistrar, srv FifoServer) {
+	// If the following call panics, it indicates UnimplementedFifoServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Fifo_ServiceDesc, srv)
+}
+
+func _Fifo_Bridge_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(FifoServer).Bridge(&grpc.GenericServerStream[FifoRequest, FifoResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Fifo_BridgeServer = grpc.BidiStreamingServer[FifoRequest, FifoResponse]
+
+func _Fifo_Remove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FifoRemoveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FifoServer).Remove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Fifo_Remove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FifoServer).Remove(ctx, req.(*FifoRemoveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Fifo_ServiceDesc is the grpc.ServiceDesc for Fifo service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Fifo_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "qtfs.v1.Fifo",
+	HandlerType: (*FifoServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Remove",
+			Handler:    _Fifo_Remove_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Bridge",
+			Handler:       _Fifo_Bridge_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},
