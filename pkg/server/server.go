@@ -20,6 +20,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/fifo"
 	"github.com/qtfs/qtfs/pkg/hostexec"
 	"github.com/qtfs/qtfs/pkg/sdnotify"
 	"github.com/qtfs/qtfs/pkg/sockproxy"
@@ -84,6 +85,15 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 		}
 		sp.Register(g)
 	}
+	fexports := make([]fifo.Export, 0, len(v.exports))
+	for _, e := range v.exports {
+		fexports = append(fexports, fifo.Export{Path: e.Path, ReadOnly: e.ReadOnly})
+	}
+	ff, err := fifo.NewServer(fifo.ServerOptions{Exports: fexports, Logger: log.Named("fifo"), Registerer: reg})
+	if err != nil {
+		return err
+	}
+	ff.Register(g)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(g, hs)
 
