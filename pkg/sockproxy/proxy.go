@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
@@ -85,6 +86,40 @@ type Proxy struct {
 // Listen creates the local socket and starts forwarding its connections
 // over cc until Close.
 func Listen(cc grpc.ClientConnInterface, opts ProxyOptions) (*Proxy, error) {
+	p, err := newProxy(cc, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(opts.Listen), 0o755); err != nil {
+		return nil, fmt.Errorf("sockproxy: listen %s: %w", opts.Listen, err)
+	}
+	if err := RemoveStale(opts.Listen); err != nil {
+		return nil, err
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: opts.Listen, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("sockproxy: listen %s: %w", opts.Listen, err)
+	}
+	if err := os.Chmod(opts.Listen, p.opts.Mode); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("sockproxy: listen %s: %w", opts.Listen, err)
+	}
+	p.l = l
+	p.wg.Add(1)
+	go p.serve()
+	p.log.Info("sockproxy: listening")
+	return p, nil
+}
+
+// NewDialer returns a Proxy that listens nowhere: its connections are
+// made in process with DialContext, for a local server that speaks the
+// host socket's protocol itself (pkg/ctrdproxy). opts.Listen names it in
+// logs and status only.
+func NewDialer(cc grpc.ClientConnInterface, opts ProxyOptions) (*Proxy, error) {
+	return newProxy(cc, opts)
+}
+
+func newProxy(cc grpc.ClientConnInterface, opts ProxyOptions) (*Proxy, error) {
 	if !filepath.IsAbs(opts.Listen) || !filepath.IsAbs(opts.Remote) {
 		return nil, fmt.Errorf("sockproxy: listen %q, remote %q: want absolute paths", opts.Listen, opts.Remote)
 	}
@@ -103,30 +138,54 @@ func Listen(cc grpc.ClientConnInterface, opts ProxyOptions) (*Proxy, error) {
 	if p.m == nil {
 		p.m, _ = NewClientMetrics(nil)
 	}
-	if err := os.MkdirAll(filepath.Dir(opts.Listen), 0o755); err != nil {
-		return nil, fmt.Errorf("sockproxy: listen %s: %w", opts.Listen, err)
-	}
-	if err := removeStale(opts.Listen); err != nil {
-		return nil, err
-	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: opts.Listen, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("sockproxy: listen %s: %w", opts.Listen, err)
-	}
-	if err := os.Chmod(opts.Listen, opts.Mode); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("sockproxy: listen %s: %w", opts.Listen, err)
-	}
-	p.l = l
 	p.ctx, p.cancel = context.WithCancel(context.Background())
-	p.wg.Add(1)
-	go p.serve()
-	p.log.Info("sockproxy: listening")
 	return p, nil
 }
 
-// removeStale removes a socket file at path that nothing answers on.
-func removeStale(path string) error {
+// DialContext returns a new connection to the host socket: one end of a
+// socket pair whose other end is forwarded as an accepted connection
+// would be. The network and address are ignored (the Proxy has one host
+// socket); a failure to reach the host shows as the connection closing.
+func (p *Proxy) DialContext(ctx context.Context, _, _ string) (net.Conn, error) {
+	if err := p.ctx.Err(); err != nil {
+		return nil, fmt.Errorf("sockproxy: %s: closed", p.opts.Listen)
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("sockproxy: socketpair: %w", err)
+	}
+	ours, err := fileConn(fds[0])
+	if err != nil {
+		unix.Close(fds[1])
+		return nil, err
+	}
+	theirs, err := fileConn(fds[1])
+	if err != nil {
+		ours.Close()
+		return nil, err
+	}
+	if !p.track(ours) {
+		ours.Close()
+		theirs.Close()
+		return nil, fmt.Errorf("sockproxy: %s: too many connections (%d)", p.opts.Listen, p.opts.MaxConns)
+	}
+	return theirs, nil
+}
+
+// fileConn turns a socket descriptor into a *net.UnixConn that owns it.
+func fileConn(fd int) (*net.UnixConn, error) {
+	f := os.NewFile(uintptr(fd), "socketpair")
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("sockproxy: socketpair: %w", err)
+	}
+	return c.(*net.UnixConn), nil
+}
+
+// RemoveStale removes a socket file at path that nothing answers on; a
+// live socket, or another kind of file, there is an error.
+func RemoveStale(path string) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
@@ -165,7 +224,10 @@ func (p *Proxy) Stats() Stats {
 // Close stops listening, removes the socket file, cuts the open
 // connections and waits for them to end.
 func (p *Proxy) Close() error {
-	err := p.l.Close() // unlinks the socket file
+	var err error
+	if p.l != nil {
+		err = p.l.Close() // unlinks the socket file
+	}
 	p.cancel()
 	p.mu.Lock()
 	for c := range p.conns {
@@ -199,34 +261,42 @@ func (p *Proxy) serve() {
 			continue
 		}
 		backoff = 0
-		p.total.Add(1)
-		p.mu.Lock()
-		if len(p.conns) >= p.opts.MaxConns {
-			p.mu.Unlock()
-			p.failed.Add(1)
-			p.m.m.conns.WithLabelValues(resultExhausted).Inc()
-			p.log.Warn("sockproxy: too many connections, closing a new one", zap.Int("max", p.opts.MaxConns))
+		if !p.track(c) {
 			c.Close()
-			continue
 		}
-		p.conns[c] = struct{}{}
-		p.mu.Unlock()
-		p.m.active.Add(1)
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			defer func() {
-				p.mu.Lock()
-				delete(p.conns, c)
-				p.mu.Unlock()
-				p.m.active.Add(-1)
-				c.Close()
-			}()
-			if err := p.handle(c); err != nil {
-				p.failed.Add(1)
-			}
-		}()
 	}
+}
+
+// track forwards connection c in a goroutine of its own until it ends;
+// false when there are too many already.
+func (p *Proxy) track(c *net.UnixConn) bool {
+	p.total.Add(1)
+	p.mu.Lock()
+	if len(p.conns) >= p.opts.MaxConns {
+		p.mu.Unlock()
+		p.failed.Add(1)
+		p.m.m.conns.WithLabelValues(resultExhausted).Inc()
+		p.log.Warn("sockproxy: too many connections, closing a new one", zap.Int("max", p.opts.MaxConns))
+		return false
+	}
+	p.conns[c] = struct{}{}
+	p.mu.Unlock()
+	p.m.active.Add(1)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		defer func() {
+			p.mu.Lock()
+			delete(p.conns, c)
+			p.mu.Unlock()
+			p.m.active.Add(-1)
+			c.Close()
+		}()
+		if err := p.handle(c); err != nil {
+			p.failed.Add(1)
+		}
+	}()
+	return true
 }
 
 // handle forwards one accepted connection; it returns an error when the
