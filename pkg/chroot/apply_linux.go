@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -23,8 +24,12 @@ type Unmounter interface {
 type Options struct {
 	// Logger receives a line per action; nil logs nothing.
 	Logger *zap.Logger
-	// Remote mounts a Remote action at a.Target (which exists when it is
-	// called). Required when the plan has Remote actions.
+	// Remote mounts a Remote action at a.Target. Required when the plan
+	// has Remote actions. a.Target exists when it is called, except for
+	// a Remote inside another (a.ParentKind == Remote): Apply does not
+	// look there first, and Remote has the host make the directory
+	// (MountRequest.create) before it mounts, so that it shows through
+	// the parent mount.
 	Remote func(ctx context.Context, a Action) (Unmounter, error)
 	// StaleFSType is the filesystem type of mounts to treat as stale when
 	// found at a Remote target ("fuse.qtfs"); any mount there is replaced
@@ -60,8 +65,11 @@ type Applied struct {
 type Tree struct {
 	root string
 	log  *zap.Logger
-	mu   sync.Mutex
-	done []Applied
+	// skipped holds the paths of the optional binds skipped, whose mount
+	// points lie in the root's own tree after all. Apply's alone.
+	skipped map[string]bool
+	mu      sync.Mutex
+	done    []Applied
 }
 
 // Applied returns what Apply did, in order.
@@ -82,9 +90,18 @@ func Apply(ctx context.Context, root string, plan []Action, o Options) (*Tree, e
 	if log == nil {
 		log = zap.NewNop()
 	}
-	t := &Tree{root: root, log: log}
+	t := &Tree{root: root, log: log, skipped: map[string]bool{}}
 	if err := os.MkdirAll(root, 0o755); err != nil {
-		return nil, fmt.Errorf("chroot: root: %w", err)
+		return nil, &KeyError{Key: RootKey, Err: err}
+	}
+	// Mount points are compared with mountinfo's, which are resolved.
+	if real, err := filepath.EvalSymlinks(root); err != nil {
+		return nil, &KeyError{Key: RootKey, Err: err}
+	} else if real != root {
+		return nil, keyErr(RootKey, "%s is reached through a symlink (it is %s): give that path", root, real)
+	}
+	if err := Check(plan); err != nil {
+		return nil, err
 	}
 	for _, a := range plan {
 		if err := ctx.Err(); err != nil {
@@ -126,6 +143,9 @@ func detachAll(target string) (bool, error) {
 
 func (t *Tree) apply(ctx context.Context, a Action, o Options) (Applied, error) {
 	ap := Applied{Action: a, Result: Made}
+	if a.Kind == RootBind {
+		return t.applyRoot(a)
+	}
 	if a.Kind == Link {
 		kept, err := makeLink(a.Target, a.Source)
 		if kept {
@@ -138,6 +158,7 @@ func (t *Tree) apply(ctx context.Context, a Action, o Options) (Applied, error) 
 		switch {
 		case errors.Is(err, os.ErrNotExist) && a.Optional:
 			ap.Result = Skipped
+			t.skipped[a.Path] = true
 			return ap, nil
 		case err != nil:
 			return ap, fmt.Errorf("source: %w", err)
@@ -214,9 +235,13 @@ func stickyBit(m os.FileMode) uint32 {
 	return 0
 }
 
-// inPlace reports whether the one mount m at a.Target is what a would make.
+// inPlace reports whether the one mount m at a.Target is what a would
+// make. Every mount of the chroot is shared (beneath the shared root).
 func (t *Tree) inPlace(a Action, m MountInfo) bool {
 	ro := strings.HasPrefix(m.Options, "ro,") || m.Options == "ro"
+	if m.Shared == 0 {
+		return false
+	}
 	switch a.Kind {
 	case Proc:
 		return m.FSType == "proc"
@@ -236,8 +261,13 @@ func (t *Tree) inPlace(a Action, m MountInfo) bool {
 }
 
 // mountpoint makes sure a's mount point exists, creating it only where
-// the chroot owns the directory.
+// the chroot owns the directory. A Remote inside a Remote is left to
+// Options.Remote: looking it up before the host made it could leave a
+// negative entry in the parent mount's cache.
 func (t *Tree) mountpoint(a Action) error {
+	if a.Kind == Remote && a.ParentKind == Remote {
+		return nil
+	}
 	fi, err := os.Stat(a.Target)
 	if err == nil {
 		if a.Kind == BindFile {
@@ -254,8 +284,12 @@ func (t *Tree) mountpoint(a Action) error {
 	if !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("mount point: %w", err)
 	}
-	if !a.CreateTarget {
-		return fmt.Errorf("mount point %s does not exist, and it lies in a directory the chroot does not own (a bind of the DPU's or a host export): create it there", a.Path)
+	switch {
+	case a.CreateTarget || t.skipped[a.ParentPath]:
+	case a.ParentKind == Remote:
+		return fmt.Errorf("mount point %s does not exist on the host, and it lies inside the host mount %s (%s), which the chroot never writes into: create it on the host", a.Path, a.ParentPath, a.ParentKey)
+	default:
+		return fmt.Errorf("mount point %s does not exist on the DPU, and it lies inside the bind of the DPU's %s (%s), which the chroot never writes into: create it on the DPU, or do not bind %[2]s", a.Path, a.ParentPath, a.ParentKey)
 	}
 	if a.Kind == BindFile {
 		if err := os.MkdirAll(filepath.Dir(a.Target), 0o755); err != nil {
@@ -306,13 +340,20 @@ func bind(source, target string, recursive, readOnly bool) error {
 	if err := unix.Mount(source, target, "", flags, ""); err != nil {
 		return fmt.Errorf("bind %s: %w", source, err)
 	}
-	slave := uintptr(unix.MS_SLAVE)
+	rec := uintptr(0)
 	if recursive {
-		slave |= unix.MS_REC
+		rec = unix.MS_REC
 	}
-	if err := unix.Mount("", target, "", slave, ""); err != nil {
+	// A slave receives the source's mounts and sends none back; shared
+	// again (a peer group of its own), it passes what is mounted beneath
+	// it on like the rest of the chroot.
+	if err := unix.Mount("", target, "", unix.MS_SLAVE|rec, ""); err != nil {
 		unix.Unmount(target, unix.MNT_DETACH)
 		return fmt.Errorf("make %s a slave: %w", target, err)
+	}
+	if err := unix.Mount("", target, "", unix.MS_SHARED|rec, ""); err != nil {
+		unix.Unmount(target, unix.MNT_DETACH)
+		return fmt.Errorf("make %s shared: %w", target, err)
 	}
 	if readOnly {
 		var st unix.Statfs_t
@@ -392,4 +433,92 @@ func Cleanup(root string) ([]string, error) {
 		left = append(left, mp)
 	}
 	return left, nil
+}
+
+// applyRoot makes the root a mount point bound onto itself, private (out
+// of the peer group of the DPU's mount it lies on) and then shared (a
+// peer group of its own), so that every mount made beneath it is shared
+// and none propagates into the DPU's own tree. A root already bound onto
+// itself is kept, its propagation put right when it is wrong. Beneath a
+// root that is not, nothing of this plan is mounted yet: what is there is
+// stale, and is detached first, since the bind would hide it.
+func (t *Tree) applyRoot(a Action) (Applied, error) {
+	ap := Applied{Action: a, Result: Made}
+	mounts, err := ReadMountinfo()
+	if err != nil {
+		return ap, err
+	}
+	if here := at(mounts, a.Target); len(here) > 0 && boundOntoItself(mounts, here[len(here)-1]) {
+		top := here[len(here)-1]
+		if top.Shared != 0 && !sharedOutside(mounts, top.Shared, a.Target) {
+			ap.Result = Kept
+			return ap, nil
+		}
+		t.log.Warn("chroot: the root is bound onto itself but not shared in a peer group of its own; making it so",
+			zap.String("root", a.Target), zap.Int("peer_group", top.Shared))
+		ap.Result = Repaired
+		return ap, share(a.Target)
+	}
+	var stale []string
+	for _, mp := range Beneath(mounts, a.Target) {
+		if mp != a.Target {
+			stale = append(stale, mp)
+		}
+	}
+	if len(stale) > 0 {
+		t.log.Warn("chroot: detaching stale mounts beneath a root not bound onto itself", zap.Strings("found", stale))
+		for _, mp := range stale {
+			if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+				return ap, fmt.Errorf("detach %s: %w", mp, err)
+			}
+		}
+		ap.Result = Repaired
+	}
+	if err := unix.Mount(a.Target, a.Target, "", unix.MS_BIND, ""); err != nil {
+		return ap, fmt.Errorf("bind the root onto itself: %w", err)
+	}
+	if err := share(a.Target); err != nil {
+		unix.Unmount(a.Target, unix.MNT_DETACH)
+		return ap, err
+	}
+	return ap, nil
+}
+
+// share makes the mount at target private, then shared: a peer group of
+// its own.
+func share(target string) error {
+	if err := unix.Mount("", target, "", unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make %s private: %w", target, err)
+	}
+	if err := unix.Mount("", target, "", unix.MS_SHARED, ""); err != nil {
+		return fmt.Errorf("make %s shared: %w", target, err)
+	}
+	return nil
+}
+
+// boundOntoItself reports whether m shows the very directory it is
+// mounted on: the filesystem and path of the mount beneath it there.
+func boundOntoItself(mounts []MountInfo, m MountInfo) bool {
+	for _, p := range mounts {
+		if p.ID != m.Parent {
+			continue
+		}
+		if p.Dev != m.Dev || (p.Mountpoint != "/" && !within(m.Mountpoint, p.Mountpoint)) {
+			return false
+		}
+		rel := strings.TrimPrefix(m.Mountpoint, p.Mountpoint)
+		return m.Root == path.Join(p.Root, rel)
+	}
+	return false
+}
+
+// sharedOutside reports whether a mount outside root is in peer group
+// group.
+func sharedOutside(mounts []MountInfo, group int, root string) bool {
+	for _, m := range mounts {
+		if m.Shared == group && !within(m.Mountpoint, root) {
+			return true
+		}
+	}
+	return false
 }

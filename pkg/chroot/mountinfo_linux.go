@@ -17,8 +17,12 @@ type MountInfo struct {
 	Root       string
 	Mountpoint string
 	Options    string
-	FSType     string
-	Source     string
+	// Shared is the peer group of a shared mount ("shared:N"), 0 when the
+	// mount is not shared; Master is the peer group a slave mount
+	// receives from ("master:N"), 0 when it is no slave.
+	Shared, Master int
+	FSType         string
+	Source         string
 }
 
 // ReadMountinfo reads /proc/self/mountinfo.
@@ -53,14 +57,25 @@ func ParseMountinfo(r io.Reader) ([]MountInfo, error) {
 		if err1 != nil || err2 != nil {
 			continue
 		}
-		out = append(out, MountInfo{
+		m := MountInfo{
 			ID: id, Parent: parent, Dev: f[2],
 			Root:       unescape(f[3]),
 			Mountpoint: unescape(f[4]),
 			Options:    f[5],
 			FSType:     f[sep+1],
 			Source:     unescape(f[sep+2]),
-		})
+		}
+		for _, opt := range f[6:sep] {
+			tag, n, _ := strings.Cut(opt, ":")
+			v, _ := strconv.Atoi(n)
+			switch tag {
+			case "shared":
+				m.Shared = v
+			case "master":
+				m.Master = v
+			}
+		}
+		out = append(out, m)
 	}
 	return out, sc.Err()
 }

@@ -14,10 +14,14 @@ type Kind int
 
 // The kinds of Action.
 const (
+	// RootBind binds the chroot's root directory onto itself, making it a
+	// mount point of its own, shared in a peer group of its own. It is the
+	// first action of every plan (Path "/", Key "root").
+	RootBind Kind = iota + 1
 	// Bind binds the DPU directory Source at Target (recursively when
 	// Recursive), a slave of its source, read-only when ReadOnly. When
 	// Source is a symlink, the same symlink is made at Target instead.
-	Bind Kind = iota + 1
+	Bind
 	// Proc mounts a new proc filesystem of the DPU's own processes.
 	Proc
 	// Tmpfs mounts an empty tmpfs with permission Mode.
@@ -33,6 +37,8 @@ const (
 
 func (k Kind) String() string {
 	switch k {
+	case RootBind:
+		return "root"
 	case Bind:
 		return "bind"
 	case Proc:
@@ -69,6 +75,14 @@ type Action struct {
 	// chroot owns (the root's own tree or a tmpfs of the plan), where
 	// Apply may create it; elsewhere it must exist.
 	CreateTarget bool
+	// ParentKind, ParentPath and ParentKey describe the nearest action
+	// whose mount holds this one's mount point; ParentKind is 0 in the
+	// root's own tree. A mount point in a Bind must exist on the DPU
+	// (Check looks); one of a Remote in a Remote is made by the host when
+	// the Remote is mounted (Options.Remote).
+	ParentKind Kind
+	ParentPath string
+	ParentKey  string
 	// Key names the config entry the action comes from ("mounts[2]").
 	Key string
 	// Data is the caller's, passed through (Remote options).
@@ -186,21 +200,30 @@ func cleanAbs(key, what, p string) error {
 }
 
 // depth is the number of components of a clean absolute path.
-func depth(p string) int { return strings.Count(p, "/") }
+func depth(p string) int {
+	if p == "/" {
+		return 0
+	}
+	return strings.Count(p, "/")
+}
 
 // within reports whether p is dir or lies beneath it.
 func within(p, dir string) bool {
 	return p == dir || strings.HasPrefix(p, dir+"/")
 }
 
+// RootKey is the key of the RootBind action.
+const RootKey = "root"
+
 // Plan checks c and returns the actions that build the chroot, parents
-// before children. Every error is a *KeyError (joined when several).
+// before children, the RootBind first. Every error is a *KeyError
+// (joined when several).
 func Plan(c Config) ([]Action, error) {
 	var errs []error
 	if c.Root == "" || !path.IsAbs(c.Root) || path.Clean(c.Root) != c.Root || c.Root == "/" {
-		return nil, keyErr("root", "%q: want an absolute, clean path other than /", c.Root)
+		return nil, keyErr(RootKey, "%q: want an absolute, clean path other than /", c.Root)
 	}
-	var acts []Action
+	acts := []Action{{Kind: RootBind, Path: "/", Target: c.Root, Key: RootKey}}
 	add := func(a Action, what string) {
 		if err := cleanAbs(a.Key, what, a.Path); err != nil {
 			errs = append(errs, err)
@@ -265,7 +288,7 @@ func Plan(c Config) ([]Action, error) {
 	}
 	// One action per mount point.
 	byPath := map[string]Action{}
-	for _, a := range acts {
+	for _, a := range acts[1:] {
 		if prev, dup := byPath[a.Path]; dup {
 			errs = append(errs, keyErr(a.Key, "duplicate mount point %s (also %s)", a.Path, prev.Key))
 			continue
@@ -273,8 +296,8 @@ func Plan(c Config) ([]Action, error) {
 		byPath[a.Path] = a
 	}
 	// Nothing beneath what cannot hold mounts made by the plan.
-	for _, a := range acts {
-		for _, b := range acts {
+	for _, a := range acts[1:] {
+		for _, b := range acts[1:] {
 			if a.Path == b.Path || !within(b.Path, a.Path) {
 				continue
 			}
@@ -293,9 +316,11 @@ func Plan(c Config) ([]Action, error) {
 	sort.SliceStable(acts, func(i, j int) bool { return depth(acts[i].Path) < depth(acts[j].Path) })
 	for i := range acts {
 		acts[i].CreateTarget = true
-		for j := i - 1; j >= 0; j-- {
+		for j := i - 1; j > 0; j-- { // acts[0] is the RootBind
 			if within(acts[i].Path, acts[j].Path) { // the nearest enclosing action
-				acts[i].CreateTarget = acts[j].Kind == Tmpfs
+				p := acts[j]
+				acts[i].CreateTarget = p.Kind == Tmpfs
+				acts[i].ParentKind, acts[i].ParentPath, acts[i].ParentKey = p.Kind, p.Path, p.Key
 				break
 			}
 		}

@@ -2,6 +2,7 @@ package chroot
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -32,12 +33,13 @@ func TestPlanOrder(t *testing.T) {
 		ShimDir: "/usr/local/sbin",
 		Shims:   []string{"runc", "kill"},
 		Rexec:   "/usr/bin/rexec",
+		ShimKey: "shims",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := []string{
-		"bind /usr", "bind /etc", "tmpfs /run", "proc /local_proc", "bind /dev", "remote /sys", "remote /proc",
+		"root /", "bind /usr", "bind /etc", "tmpfs /run", "proc /local_proc", "bind /dev", "remote /sys", "remote /proc",
 		"remote /run/docker", "link /var/run",
 		"remote /sys/fs/cgroup", "remote /var/lib/docker", "tmpfs /usr/local/sbin",
 		"bind-file /usr/local/sbin/rexec", "link /usr/local/sbin/runc", "link /usr/local/sbin/kill",
@@ -46,11 +48,33 @@ func TestPlanOrder(t *testing.T) {
 		t.Fatalf("plan:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 	create := map[string]bool{}
+	parent := map[string]string{}
 	for _, a := range acts {
+		if a.Kind == RootBind {
+			if a.Target != "/var/lib/qtfs/root" || a.Key != "root" {
+				t.Errorf("the root's action: %+v", a)
+			}
+			continue
+		}
 		if a.Target != "/var/lib/qtfs/root"+a.Path {
 			t.Errorf("%s: target %s", a.Path, a.Target)
 		}
 		create[a.Path] = a.CreateTarget
+		if a.ParentKind != 0 {
+			parent[a.Path] = fmt.Sprintf("%s %s %s", a.ParentKind, a.ParentPath, a.ParentKey)
+		}
+	}
+	for p, want := range map[string]string{
+		"/sys/fs/cgroup":        "remote /sys mounts[1]",
+		"/run/docker":           "tmpfs /run tmpfs[0]",
+		"/usr/local/sbin":       "bind /usr binds[0]",
+		"/usr/local/sbin/rexec": "tmpfs /usr/local/sbin shims",
+		"/var/lib/docker":       "",
+		"/usr":                  "",
+	} {
+		if parent[p] != want {
+			t.Errorf("%s: parent %q, want %q", p, parent[p], want)
+		}
 	}
 	for p, want := range map[string]bool{
 		"/usr": true, "/run/docker": true, // in the root's own tree, in a tmpfs
@@ -138,22 +162,32 @@ func TestParseMountinfo(t *testing.T) {
 27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
 50 27 0:46 / /var/lib/qtfs/root/with\040space rw,nosuid - fuse.qtfs tcp://h:1:/srv rw,user_id=0
 51 50 0:47 /sub /var/lib/qtfs/root/with\040space/x ro master:3 - tmpfs tmpfs ro
+52 50 0:48 / /var/lib/qtfs/root/both rw shared:9 master:3 - tmpfs tmpfs rw
 garbage line
 `
 	ms, err := ParseMountinfo(strings.NewReader(text))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ms) != 4 {
+	if len(ms) != 5 {
 		t.Fatalf("parsed %d mounts: %+v", len(ms), ms)
 	}
 	if m := ms[2]; m.Mountpoint != "/var/lib/qtfs/root/with space" || m.FSType != "fuse.qtfs" || m.Source != "tcp://h:1:/srv" || m.Parent != 27 {
 		t.Errorf("fuse line: %+v", m)
 	}
-	if m := ms[3]; m.Root != "/sub" || m.Options != "ro" || m.Dev != "0:47" {
+	if m := ms[3]; m.Root != "/sub" || m.Options != "ro" || m.Dev != "0:47" || m.Master != 3 || m.Shared != 0 {
 		t.Errorf("tmpfs line: %+v", m)
 	}
+	if m := ms[1]; m.Shared != 1 || m.Master != 0 {
+		t.Errorf("root line: %+v", m)
+	}
+	if m := ms[0]; m.Shared != 0 || m.Master != 0 {
+		t.Errorf("proc line: %+v", m)
+	}
 	got := Beneath(ms, "/var/lib/qtfs/root/with space")
+	if m := ms[4]; m.Shared != 9 || m.Master != 3 {
+		t.Errorf("shared slave line: %+v", m)
+	}
 	if strings.Join(got, ",") != "/var/lib/qtfs/root/with space/x,/var/lib/qtfs/root/with space" {
 		t.Errorf("Beneath = %q", got)
 	}
