@@ -28,6 +28,8 @@ import (
 	"github.com/qtfs/qtfs/pkg/chroot"
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	"github.com/qtfs/qtfs/pkg/sdnotify"
+	"github.com/qtfs/qtfs/pkg/ctrdproxy"
+	"github.com/qtfs/qtfs/pkg/fifo"
 	"github.com/qtfs/qtfs/pkg/sockproxy"
 	"github.com/qtfs/qtfs/pkg/transport"
 	"github.com/qtfs/qtfs/pkg/version"
@@ -82,7 +84,11 @@ func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	d := &runDaemon{rc: rc, plan: plan, log: log, reg: reg, pm: pm}
+	fm, err := fifo.NewClientMetrics(reg)
+	if err != nil {
+		return err
+	}
+	d := &runDaemon{rc: rc, plan: plan, log: log, reg: reg, pm: pm, fm: fm}
 	d.st = RunStatus{PID: os.Getpid(), Config: rc.Config, Root: root, Server: plan.uri.String(),
 		State: StateConnecting, Started: time.Now(), Shims: rc.Shims}
 	ctl, err := d.startControl(runDir)
@@ -133,23 +139,12 @@ func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
 	}()
 	// Runs before the teardown: mounts going away are expected from now.
 	defer d.setState(StateStopping, "")
+	defer d.closeProxies()
 	for _, ps := range plan.proxies {
-		p, err := sockproxy.Listen(waitConn{cc: cc, wait: plan.reconnect}, sockproxy.ProxyOptions{
-			Listen:  filepath.Join(root, ps.Listen),
-			Remote:  ps.Host,
-			Mode:    ps.Mode,
-			Logger:  log.Named("sockproxy"),
-			Metrics: pm,
-		})
-		if err != nil {
-			d.closeProxies()
+		if err := d.startProxy(cc, root, ps); err != nil {
 			return fmt.Errorf("qtfs-client run: %s: %w", ps.Key, err)
 		}
-		d.mu.Lock()
-		d.proxies = append(d.proxies, p)
-		d.mu.Unlock()
 	}
-	defer d.closeProxies()
 
 	d.setState(StateReady, "")
 	summary := fmt.Sprintf("%s ready: %d host mounts, %d socket proxies, %d shims, server %s",
@@ -178,6 +173,10 @@ type runDaemon struct {
 	sess    *fuseclient.Session
 	tree    *chroot.Tree
 	proxies []*sockproxy.Proxy
+	// closers end the containerd API proxies and their FIFO bridges,
+	// in order, before proxies close.
+	closers []func() error
+	fm      *fifo.ClientMetrics
 	remotes map[string]*remoteMount
 }
 
@@ -187,12 +186,63 @@ func (d *runDaemon) setState(state, errMsg string) {
 	d.mu.Unlock()
 }
 
-// closeProxies stops the proxies, last first.
+// startProxy starts the socket proxy ps: a listening one that moves
+// bytes, or, for the containerd API, a ctrdproxy that reaches the host
+// socket through an in-process one and bridges stdio FIFOs.
+func (d *runDaemon) startProxy(cc *grpc.ClientConn, root string, ps proxySpec) error {
+	conn := waitConn{cc: cc, wait: d.plan.reconnect}
+	opts := sockproxy.ProxyOptions{
+		Listen:  filepath.Join(root, ps.Listen),
+		Remote:  ps.Host,
+		Mode:    ps.Mode,
+		Logger:  d.log.Named("sockproxy"),
+		Metrics: d.pm,
+	}
+	if !ps.Containerd {
+		p, err := sockproxy.Listen(conn, opts)
+		if err != nil {
+			return err
+		}
+		d.mu.Lock()
+		d.proxies = append(d.proxies, p)
+		d.mu.Unlock()
+		return nil
+	}
+	dialer, err := sockproxy.NewDialer(conn, opts)
+	if err != nil {
+		return err
+	}
+	bridger, err := fifo.NewBridger(conn, fifo.BridgerOptions{Root: root, Logger: d.log.Named("fifo"), Metrics: d.fm})
+	if err != nil {
+		dialer.Close()
+		return err
+	}
+	cp, err := ctrdproxy.Listen(ctrdproxy.Options{Listen: opts.Listen, Mode: ps.Mode, Dial: dialer.DialContext,
+		Fifos: bridger, Root: root, Logger: d.log.Named("ctrdproxy")})
+	if err != nil {
+		bridger.Close()
+		dialer.Close()
+		return err
+	}
+	d.mu.Lock()
+	d.proxies = append(d.proxies, dialer)
+	d.closers = append(d.closers, cp.Close, bridger.Close)
+	d.mu.Unlock()
+	return nil
+}
+
+// closeProxies stops the proxies, last first: the containerd API servers
+// and their bridges, then the proxies that carry bytes.
 func (d *runDaemon) closeProxies() {
 	d.mu.Lock()
-	ps := d.proxies
-	d.proxies = nil
+	ps, cs := d.proxies, d.closers
+	d.proxies, d.closers = nil, nil
 	d.mu.Unlock()
+	for _, c := range cs {
+		if err := c(); err != nil {
+			d.log.Warn("close the containerd API proxy", zap.Error(err))
+		}
+	}
 	for i := len(ps) - 1; i >= 0; i-- {
 		if err := ps[i].Close(); err != nil {
 			d.log.Warn("close socket proxy", zap.String("listen", ps[i].Listen()), zap.Error(err))

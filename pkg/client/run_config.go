@@ -81,6 +81,10 @@ type ProxyConfig struct {
 	Host string `yaml:"host"`
 	// Mode is the socket's permission, octal (default 0660).
 	Mode string `yaml:"mode"`
+	// API is the protocol the host socket speaks, when the proxy must
+	// understand it: "containerd" carries task stdio FIFOs and OCI specs
+	// across (pkg/ctrdproxy); "" moves bytes.
+	API string `yaml:"api"`
 }
 
 // ConfigError is one error of a config file, with where it is.
@@ -220,6 +224,8 @@ type proxySpec struct {
 	Listen, Host string // Listen inside the chroot
 	Mode         os.FileMode
 	Key          string
+	// Containerd: the proxy speaks the containerd API (api: containerd).
+	Containerd bool
 }
 
 // runPlan is a checked RunConfig.
@@ -389,6 +395,13 @@ func (rc *RunConfig) check() (*runPlan, error) {
 			}
 			ps.Mode = os.FileMode(v & 0o777)
 		}
+		switch pc.API {
+		case "":
+		case "containerd":
+			ps.Containerd = true
+		default:
+			bad(key+".api", "%q: want containerd, or nothing for a proxy that moves bytes", pc.API)
+		}
 		if prev, dup := seen[ps.Listen]; dup {
 			bad(key+".listen", "%s is also the socket of %s", ps.Listen, prev)
 			continue
@@ -467,7 +480,11 @@ func CheckRunConfig(rc *RunConfig, w io.Writer) error {
 		fmt.Fprintf(w, "  [%s]\n", a.Key)
 	}
 	for _, ps := range p.proxies {
-		fmt.Fprintf(w, "     proxy     %s -> host %s (mode %04o)  [%s]\n", ps.Listen, ps.Host, ps.Mode, ps.Key)
+		api := ""
+		if ps.Containerd {
+			api = ", containerd API"
+		}
+		fmt.Fprintf(w, "     proxy     %s -> host %s (mode %04o%s)  [%s]\n", ps.Listen, ps.Host, ps.Mode, api, ps.Key)
 	}
 	return nil
 }
