@@ -119,6 +119,7 @@ func Run(t *testing.T, start Factory) {
 		{"Unlinked", testUnlinked},
 		{"Readdir", testReaddir},
 		{"Statfs", testStatfs},
+		{"Mounts", testMounts},
 		{"Xattr", testXattr},
 		{"ACL", testACL},
 		{"Fallocate", testFallocate},

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	qfs "github.com/qtfs/qtfs/pkg/fs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -518,6 +519,30 @@ func testLink(e *env) {
 	t.Run("directory", func(t *testing.T) { link(e.p("d"), e.p(), "d2").fails(t, "link", syscall.EPERM) })
 	t.Run("mount root", func(t *testing.T) { link(nil, e.p(), "r").fails(t, "link", syscall.EPERM) })
 	t.Run("missing", func(t *testing.T) { link(e.p("nope"), e.p(), "n").fails(t, "link", syscall.ENOENT) })
+}
+
+// testMounts checks the shape of a Mounts reply on the rw export: the
+// mount holding the root first, with path "", then mounts beneath it,
+// each after its parent, their paths valid relative paths; an unknown
+// mount is ESTALE.
+func testMounts(e *env) {
+	t := e.t
+	r := call(e.c.Mounts(e.ctx(), &qtfsv1.MountsRequest{Mount: e.mrw})).ok(t, "mounts")
+	ms := r.GetMounts()
+	if len(ms) == 0 || len(ms[0].GetPath()) != 0 || len(ms[0].GetRoot()) == 0 || ms[0].GetRoot()[0] != '/' || ms[0].GetFsType() == "" {
+		t.Fatalf("mounts %v: want the holding mount first, with path \"\" and an absolute root", ms)
+	}
+	seen := map[uint32]bool{ms[0].GetId(): true}
+	for _, m := range ms[1:] {
+		if qfs.ValidPath(m.GetPath()) != 0 || len(m.GetPath()) == 0 {
+			t.Errorf("mount %d: path %q", m.GetId(), m.GetPath())
+		}
+		if !seen[m.GetParentId()] {
+			t.Errorf("mount %d (%s) listed before its parent %d", m.GetId(), m.GetPath(), m.GetParentId())
+		}
+		seen[m.GetId()] = true
+	}
+	call(e.c.Mounts(e.ctx(), &qtfsv1.MountsRequest{Mount: 1 << 40})).fails(t, "mounts of an unknown mount", syscall.ESTALE)
 }
 
 func testStatfs(e *env) {

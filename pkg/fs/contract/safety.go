@@ -319,6 +319,9 @@ func testReadOnly(e *env) {
 		{"Statfs", func() (errnoReply, error) {
 			return e.c.Statfs(ctx, &qtfsv1.StatfsRequest{Mount: m, Caller: rootCaller})
 		}},
+		{"Mounts", func() (errnoReply, error) {
+			return e.c.Mounts(ctx, &qtfsv1.MountsRequest{Mount: m})
+		}},
 		{"Listxattr", func() (errnoReply, error) {
 			return e.c.Listxattr(ctx, &qtfsv1.ListxattrRequest{Mount: m, Caller: rootCaller, Path: []byte("file")})
 		}},

@@ -38,6 +38,11 @@
 //     read from statfs(2): proc, sysfs, cgroup, cgroup2; a tmpfs holding
 //     nothing but cgroup hierarchies (/sys/fs/cgroup in the cgroup v1 and
 //     hybrid layouts) is cgroup. Clients never cache those.
+//   - Mounts (mounts_linux.go) lists the host's mounts at and beneath a
+//     mount's root from the server's /proc/self/mountinfo: the mount the
+//     root fd lies on (by its mount id), then the mounts beneath the root
+//     that walks from the root fd cross, parents first. A mount elsewhere,
+//     or one made on the root itself after it was opened, is never listed.
 //   - A filesystem failure is an errno in the reply, never a gRPC status.
 //     gRPC statuses are FAILED_PRECONDITION (no Handshake on this connection,
 //     or the server is closed), INVALID_ARGUMENT (bad Handshake),

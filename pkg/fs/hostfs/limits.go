@@ -81,7 +81,7 @@ func (l Limits) withDefaults(maxData int) (Limits, error) {
 
 // opGroups name sets of operations for Export.Ops.
 var opGroups = map[string][]string{
-	"read":  {"Lookup", "Getattr", "Readlink", "Open", "Read", "Readdir", "Statfs", "Getxattr", "Listxattr", "Lseek", "Fsync"},
+	"read":  {"Lookup", "Getattr", "Readlink", "Open", "Read", "Readdir", "Statfs", "Mounts", "Getxattr", "Listxattr", "Lseek", "Fsync"},
 	"write": {"Setattr", "Write", "Create", "Mknod", "Mkdir", "Symlink", "Unlink", "Rmdir", "Rename", "Link", "Fallocate", "CopyFileRange", "Setxattr", "Removexattr"},
 	"xattr": {"Getxattr", "Listxattr", "Setxattr", "Removexattr"},
 	"lock":  {"Getlk", "Setlk"},

@@ -95,6 +95,7 @@ func fuzzSeeds() map[string]proto.Message {
 		"Release":       &qtfsv1.ReleaseRequest{Handle: 2},
 		"Readdir":       &qtfsv1.ReaddirRequest{Handle: 2, Offset: 1 << 63, MaxEntries: 1 << 31, Plus: true},
 		"Statfs":        &qtfsv1.StatfsRequest{Mount: 1, Caller: c, Path: []byte("d/e")},
+		"Mounts":        &qtfsv1.MountsRequest{Mount: 1},
 		"Getxattr":      &qtfsv1.GetxattrRequest{Mount: 1, Caller: c, Path: []byte("f"), Name: []byte("user.x"), Size: 1 << 31},
 		"Setxattr":      &qtfsv1.SetxattrRequest{Mount: 1, Caller: c, Path: []byte("f"), Name: []byte("trusted.overlay.opaque"), Value: []byte("y"), Flags: 3},
 		"Listxattr":     &qtfsv1.ListxattrRequest{Mount: 1, Caller: c, Path: []byte("d"), Size: 1},
