@@ -26,6 +26,10 @@
 //     so the Go runtime discards it when its goroutine ends.
 //     Operations on an open handle run with the server's identity: the
 //     permission check happened when the handle was opened.
+//   - Mount with create makes the directories of its path that are
+//     missing, one component at a time beneath the export's fd (each opened
+//     as above, made with mkdirat), with the caller's identity; what it
+//     made is logged at info, counted and returned.
 //   - Read-only exports refuse every change with EROFS. An export with an
 //     operation allow-list (Export.Ops) refuses every other operation with
 //     EPERM, through its mounts and the handles opened beneath them; an

@@ -3,6 +3,9 @@ package hostfs
 import (
 	"bytes"
 	"context"
+	"errors"
+	"path"
+	"strings"
 	"syscall"
 	"unsafe"
 
@@ -16,6 +19,12 @@ import (
 )
 
 // Mount opens a directory inside an export as the root of a new mount.
+// With create it first makes the directories of the path that are missing
+// beneath the export (mkdirBeneath), with the caller's identity, and
+// reports them in created. Where it may not make one, the missing
+// directory is refused: EROFS on a read-only export, EPERM on one whose
+// operations do not include Mkdir. A path that exists needs nothing made,
+// and mounts as without create.
 func (s *Server) Mount(ctx context.Context, req *qtfsv1.MountRequest) (*qtfsv1.MountResponse, error) {
 	const op = "Mount"
 	ss, err := s.session(ctx)
@@ -44,10 +53,36 @@ func (s *Server) Mount(ctx context.Context, req *qtfsv1.MountRequest) (*qtfsv1.M
 		resp.Errno = int32(syscall.EACCES)
 		return resp, nil
 	}
+	create := req.GetCreate() && rel != ""
+	mayCreate := !ex.readOnly && ex.ops.allows("Mkdir")
 	m := &mount{fd: -1, readOnly: ex.readOnly, ops: ex.ops}
 	e := s.creds.run(req.GetCaller(), func() syscall.Errno {
+		if create && mayCreate {
+			made, err := mkdirBeneath(ex.fd, rel)
+			for i, d := range made {
+				made[i] = path.Join(ex.path, d)
+				resp.Created = append(resp.Created, []byte(made[i]))
+			}
+			if len(made) > 0 {
+				s.met.mountCreated(len(made))
+				s.log.Info("created host directories for a mount", zap.Uint64("session", ss.id),
+					zap.String("client", ss.client), logBytes("path", p), zap.Strings("created", made))
+			}
+			if err != nil {
+				return s.walkErrno(op, p, err)
+			}
+		}
 		fd, err := openDirPath(ex.fd, []byte(rel))
-		if err != nil {
+		switch {
+		case err == nil:
+		case create && errors.Is(err, unix.ENOENT) && ex.readOnly:
+			return s.refuse(op, "read_only", syscall.EROFS, logBytes("path", p))
+		case create && errors.Is(err, unix.ENOENT):
+			s.met.refusal("op_not_allowed")
+			s.limitLog.log(s.log, "op_not_allowed", zap.String("op", op), zap.Uint64("session", ss.id),
+				logBytes("path", p), zap.String("errno", "EPERM"), zap.String("needs", "Mkdir"))
+			return syscall.EPERM
+		default:
 			return s.walkErrno(op, p, err)
 		}
 		m.fd = fd
@@ -69,12 +104,58 @@ func (s *Server) Mount(ctx context.Context, req *qtfsv1.MountRequest) (*qtfsv1.M
 		closeFd(m.fd)
 	}
 	if e != 0 {
-		return &qtfsv1.MountResponse{Errno: int32(e)}, nil
+		return &qtfsv1.MountResponse{Errno: int32(e), Created: resp.Created}, nil
 	}
 	resp.ReadOnly = m.readOnly
 	resp.FsKind = m.kind
 	s.log.Debug("mounted", zap.Uint64("session", ss.id), zap.Uint64("mount", resp.Mount), logBytes("path", p))
 	return resp, nil
+}
+
+// mkdirCreate is the mode of the directories Mount makes with create.
+const mkdirCreate = 0o755
+
+// mkdirBeneath makes the directories of rel (a checked path relative to
+// the export root dirfd) that are missing, as mkdir -p would, one
+// component at a time: each is opened beneath its parent (openat2,
+// RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS: a symlink on the way is ELOOP, as
+// in every walk) and made with mkdirat in that parent's fd when missing,
+// mode mkdirCreate whatever the umask, owned by the identity of the
+// calling thread (the caller's). It returns the paths it made, relative
+// to dirfd, parents first, also when it fails on the way.
+func mkdirBeneath(dirfd int, rel string) ([]string, error) {
+	var made []string
+	fd, own := dirfd, false
+	defer func() {
+		if own {
+			closeFd(fd)
+		}
+	}()
+	done := ""
+	for _, name := range strings.Split(rel, "/") {
+		next, err := openDirPath(fd, []byte(name))
+		if errors.Is(err, unix.ENOENT) {
+			err = unix.Mkdirat(fd, name, mkdirCreate)
+			if err == nil {
+				made = append(made, path.Join(done, name))
+				if attr, err := lstatAt(fd, name); err == nil {
+					fixMode(fd, name, mkdirCreate, attr)
+				}
+			}
+			if err == nil || errors.Is(err, unix.EEXIST) { // EEXIST: made meanwhile
+				next, err = openDirPath(fd, []byte(name))
+			}
+		}
+		if err != nil {
+			return made, err
+		}
+		if own {
+			closeFd(fd)
+		}
+		fd, own = next, true
+		done = path.Join(done, name)
+	}
+	return made, nil
 }
 
 // Lookup stats name in directory path, never following a symlink.

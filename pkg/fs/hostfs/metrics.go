@@ -15,6 +15,8 @@ type metrics struct {
 	duration *prometheus.HistogramVec
 	bytes    *prometheus.CounterVec
 	refusals *prometheus.CounterVec
+	// created counts the directories Mount made with create.
+	created prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -36,12 +38,16 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "qtfs_server_refusals_total",
 			Help: "Requests refused by policy or validation (read-only export, bad path or name, symlink in a path, limits), by reason.",
 		}, []string{"reason"}),
+		created: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "qtfs_server_mount_created_dirs_total",
+			Help: "Host directories made by Mount requests with create (the missing part of the path, as mkdir -p).",
+		}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	cs := []prometheus.Collector{
-		m.ops, m.duration, m.bytes, m.refusals,
+		m.ops, m.duration, m.bytes, m.refusals, m.created,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "qtfs_server_open_handles",
 			Help: "File and directory handles open across all sessions.",
@@ -69,6 +75,8 @@ func (m *metrics) op(op, result string, d time.Duration) {
 }
 
 func (m *metrics) refusal(reason string) { m.refusals.WithLabelValues(reason).Inc() }
+
+func (m *metrics) mountCreated(n int) { m.created.Add(float64(n)) }
 
 func (m *metrics) read(n int) {
 	if n > 0 {
