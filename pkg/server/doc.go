@@ -5,6 +5,11 @@
 // /debug/pprof/ when it is bound to a loopback address), and an orderly
 // shutdown.
 //
+// Export roots that do not exist yet (a host where the management plane
+// never ran has no /var/lib/docker) are made at start, as mkdir -p would,
+// mode 0755, each logged at warn; a read-only export that is missing is
+// an error, and then nothing is made.
+//
 // Run owns everything it starts: when its context ends (SIGTERM) it stops
 // accepting, lets in-flight calls finish for a grace period, then closes
 // every session, which releases their handles.

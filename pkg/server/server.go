@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/qtfs/qtfs/pkg/fs/hostfs"
 	"github.com/qtfs/qtfs/pkg/fifo"
+	"github.com/qtfs/qtfs/pkg/fs/hostfs"
 	"github.com/qtfs/qtfs/pkg/hostexec"
 	"github.com/qtfs/qtfs/pkg/sdnotify"
 	"github.com/qtfs/qtfs/pkg/sockproxy"
@@ -35,6 +35,9 @@ const ShutdownGrace = 5 * time.Second
 func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 	v, err := s.validate()
 	if err != nil {
+		return err
+	}
+	if err := makeExportRoots(v.exports, log.Named("fs")); err != nil {
 		return err
 	}
 	reg := prometheus.NewRegistry()

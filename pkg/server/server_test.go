@@ -5,12 +5,17 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
@@ -143,5 +148,95 @@ func TestSettingsErrors(t *testing.T) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestRunMakesMissingExports starts the daemon with export roots that do
+// not exist yet, as on a host where the management plane never ran: it
+// makes them (mode 0755, logged at warn) and serves them. A read-only one
+// stays an error.
+func TestRunMakesMissingExports(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "qtfs.sock")
+	have := filepath.Join(dir, "have")
+	if err := os.Mkdir(have, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	missing := []string{filepath.Join(dir, "var/lib/docker"), filepath.Join(dir, "var/log/pods")}
+	old := syscall.Umask(0o077) // takes nothing from the roots made
+	defer syscall.Umask(old)
+
+	t.Run("read-only", func(t *testing.T) {
+		s := Settings{Listen: []string{"unix://" + sock}, Export: []string{missing[0], filepath.Join(dir, "ro") + ":ro"}}
+		err := Run(t.Context(), s, zaptest.NewLogger(t))
+		if err == nil || !strings.Contains(err.Error(), `export "`+dir+`/ro": does not exist, and a read-only export is never created`) {
+			t.Fatalf("Run: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "ro")); err == nil {
+			t.Error("the read-only export was made")
+		}
+		if _, err := os.Stat(filepath.Join(dir, "var")); err == nil {
+			t.Error("the server refused to start, and made an export's directory")
+		}
+	})
+
+	core, logs := observer.New(zap.InfoLevel)
+	s := Settings{Listen: []string{"unix://" + sock}, Export: []string{missing[0], missing[1], have}}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Run(ctx, s, zap.New(core)) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	}()
+	u, _ := transport.ParseURI("unix://" + sock)
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	var exports []string
+	for exports == nil {
+		select {
+		case err := <-done:
+			t.Fatalf("Run: %v", err)
+		default:
+		}
+		c, err := transport.Dial(dctx, u, transport.Security{})
+		if err == nil {
+			sess, err := fuseclient.NewSession(dctx, c, "test", zaptest.NewLogger(t))
+			if err == nil {
+				for _, e := range sess.Exports() {
+					exports = append(exports, string(e.GetPath()))
+				}
+				sess.Close()
+			}
+			c.Close()
+		}
+		if dctx.Err() != nil {
+			t.Fatalf("no session: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, p := range missing {
+		if !slices.Contains(exports, p) {
+			t.Errorf("%s is not served (exports %q)", p, exports)
+		}
+	}
+	for _, p := range []string{dir + "/var", missing[0], dir + "/var/lib", dir + "/var/log", missing[1]} {
+		fi, err := os.Stat(p)
+		if err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o755 {
+			t.Errorf("%s: %v, %v; want a directory 0755", p, fi, err)
+		}
+		if logs.FilterMessage("an export's directory did not exist: created it").FilterField(zap.String("created", p)).FilterLevelExact(zap.WarnLevel).Len() != 1 {
+			t.Errorf("%s: not logged once at warn", p)
+		}
+	}
+	if fi, _ := os.Stat(have); fi.Mode().Perm() != 0o700 {
+		t.Errorf("an export that was there changed: %v", fi.Mode())
 	}
 }
