@@ -26,10 +26,10 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/qtfs/qtfs/pkg/chroot"
-	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
-	"github.com/qtfs/qtfs/pkg/sdnotify"
 	"github.com/qtfs/qtfs/pkg/ctrdproxy"
 	"github.com/qtfs/qtfs/pkg/fifo"
+	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/sdnotify"
 	"github.com/qtfs/qtfs/pkg/sockproxy"
 	"github.com/qtfs/qtfs/pkg/transport"
 	"github.com/qtfs/qtfs/pkg/version"

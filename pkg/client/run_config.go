@@ -245,8 +245,9 @@ func splitOpt(s string) (string, string) {
 	return strings.TrimSpace(p), strings.TrimSpace(o)
 }
 
-// check validates everything the server is not needed for; every error
-// is a *ConfigError (joined).
+// check validates everything the server is not needed for, what the DPU
+// must hold included (chroot.Check); every error is a *ConfigError
+// (joined).
 func (rc *RunConfig) check() (*runPlan, error) {
 	var errs []error
 	bad := func(key, format string, a ...any) { errs = append(errs, rc.errAt(key, fmt.Errorf(format, a...))) }
@@ -369,6 +370,9 @@ func (rc *RunConfig) check() (*runPlan, error) {
 	}
 	acts, err := chroot.Plan(c)
 	if err != nil {
+		errs = append(errs, rc.keyed(err))
+	} else if err := chroot.Check(acts); err != nil {
+		// What the DPU lacks, before anything is mounted.
 		errs = append(errs, rc.keyed(err))
 	}
 	p.chroot, p.actions = c, acts

@@ -3,6 +3,7 @@ package client
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -161,5 +162,47 @@ func TestRunConfigReconnectTimeout(t *testing.T) {
 				t.Fatalf("--check output does not show the timeout %v (%v):\n%s", tc.want, err, b.String())
 			}
 		})
+	}
+}
+
+// TestRunConfigMountPointOnTheDPU is the case of a mount point inside a
+// bind of a DPU directory (/var/log/pods with /var/log bound) that the DPU
+// lacks: check reports it, with the line, the key and the fix, before
+// anything is mounted; once the DPU has the directory it passes. A host
+// mount inside another host mount needs nothing on the DPU.
+func TestRunConfigMountPointOnTheDPU(t *testing.T) {
+	dpu := t.TempDir()
+	varlog := filepath.Join(dpu, "var/log")
+	if err := os.MkdirAll(varlog, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	y := fmt.Sprintf(`server: unix:///run/qtfs.sock
+binds: ["%[1]s/var/log"]
+mounts:
+  - %[1]s/var/lib/docker
+  - %[1]s/var/log/pods
+  - %[1]s/var/lib/docker/containers
+`, dpu)
+	rc, err := loadRun(t, y)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = rc.check()
+	want := fmt.Sprintf("client.yaml:5: mounts[1]: mount point %[1]s/pods does not exist on the DPU, and it lies inside the bind of the DPU's %[1]s (binds[0]), which the chroot never writes into: create it on the DPU (mkdir -p %[1]s/pods), or do not bind %[1]s", varlog)
+	if err == nil || !IsConfigError(err) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("check: %v\nwant %q", err, want)
+	}
+	if strings.Contains(err.Error(), "mounts[2]") {
+		t.Errorf("a host mount inside a host mount is refused: %v", err)
+	}
+	var b strings.Builder
+	if err := CheckRunConfig(rc, &b); err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("--check: %v", err)
+	}
+	if err := os.Mkdir(filepath.Join(varlog, "pods"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rc.check(); err != nil {
+		t.Fatalf("with the directory on the DPU: %v", err)
 	}
 }
