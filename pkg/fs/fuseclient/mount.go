@@ -64,6 +64,10 @@ type MountOptions struct {
 	// /proc/<pid> of a DPU process whose root is OffloadRoot is a link to
 	// LocalProc/<pid> instead of the host's process of that number.
 	OffloadRoot string
+	// Create has the server make the directories of RemotePath that are
+	// missing beneath its export (MountRequest.create) before it mounts
+	// it; what the server made is logged.
+	Create bool
 }
 
 // DefaultLocalProc is MountOptions.LocalProc when it is empty: where the
@@ -137,7 +141,15 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 	resp, e := callCtx(ctx, sess, "Mount", sess.client.Mount, &qtfsv1.MountRequest{
 		Path:   []byte(remote),
 		Caller: &qtfsv1.Caller{Uid: uint32(os.Geteuid()), Gid: uint32(os.Getegid()), Pid: uint32(os.Getpid())},
+		Create: opts.Create,
 	})
+	if created := resp.GetCreated(); len(created) > 0 {
+		names := make([]string, len(created))
+		for i, c := range created {
+			names[i] = string(c)
+		}
+		log.Info("the server created the mount's host directories", zap.Strings("created", names))
+	}
 	if e != 0 {
 		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, e)
 	}
