@@ -241,6 +241,9 @@ func Foreground(ctx context.Context, req MountRequest, newLog func(w string) (*z
 		Logger:      log,
 		LocalProc:   req.Flags.LocalProc,
 		OffloadRoot: req.Flags.OffloadRoot,
+		// No Create: as with sshfs, a remote path that does not exist (a
+		// typing error, often) fails with ENOENT rather than leaving a
+		// directory on the host. run creates the paths of its config.
 	})
 	if err != nil {
 		return fmt.Errorf("mount %s on %s: %w", req.Remote.Path, mp, err)

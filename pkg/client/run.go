@@ -59,7 +59,8 @@ const (
 
 // Run is `qtfs-client run`: it connects to the server (retrying with
 // backoff while it cannot), checks the config against the server, builds
-// the chroot (mounts, shims), starts the socket proxies, reports ready to
+// the chroot (mounts, the server making the host directories of the
+// mounts that the host lacks; shims), starts the socket proxies, reports ready to
 // systemd, and on ctx's end tears everything down in reverse order. A
 // config error (IsConfigError) is returned before anything is mounted.
 func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
@@ -417,6 +418,10 @@ func (d *runDaemon) mountRemote(ctx context.Context, a chroot.Action) (chroot.Un
 		LocalProc:   localProc,
 		OffloadRoot: offloadRoot,
 		Logger:      d.log.Named("fs"),
+		// The chroot mirrors the host's paths: a directory the host lacks
+		// yet (a fresh host) is made there, and one inside another host
+		// mount shows through it before it is mounted on.
+		Create: true,
 	})
 	if err != nil {
 		return nil, err
