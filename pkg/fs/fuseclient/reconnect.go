@@ -580,6 +580,8 @@ func idFields(req any) (mount *uint64, handles []*uint64) {
 		return &q.Mount, nil
 	case *qtfsv1.StatfsRequest:
 		return &q.Mount, nil
+	case *qtfsv1.MountsRequest:
+		return &q.Mount, nil
 	case *qtfsv1.GetxattrRequest:
 		return &q.Mount, nil
 	case *qtfsv1.SetxattrRequest:
