@@ -19,7 +19,8 @@ const exportRootMode = 0o755
 // directory made at warn: on a fresh host the directories of the
 // management plane (/var/lib/docker, /var/lib/kubelet, /var/log/pods)
 // exist only once it has run. A read-only export is never made: one that
-// is missing is an error, and then nothing is made.
+// is missing is an error, and then nothing is made. Run calls it once its
+// listeners are open: a server that cannot listen makes nothing.
 func makeExportRoots(exports []hostfs.Export, log *zap.Logger) error {
 	var missing []string
 	for _, e := range exports {

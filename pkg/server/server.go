@@ -37,11 +37,31 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	creds, err := transport.ServerCredentials(v.security, transport.WithLogger(log.Named("transport")), transport.WithRegisterer(reg))
+	if err != nil {
+		return err
+	}
+	// Listen before the export roots are made: a server that cannot
+	// start makes nothing on the host.
+	var raw []net.Listener
+	defer func() {
+		for _, l := range raw {
+			l.Close()
+		}
+	}()
+	for _, u := range v.listen {
+		l, err := transport.Listen(ctx, u, v.security)
+		if err != nil {
+			return err
+		}
+		raw = append(raw, l)
+	}
 	if err := makeExportRoots(v.exports, log.Named("fs")); err != nil {
 		return err
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	fsrv, err := hostfs.New(hostfs.Options{
 		Exports:    v.exports,
@@ -57,10 +77,6 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 	}
 	defer fsrv.Close()
 
-	creds, err := transport.ServerCredentials(v.security, transport.WithLogger(log.Named("transport")), transport.WithRegisterer(reg))
-	if err != nil {
-		return err
-	}
 	opts := append([]grpc.ServerOption{grpc.Creds(creds)}, transport.ServerOptions()...)
 	opts = append(opts, fsrv.ServerOptions()...)
 	g := grpc.NewServer(opts...)
@@ -106,14 +122,9 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 			l.Close()
 		}
 	}()
-	for _, u := range v.listen {
-		l, err := transport.Listen(ctx, u, v.security)
-		if err != nil {
-			return err
-		}
+	for _, l := range raw {
 		split, err := transport.SplitChannels(l, creds, fsrv.ServeChannel)
 		if err != nil {
-			l.Close()
 			return err
 		}
 		listeners = append(listeners, split)

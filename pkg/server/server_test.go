@@ -154,7 +154,7 @@ func TestSettingsErrors(t *testing.T) {
 // TestRunMakesMissingExports starts the daemon with export roots that do
 // not exist yet, as on a host where the management plane never ran: it
 // makes them (mode 0755, logged at warn) and serves them. A read-only one
-// stays an error.
+// stays an error, and a server that cannot start makes nothing.
 func TestRunMakesMissingExports(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "qtfs.sock")
@@ -177,6 +177,16 @@ func TestRunMakesMissingExports(t *testing.T) {
 		}
 		if _, err := os.Stat(filepath.Join(dir, "var")); err == nil {
 			t.Error("the server refused to start, and made an export's directory")
+		}
+	})
+
+	t.Run("cannot listen", func(t *testing.T) {
+		s := Settings{Listen: []string{"unix://" + dir + "/no-such-dir/qtfs.sock"}, Export: []string{missing[0]}}
+		if err := Run(t.Context(), s, zaptest.NewLogger(t)); err == nil {
+			t.Fatal("Run served")
+		}
+		if _, err := os.Stat(filepath.Join(dir, "var")); err == nil {
+			t.Error("the server could not listen, and made an export's directory")
 		}
 	})
 
