@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	qfs "github.com/qtfs/qtfs/pkg/fs"
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -56,13 +57,17 @@ type MountOptions struct {
 	OpTimeout time.Duration
 	// LocalProc is where the DPU's own proc is mounted, as the processes
 	// using the mount see it; DefaultLocalProc when empty. On a mount of
-	// the host's proc root, /proc/self and /proc/thread-self are links
-	// into it.
+	// the host's proc root, /proc/self and /proc/thread-self of a caller
+	// outside the offload chroot are links into it, and so are the
+	// entries of the directories of processes inside.
 	LocalProc string
 	// OffloadRoot is the root directory of the offload chroot on the DPU;
 	// empty turns the rule off. On a mount of the host's proc root,
-	// /proc/<pid> of a DPU process whose root is OffloadRoot is a link to
-	// LocalProc/<pid> instead of the host's process of that number.
+	// /proc/<pid> of a DPU process whose root is OffloadRoot is the
+	// client's directory of that process (its entries lead into
+	// LocalProc/<pid>, its mountinfo shows the host's mounts) instead of
+	// the host's process of that number, and /proc/self of such a process
+	// is "<pid>".
 	OffloadRoot string
 	// Create has the server make the directories of RemotePath that are
 	// missing beneath its export (MountRequest.create) before it mounts
@@ -105,6 +110,12 @@ type mountFS struct {
 	// proc holds what a mount of the host's proc root answers itself
 	// (nil on every other mount).
 	proc *procRoot
+	// dev is the device of the mount's FUSE connection (0 when unknown),
+	// under which the process's mount table (served) finds it.
+	dev uint64
+	// hostMounts keeps the host's mounts at and beneath the root, for
+	// the mountinfo view (mountview.go).
+	hostMounts hostMountsCache
 }
 
 // Mount mounts opts.RemotePath of sess's server on mountpoint and serves
@@ -174,6 +185,7 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		directIO: policy == CacheNone || qfs.SpecialKind(resp.GetFsKind()),
 		special:  qfs.SpecialKind(resp.GetFsKind()),
 	}
+	m.hostMounts.ttl = hostMountsTTL
 	if m.special && opts.Cache == CacheDefault {
 		m.specialTTL = specialTimeout
 	}
@@ -264,8 +276,16 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		return nil, fmt.Errorf("qtfs-client: mount %s on %s: %w", remote, mountpoint, err)
 	}
 	sess.addMount(m.id)
+	if m.dev, err = mountDev(mountpoint); err == nil {
+		served.add(m.dev, m)
+	} else {
+		log.Warn("qtfs mount: its device is unknown: mountinfo views show it as a FUSE mount", zap.Error(err))
+	}
 	go func() {
 		server.Wait()
+		if m.dev != 0 {
+			served.remove(m.dev, m)
+		}
 		sess.removeMount(m.id)
 		log.Info("qtfs unmounted")
 	}()
@@ -305,36 +325,13 @@ func mountDevice(mountpoint string) (string, error) {
 		return "", err
 	}
 	dev := ""
-	for _, line := range strings.Split(string(data), "\n") {
-		// id parent major:minor root mountpoint options ... - type source
-		f := strings.Fields(line)
-		if len(f) < 5 || unescapeMountinfo(f[4]) != abs {
-			continue
+	for _, mi := range mountinfo.Parse(data) {
+		if mi.MountPoint == abs {
+			dev = strconv.FormatUint(uint64(mi.Major), 10) + ":" + strconv.FormatUint(uint64(mi.Minor), 10)
 		}
-		dev = f[2]
 	}
 	if dev == "" {
 		return "", fmt.Errorf("no mount on %s", abs)
 	}
 	return dev, nil
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) of
-// /proc/self/mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

@@ -288,32 +288,6 @@ func TestLockConversion(t *testing.T) {
 	}
 }
 
-func TestUnescapeMountinfo(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"/mnt/plain", "/mnt/plain"},
-		{`/mnt/with\040space`, "/mnt/with space"},
-		{`/mnt/tab\011and\134backslash`, "/mnt/tab\tand\\backslash"},
-		{`/mnt/short\04`, `/mnt/short\04`},
-		{`/mnt/bad\09x`, `/mnt/bad\09x`},
-	} {
-		t.Run(tc.in, func(t *testing.T) {
-			if got := unescapeMountinfo(tc.in); got != tc.want {
-				t.Errorf("unescapeMountinfo(%q) = %q, want %q", tc.in, got, tc.want)
-			}
-		})
-	}
-}
-
-func FuzzUnescapeMountinfo(f *testing.F) {
-	f.Add(`/a\040b`)
-	f.Add(`\`)
-	f.Fuzz(func(t *testing.T, s string) {
-		if got := unescapeMountinfo(s); len(got) > len(s) {
-			t.Fatalf("unescaped %q grew to %q", s, got)
-		}
-	})
-}
-
 func TestOpenFlags(t *testing.T) {
 	for _, tc := range []struct {
 		name string

@@ -68,6 +68,7 @@ func TestUnescape(t *testing.T) {
 		{`\011\012`, "\t\n"},
 		{`a\04`, `a\04`},
 		{`a\x40`, `a\x40`},
+		{`bad\09x`, `bad\09x`},
 		{`\400`, `\400`}, // past a byte
 		{`\`, `\`},
 	} {
