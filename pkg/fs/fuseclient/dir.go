@@ -40,8 +40,8 @@ type dirHandle struct {
 	// proc is set when the handle lists the root of a proc mount: self
 	// and thread-self are the client's links, and the offloaded DPU
 	// processes (local, a snapshot taken when the listing starts) are
-	// listed after the host's entries, as links, in place of the host's
-	// processes of the same numbers. Local entry i has the kernel offset
+	// listed after the host's entries, as the client's directories, in
+	// place of the host's processes of the same numbers. Local entry i has the kernel offset
 	// localCookieBase+i+1.
 	proc       *procRoot
 	local      []uint32
@@ -106,18 +106,18 @@ func (d *dirHandle) snapshotLocal() {
 	}
 }
 
-// procKind tells which of the proc root's own links a listed name is.
-func (d *dirHandle) procKind(name string) (linkKind, uint32) {
+// procKind tells which of the proc root's own entries a listed name is.
+func (d *dirHandle) procKind(name string) (entryKind, uint32) {
 	switch name {
 	case "self":
-		return linkSelf, 0
+		return entrySelf, 0
 	case "thread-self":
-		return linkThreadSelf, 0
+		return entryThreadSelf, 0
 	}
 	if pid, ok := parsePid(name); ok && d.localSet[pid] {
-		return linkLocalPid, pid
+		return entryLocalPid, pid
 	}
-	return linkNone, 0
+	return entryNone, 0
 }
 
 // nextLocal hands out the next offloaded process of a proc root listing.
@@ -129,8 +129,8 @@ func (d *dirHandle) nextLocal() *fuse.DirEntry {
 	d.localNext++
 	return &fuse.DirEntry{
 		Name: strconv.FormatUint(uint64(pid), 10),
-		Mode: syscall.S_IFLNK,
-		Ino:  d.m.inos.ino(localDev, linkIno(linkLocalPid, pid)),
+		Mode: syscall.S_IFDIR,
+		Ino:  d.m.inos.ino(localDev, entryIno(entryLocalPid, pid)),
 		Off:  localCookieBase + uint64(d.localNext),
 	}
 }
@@ -267,16 +267,16 @@ func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Err
 			return d.entry(de), 0
 		}
 		switch kind, pid := d.procKind(string(de.GetName())); kind {
-		case linkNone:
+		case entryNone:
 			return d.entry(de), 0
-		case linkLocalPid:
+		case entryLocalPid:
 			// Listed with the offloaded processes, after the host's.
 			continue
 		default:
 			return &fuse.DirEntry{
 				Name: string(de.GetName()),
 				Mode: syscall.S_IFLNK,
-				Ino:  d.m.inos.ino(localDev, linkIno(kind, pid)),
+				Ino:  d.m.inos.ino(localDev, entryIno(kind, pid)),
 				Off:  de.GetOffset() + dotsOffset,
 			}, 0
 		}
@@ -301,8 +301,8 @@ func (d *dirHandle) entry(de *qtfsv1.DirEntry) *fuse.DirEntry {
 // server could not read is listed without them.
 func (d *dirHandle) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	if d.proc != nil {
-		if kind, pid := d.procKind(name); kind != linkNone {
-			return d.proc.newLink(ctx, d.n, kind, pid, out), 0
+		if kind, pid := d.procKind(name); kind != entryNone {
+			return d.proc.newEntry(ctx, d.n.EmbeddedInode(), kind, pid, out)
 		}
 	}
 	var a *qtfsv1.Attr

@@ -100,7 +100,8 @@
 //     them.
 //   - Names and attributes from the wire are checked before use: an entry
 //     with an invalid name is dropped, an errno out of range is EIO.
-//   - The links a proc root mount makes itself have inode numbers of a
+//   - The entries a proc root mount makes itself (links, the directories
+//     of offloaded processes and their entries) have inode numbers of a
 //     device of their own (localDev), apart from every host inode.
 //
 // Cache policies (CachePolicy): auto keeps attributes and entries for one
@@ -123,14 +124,32 @@
 //     at the caller's offset, and the host's errno comes back unchanged.
 //   - A read-only open reads the file's head in the Open RPC; close(2)
 //     makes no Flush RPC (these filesystems write nothing back).
-//   - On a mount of the host's proc root (proc.go), self and thread-self
-//     are links into the DPU's own proc (MountOptions.LocalProc) for the
-//     calling thread, the root's links into "self" (mounts, net) point
-//     into the host's pid 1, and, with MountOptions.OffloadRoot set,
-//     /proc/<pid> of a DPU process running in the offload chroot is a link
-//     to LocalProc/<pid> (listings show those after the host's entries).
-//     Magic links (exe, cwd, root, fd/N, ns/*) read back the host's text
-//     and are resolved by the DPU's kernel, never by the server.
+//   - On a mount of the host's proc root (proc.go), the root's links into
+//     "self" (mounts, net) point into the host's pid 1, and with
+//     MountOptions.OffloadRoot set, /proc/<pid> of a DPU process running
+//     in the offload chroot is a directory of the client's (listings show
+//     those after the host's entries): its mountinfo and mounts are the
+//     mountinfo view (below), exe and cwd read as the process itself
+//     reads them (the offload root taken off), root is "/", and every
+//     other name is a link to LocalProc/<pid>/<name>, the DPU kernel's
+//     own (fd/N, ns/*, oom_score_adj). self and thread-self are "<tgid>"
+//     and "<tgid>/task/<tid>" of the calling thread when it is such a
+//     process, as the kernel's links are, and lead into the DPU's own
+//     proc (MountOptions.LocalProc) otherwise. Magic links of the host's
+//     processes read back the host's text and are resolved by the DPU's
+//     kernel, never by the server.
+//   - The mountinfo view (mountview.go): an offloaded process's
+//     mountinfo and mounts are the DPU kernel's, read when opened, with
+//     each line of a FUSE mount this process serves showing the host's
+//     filesystem of the directory it shows, followed by the host's mounts
+//     beneath it (FileSystem.Mounts, kept hostMountsTTL per mount) as
+//     lines of their own. A line is matched to its mount by its device,
+//     which each mount records when mounted: a device names a mount
+//     across bind mounts and mount namespaces, where ids and mount points
+//     do not. The host's lines carry the FUSE mount's device (what stat(2)
+//     reports for their files), its propagation and read-only flag, and
+//     mount ids of the view's, apart from the DPU's. The rest of each
+//     line, and every other line, is the DPU's.
 //   - Under the default policy a proc root mount keeps, for a second, the
 //     process directories a listing named, and drops one as soon as it
 //     sees the process gone; and it reads ahead for scanners: the files a
@@ -140,17 +159,19 @@
 // Lock order: mountFS.listings.mu → node.mu (dropping listings to bound
 // their memory); otherwise node.mu and fileHandle.mu are leaves (no other
 // lock is taken while one is held, and no RPC is made under them); the
-// Session, ino table, groups cache and procRoot (dropMu, scan.mu) locks
-// are leaves too. A directory handle has no
-// lock: go-fuse holds its own lock of the handle around Readdirent, Lookup
-// and Seekdir, the only RPC made under a go-fuse lock; the Readdir sent
-// ahead runs on a goroutine of its own, and the handle waits for it before
-// using its result or releasing the directory. Reconnecting:
-// reconn.genMu (read by calls, write by a new handshake) → handleRec.mu →
-// mountRec.mu → reconn.mu; the Mount and Open RPCs of a re-open are made
-// under genMu (read) and the record's lock, each with its own deadline; a
-// new handshake holds genMu (write) → handleRec.mu → mountRec.mu while it
-// re-takes locks. reconn.tmu (the id tables) and
+// Session, ino table, groups cache and procRoot (dropMu, scan.mu,
+// namesMu, ids.mu) locks are leaves too, as are the process's mount table
+// (served.mu) and a mount's hostMounts.mu (the Mounts RPC is made with no
+// lock held; readers that come meanwhile wait for it unlocked). A
+// directory handle has no lock: go-fuse holds its own lock of the handle
+// around Readdirent, Lookup and Seekdir, the only RPC made under a go-fuse
+// lock; the Readdir sent ahead runs on a goroutine of its own, and the
+// handle waits for it before using its result or releasing the directory.
+// Reconnecting: reconn.genMu (read by calls, write by a new handshake) →
+// handleRec.mu → mountRec.mu → reconn.mu; the Mount and Open RPCs of a
+// re-open are made under genMu (read) and the record's lock, each with its
+// own deadline; a new handshake holds genMu (write) → handleRec.mu →
+// mountRec.mu while it re-takes locks. reconn.tmu (the id tables) and
 // callers.mu are leaves.
 //
 // Metrics (qtfs_client_*) count from the start and are exported once

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"google.golang.org/grpc"
@@ -47,6 +48,9 @@ const (
 	envLogLevel = "QTFS_TEST_LOGLEVEL"
 	envLocal    = "QTFS_TEST_LOCAL_PROC"
 	envOffload  = "QTFS_TEST_OFFLOAD_ROOT"
+	// envExtra lists more mounts of the same session, as JSON
+	// [[remote, mountpoint]...], exported too.
+	envExtra = "QTFS_TEST_EXTRA"
 	// envDebug set to 1 traces every FUSE request of the child (with
 	// QTFS_TEST_LOGLEVEL=info or debug).
 	envDebug = "QTFS_TEST_FUSE_DEBUG"
@@ -59,6 +63,9 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		os.Exit(0)
+	}
+	if role := os.Getenv(envChrootRole); role != "" {
+		os.Exit(chrootRole(role))
 	}
 	os.Exit(m.Run())
 }
@@ -95,9 +102,19 @@ func serve() error {
 		zapcore.Lock(os.Stderr), level))
 	defer log.Sync()
 
+	var extra [][2]string
+	if v := os.Getenv(envExtra); v != "" {
+		if err := json.Unmarshal([]byte(v), &extra); err != nil {
+			return err
+		}
+	}
+	exports := []hostfs.Export{{Path: os.Getenv(envExport)}}
+	for _, x := range extra {
+		exports = append(exports, hostfs.Export{Path: x[0]})
+	}
 	counter := &rpcCounter{counts: map[string]int{}, stall: os.Getenv(envStall)}
 	srv, err := hostfs.New(hostfs.Options{
-		Exports:     []hostfs.Export{{Path: os.Getenv(envExport)}},
+		Exports:     exports,
 		Logger:      log.Named("hostfs"),
 		ServerName:  "hostfs-test",
 		Interceptor: counter.intercept,
@@ -164,6 +181,19 @@ func serve() error {
 	if err != nil {
 		return err
 	}
+	servers := []*fuse.Server{server}
+	for _, x := range extra {
+		s, err := fuseclient.Mount(ctx, sess, x[1], fuseclient.MountOptions{
+			RemotePath: x[0],
+			FsName:     "qtfs:test:" + x[0],
+			OpTimeout:  opTimeout,
+			Logger:     log.Named("mount"),
+		})
+		if err != nil {
+			return err
+		}
+		servers = append(servers, s)
+	}
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	lines := make(chan string)
@@ -199,11 +229,15 @@ loop:
 		}
 	}
 	var uerr error
-	for i := 0; i < 50; i++ {
-		if uerr = server.Unmount(); uerr == nil {
-			break
+	for i := len(servers) - 1; i >= 0; i-- {
+		for try := 0; try < 50; try++ {
+			if err := servers[i].Unmount(); err == nil {
+				break
+			} else if try == 49 {
+				uerr = err
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 	return uerr
 }
@@ -242,6 +276,12 @@ type mountCfg struct {
 	stall string
 	// localProc and offloadRoot are the proc options of the mount.
 	localProc, offloadRoot string
+	// mountpoint, when set, is where the mount goes (a new temporary
+	// directory otherwise).
+	mountpoint string
+	// extra are more mounts of the same session: host path and
+	// mountpoint of each (default options).
+	extra [][2]string
 }
 
 // testMount is a mount served by a child process.
@@ -250,6 +290,7 @@ type testMount struct {
 	export string // host path of the export
 	dir    string // host path of the mounted directory
 	mnt    string // the mountpoint
+	extra  []string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string
@@ -288,10 +329,16 @@ func startMount(t *testing.T, cfg mountCfg) *testMount {
 		t:      t,
 		export: export,
 		dir:    dir,
-		mnt:    t.TempDir(),
+		mnt:    cfg.mountpoint,
 		lines:  make(chan string, 16),
 		stderr: &syncBuffer{},
 		done:   make(chan struct{}),
+	}
+	if tm.mnt == "" {
+		tm.mnt = t.TempDir()
+	}
+	for _, x := range cfg.extra {
+		tm.extra = append(tm.extra, x[1])
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -313,6 +360,10 @@ func startMount(t *testing.T, cfg mountCfg) *testMount {
 	}
 	cmd.Env = append(cmd.Env, envTimeout+"="+cfg.opTimeout, envStall+"="+cfg.stall,
 		envLocal+"="+cfg.localProc, envOffload+"="+cfg.offloadRoot)
+	if len(cfg.extra) > 0 {
+		b, _ := json.Marshal(cfg.extra)
+		cmd.Env = append(cmd.Env, envExtra+"="+string(b))
+	}
 	cmd.Stderr = tm.stderr
 	if tm.stdin, err = cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
@@ -413,9 +464,11 @@ func (tm *testMount) stop() {
 		_ = tm.cmd.Process.Kill()
 		<-tm.done
 	}
-	if mounted(tm.mnt) {
-		tm.t.Errorf("%s still mounted after the child exited; detaching it", tm.mnt)
-		_ = syscall.Unmount(tm.mnt, syscall.MNT_DETACH)
+	for _, mnt := range append([]string{tm.mnt}, tm.extra...) {
+		if mounted(mnt) {
+			tm.t.Errorf("%s still mounted after the child exited; detaching it", mnt)
+			_ = syscall.Unmount(mnt, syscall.MNT_DETACH)
+		}
 	}
 	if tm.t.Failed() {
 		tm.t.Logf("child stderr:\n%s", tm.stderr.String())

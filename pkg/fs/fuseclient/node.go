@@ -168,8 +168,8 @@ func (n *node) newChild(ctx context.Context, a *qtfsv1.Attr, out *fuse.EntryOut)
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	m := n.m
 	if m.proc != nil && n == m.root {
-		if ch, ok := m.proc.lookup(ctx, n, name, out); ok {
-			return ch, 0
+		if ch, e, ok := m.proc.lookup(ctx, n, name, out); ok {
+			return ch, e
 		}
 	}
 	dir, bname, e := n.child(name)

@@ -17,18 +17,46 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
 
 	qfs "github.com/qtfs/qtfs/pkg/fs"
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
 // A mount of the host's proc root answers a few names itself, because on
 // the host they depend on who reads them and the reader runs on the DPU:
 //
-//	self          -> <LocalProc>/<tgid of the caller>
-//	thread-self   -> <LocalProc>/<tgid>/task/<tid of the caller>
-//	<pid>         -> <LocalProc>/<pid>, for a DPU process whose root is
-//	                 OffloadRoot (the rule is off when OffloadRoot is "")
+//	self          -> <tgid of the caller>, or <LocalProc>/<tgid>
+//	thread-self   -> <tgid>/task/<tid of the caller>, or <LocalProc>/<tgid>/task/<tid>
+//	<pid>         a directory of the mount, for a DPU process whose root
+//	              is OffloadRoot (the rule is off when OffloadRoot is "")
+//
+// self and thread-self are relative links, as the kernel's are, when the
+// caller is such a process (readlink then gives its pid, which programs
+// parse), and lead into the DPU's own proc otherwise. The directory of
+// such a process holds:
+//
+//	mountinfo, mounts   the process's mount table as the client shows it
+//	                    (mountview.go), made when opened, read directly
+//	exe, cwd            the process's own view: the DPU's link read here,
+//	                    OffloadRoot taken off (os.Executable, a re-exec of
+//	                    /proc/self/exe and readlink(1) keep working); the
+//	                    DPU's link itself when it leads out of the chroot
+//	root                "/"
+//	every other name    -> <LocalProc>/<pid>/<name>: the DPU kernel's own
+//	                    file, directory or magic link (fd/N, ns/net,
+//	                    oom_score_adj, which is written through it)
+//
+// Links rather than copies: the DPU kernel then resolves fd/N, ns/*,
+// task/* and every file of the process itself, with its own permission
+// checks and semantics (the dev and ino of a reopened /proc/self/fd/N are
+// the file's, as containerd's fifo package checks), and the client stays
+// out of their reads and writes. Only what must differ is the client's.
+// The directory's entries never change for the life of its process; the
+// kernel keeps them long. Whether the directory itself is still the
+// process's is asked on each walk (no entry timeout) and on each stat
+// (ESTALE once the process left the chroot or ended).
 //
 // FUSE names the caller by its thread id in the pid namespace of the
 // mount's FUSE connection, which is this process's: its thread group is
@@ -42,14 +70,15 @@ import (
 // (PROC_ROOT_INO).
 const procRootIno = 1
 
-// localDev is the device number of the links the client makes itself;
+// localDev is the device number of the entries the client makes itself;
 // the inode table gives it a prefix of its own, so their numbers never
 // meet the host's.
 const localDev = math.MaxUint64
 
 // selfEntryTimeout is how long the kernel may keep the entries of self
-// and thread-self: they are links of this mount whoever asks, only their
-// target depends on the caller (and the kernel asks for it on each use).
+// and thread-self, and those of the directory of an offloaded process:
+// they are entries of this mount whoever asks, only the target of a link
+// depends on the caller (and the kernel asks for it on each use).
 const selfEntryTimeout = time.Hour
 
 // localCookieBase is the first directory cookie of the offloaded pids a
@@ -61,15 +90,36 @@ const localCookieBase = uint64(1) << 62
 // Tgid line (the fourth; the name before it is at most 64 bytes).
 const statusHeadBytes = 512
 
-// linkKind is what a link of the proc root stands for.
-type linkKind int
+// maxPidNames bounds the names of process directories numbered for their
+// inode numbers (the kernel's process directories have a few dozen).
+const maxPidNames = 4096
+
+// entryKind is what an entry the client answers itself stands for.
+type entryKind int
 
 const (
-	linkNone linkKind = iota
-	linkSelf
-	linkThreadSelf
-	linkLocalPid
+	entryNone entryKind = iota
+	// In the root.
+	entrySelf
+	entryThreadSelf
+	entryLocalPid
+	// In the directory of an offloaded process.
+	entryPidLink  // -> <LocalProc>/<pid>/<name>
+	entryPidMagic // exe, cwd, root
+	entryPidTable // mountinfo, mounts
 )
+
+// pidEntryKind tells which kind of entry of an offloaded process's
+// directory name is.
+func pidEntryKind(name string) entryKind {
+	switch name {
+	case "exe", "cwd", "root":
+		return entryPidMagic
+	case "mountinfo", "mounts":
+		return entryPidTable
+	}
+	return entryPidLink
+}
 
 // procRoot is the state of a mount of the host's proc root.
 type procRoot struct {
@@ -83,6 +133,15 @@ type procRoot struct {
 	procDir string
 	// at is the time the links report as theirs.
 	at time.Time
+	// mounts finds the mounts of the lines of a mount table (served).
+	mounts *mountTable
+	// ids numbers the host's submounts in mount tables.
+	ids viewIDs
+
+	// namesMu guards names, which numbers the names of process
+	// directories for their entries' inode numbers.
+	namesMu sync.Mutex
+	names   map[string]uint32
 
 	// dropMu guards dropping and dropRunning: the names of processes
 	// whose kernel entries are to be dropped, and whether a goroutine
@@ -127,7 +186,7 @@ func newProcRoot(m *mountFS, localProc, offloadRoot string) *procRoot {
 			offloadRoot = real
 		}
 	}
-	return &procRoot{m: m, localProc: localProc, offloadRoot: offloadRoot, procDir: "/proc", at: time.Now()}
+	return &procRoot{m: m, localProc: localProc, offloadRoot: offloadRoot, procDir: "/proc", at: time.Now(), mounts: served}
 }
 
 // parsePid parses a directory name of proc that names a process: decimal,
@@ -175,13 +234,23 @@ func (p *procRoot) readTgid(tid uint32) (uint32, bool) {
 	return parseTgid(buf[:n])
 }
 
+// pidPath is name in the DPU's proc directory of pid, as this process
+// sees it.
+func (p *procRoot) pidPath(pid uint32, name string) string {
+	d := p.procDir + "/" + strconv.FormatUint(uint64(pid), 10)
+	if name == "" {
+		return d
+	}
+	return d + "/" + name
+}
+
 // offloaded reports whether pid is a DPU process that runs in the offload
 // chroot: it exists in the DPU's proc and its root is the chroot's.
 func (p *procRoot) offloaded(pid uint32) bool {
 	if p.offloadRoot == "" {
 		return false
 	}
-	root, err := os.Readlink(p.procDir + "/" + strconv.FormatUint(uint64(pid), 10) + "/root")
+	root, err := os.Readlink(p.pidPath(pid, "root"))
 	return err == nil && root == p.offloadRoot
 }
 
@@ -210,35 +279,55 @@ func (p *procRoot) localPids() []uint32 {
 	return out
 }
 
-// classify tells which of the client's own links name is, if any.
-func (p *procRoot) classify(name string) (linkKind, uint32) {
+// classify tells which of the client's own entries of the root name is,
+// if any.
+func (p *procRoot) classify(name string) (entryKind, uint32) {
 	switch name {
 	case "self":
-		return linkSelf, 0
+		return entrySelf, 0
 	case "thread-self":
-		return linkThreadSelf, 0
+		return entryThreadSelf, 0
 	}
 	if p.offloadRoot != "" {
 		if pid, ok := parsePid(name); ok && p.offloaded(pid) {
-			return linkLocalPid, pid
+			return entryLocalPid, pid
 		}
 	}
-	return linkNone, 0
+	return entryNone, 0
 }
 
-// linkIno is the inode number (before the inode table) of a link.
-func linkIno(kind linkKind, pid uint32) uint64 {
-	if kind == linkLocalPid {
+// entryIno is the inode number (before the inode table) of an entry of
+// the root.
+func entryIno(kind entryKind, pid uint32) uint64 {
+	if kind == entryLocalPid {
 		return 1<<32 | uint64(pid)
 	}
 	return uint64(kind)
 }
 
-// target returns the link's target for the caller of ctx.
-func (p *procRoot) target(ctx context.Context, kind linkKind, pid uint32) (string, syscall.Errno) {
-	if kind == linkLocalPid {
-		return p.localProc + "/" + strconv.FormatUint(uint64(pid), 10), 0
+// pidEntryIno is the inode number (before the inode table) of entry name
+// of the directory of offloaded process pid; false when the names to
+// number ran out.
+func (p *procRoot) pidEntryIno(pid uint32, name string) (uint64, bool) {
+	p.namesMu.Lock()
+	defer p.namesMu.Unlock()
+	idx, ok := p.names[name]
+	if !ok {
+		if len(p.names) >= maxPidNames {
+			return 0, false
+		}
+		if p.names == nil {
+			p.names = map[string]uint32{}
+		}
+		idx = uint32(len(p.names))
+		p.names[name] = idx
 	}
+	return uint64(2+idx)<<32 | uint64(pid), true
+}
+
+// selfTarget returns the target of self (or thread-self) for the caller
+// of ctx.
+func (p *procRoot) selfTarget(ctx context.Context, thread bool) (string, syscall.Errno) {
 	c, ok := fuse.FromContext(ctx)
 	if !ok || c.Pid == 0 {
 		// The kernel itself, or a process this pid namespace cannot
@@ -249,46 +338,84 @@ func (p *procRoot) target(ctx context.Context, kind linkKind, pid uint32) (strin
 	if !ok {
 		return "", syscall.ENOENT
 	}
-	t := p.localProc + "/" + strconv.FormatUint(uint64(tgid), 10)
-	if kind == linkThreadSelf {
+	t := strconv.FormatUint(uint64(tgid), 10)
+	if thread {
 		t += "/task/" + strconv.FormatUint(uint64(c.Pid), 10)
 	}
-	return t, 0
+	if p.offloaded(tgid) {
+		// Its directory in this mount.
+		return t, 0
+	}
+	return p.localProc + "/" + t, 0
 }
 
-// fillLink fills the attributes of a link for the caller of ctx.
-func (p *procRoot) fillLink(ctx context.Context, kind linkKind, pid uint32, ino uint64, out *fuse.Attr) {
-	t, _ := p.target(ctx, kind, pid)
+// magicTarget returns the target of exe or cwd of offloaded process pid
+// as the process itself would read it: the DPU's link with the offload
+// root taken off. A link that leads out of the chroot, or to a file that
+// is gone, is the DPU's magic link itself, which the DPU kernel resolves.
+func (p *procRoot) magicTarget(pid uint32, name string) string {
+	if name == "root" {
+		return "/"
+	}
+	local := p.localProc + "/" + strconv.FormatUint(uint64(pid), 10) + "/" + name
+	t, err := os.Readlink(p.pidPath(pid, name))
+	if err != nil || strings.HasSuffix(t, " (deleted)") {
+		return local
+	}
+	switch root := p.offloadRoot; {
+	case root == "/":
+		return t
+	case t == root:
+		return "/"
+	case strings.HasPrefix(t, root) && len(t) > len(root) && t[len(root)] == '/':
+		return t[len(root):]
+	}
+	return local
+}
+
+// fillLink fills the attributes of a link of target t.
+func (p *procRoot) fillLink(t string, ino uint64, uid, gid uint32, out *fuse.Attr) {
 	sec, nsec := uint64(p.at.Unix()), uint32(p.at.Nanosecond())
 	*out = fuse.Attr{
 		Ino:   ino,
 		Size:  uint64(len(t)),
 		Mode:  syscall.S_IFLNK | 0o777,
 		Nlink: 1,
+		Owner: fuse.Owner{Uid: uid, Gid: gid},
 		Atime: sec, Atimensec: nsec,
 		Mtime: sec, Mtimensec: nsec,
 		Ctime: sec, Ctimensec: nsec,
 	}
 }
 
-// newLink makes (or finds) the inode of a link in directory parent.
-func (p *procRoot) newLink(ctx context.Context, parent *node, kind linkKind, pid uint32, out *fuse.EntryOut) *fs.Inode {
-	ino := p.m.inos.ino(localDev, linkIno(kind, pid))
-	p.fillLink(ctx, kind, pid, ino, &out.Attr)
-	if kind != linkLocalPid {
-		out.SetEntryTimeout(selfEntryTimeout)
+// newRootLink makes (or finds) the inode of self or thread-self.
+func (p *procRoot) newRootLink(ctx context.Context, parent *fs.Inode, kind entryKind, out *fuse.EntryOut) *fs.Inode {
+	l := &procLink{p: p, kind: kind}
+	ino := p.m.inos.ino(localDev, entryIno(kind, 0))
+	t, _ := l.target(ctx)
+	p.fillLink(t, ino, 0, 0, &out.Attr)
+	out.SetEntryTimeout(selfEntryTimeout)
+	return parent.NewInode(ctx, l, fs.StableAttr{Mode: syscall.S_IFLNK, Ino: ino})
+}
+
+// newEntry makes (or finds) the inode of one of the client's own entries
+// of the root.
+func (p *procRoot) newEntry(ctx context.Context, parent *fs.Inode, kind entryKind, pid uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	if kind == entryLocalPid {
+		return p.newPidDir(ctx, parent, pid, out)
 	}
-	return parent.NewInode(ctx, &procLink{p: p, kind: kind, pid: pid}, fs.StableAttr{Mode: syscall.S_IFLNK, Ino: ino})
+	return p.newRootLink(ctx, parent, kind, out), 0
 }
 
 // lookup answers name in the proc root when it is one of the client's
-// own links; ok is false when the server must be asked.
-func (p *procRoot) lookup(ctx context.Context, root *node, name string, out *fuse.EntryOut) (*fs.Inode, bool) {
+// own entries; ok is false when the server must be asked.
+func (p *procRoot) lookup(ctx context.Context, root *node, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno, bool) {
 	kind, pid := p.classify(name)
-	if kind == linkNone {
-		return nil, false
+	if kind == entryNone {
+		return nil, 0, false
 	}
-	return p.newLink(ctx, root, kind, pid, out), true
+	ch, e := p.newEntry(ctx, root.EmbeddedInode(), kind, pid, out)
+	return ch, e, true
 }
 
 // hostSelfLink rewrites the target of a symlink of the proc root that
@@ -304,12 +431,16 @@ func hostSelfLink(t []byte) []byte {
 	return t
 }
 
-// procLink is a symlink of the proc root that the client answers itself.
+// procLink is a symlink the client answers itself: self or thread-self
+// in the root, or an entry of an offloaded process's directory.
 type procLink struct {
 	fs.Inode
 	p    *procRoot
-	kind linkKind
+	kind entryKind
+	// pid and name are the process and entry of a link of a process's
+	// directory.
 	pid  uint32
+	name string
 }
 
 var (
@@ -317,23 +448,231 @@ var (
 	_ fs.NodeGetattrer  = (*procLink)(nil)
 )
 
+// target returns the link's target for the caller of ctx.
+func (l *procLink) target(ctx context.Context) (string, syscall.Errno) {
+	switch l.kind {
+	case entrySelf:
+		return l.p.selfTarget(ctx, false)
+	case entryThreadSelf:
+		return l.p.selfTarget(ctx, true)
+	case entryPidMagic:
+		return l.p.magicTarget(l.pid, l.name), 0
+	}
+	return l.p.localProc + "/" + strconv.FormatUint(uint64(l.pid), 10) + "/" + l.name, 0
+}
+
 // Readlink returns the target for the calling process.
 func (l *procLink) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
-	t, e := l.p.target(ctx, l.kind, l.pid)
+	t, e := l.target(ctx)
 	if e != 0 {
 		return nil, e
 	}
 	return []byte(t), 0
 }
 
-// Getattr reports the link; the link of a pid whose process left the
-// chroot (or ended) is stale, and the kernel looks the name up again.
+// Getattr reports the link.
 func (l *procLink) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	if l.kind == linkLocalPid && !l.p.offloaded(l.pid) {
+	t, _ := l.target(ctx)
+	var uid, gid uint32
+	if l.kind != entrySelf && l.kind != entryThreadSelf {
+		var st unix.Stat_t
+		if unix.Lstat(l.p.pidPath(l.pid, l.name), &st) == nil {
+			uid, gid = st.Uid, st.Gid
+		}
+	}
+	l.p.fillLink(t, l.StableAttr().Ino, uid, gid, &out.Attr)
+	return 0
+}
+
+// pidDir is the directory of a DPU process that runs in the offload
+// chroot.
+type pidDir struct {
+	fs.Inode
+	p   *procRoot
+	pid uint32
+}
+
+var (
+	_ fs.NodeLookuper  = (*pidDir)(nil)
+	_ fs.NodeReaddirer = (*pidDir)(nil)
+	_ fs.NodeGetattrer = (*pidDir)(nil)
+)
+
+// statAttr fills out from a stat of the DPU's file, with mode mode.
+func statAttr(st *unix.Stat_t, ino uint64, mode uint32, out *fuse.Attr) {
+	*out = fuse.Attr{
+		Ino:   ino,
+		Mode:  mode,
+		Nlink: uint32(st.Nlink),
+		Owner: fuse.Owner{Uid: st.Uid, Gid: st.Gid},
+		Atime: uint64(st.Atim.Sec), Atimensec: uint32(st.Atim.Nsec),
+		Mtime: uint64(st.Mtim.Sec), Mtimensec: uint32(st.Mtim.Nsec),
+		Ctime: uint64(st.Ctim.Sec), Ctimensec: uint32(st.Ctim.Nsec),
+	}
+}
+
+// fillPidDir fills the attributes of the directory of offloaded process
+// pid: the DPU's directory's, as a directory of this mount.
+func (p *procRoot) fillPidDir(pid uint32, ino uint64, out *fuse.Attr) syscall.Errno {
+	var st unix.Stat_t
+	if err := unix.Lstat(p.pidPath(pid, ""), &st); err != nil {
+		return syscall.ENOENT
+	}
+	statAttr(&st, ino, syscall.S_IFDIR|0o555, out)
+	return 0
+}
+
+// newPidDir makes (or finds) the directory of offloaded process pid in
+// parent (the root).
+func (p *procRoot) newPidDir(ctx context.Context, parent *fs.Inode, pid uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	ino := p.m.inos.ino(localDev, entryIno(entryLocalPid, pid))
+	if e := p.fillPidDir(pid, ino, &out.Attr); e != 0 {
+		return nil, e
+	}
+	return parent.NewInode(ctx, &pidDir{p: p, pid: pid}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
+}
+
+// Getattr reports the directory; the directory of a pid whose process
+// left the chroot (or ended) is stale, and the kernel looks the name up
+// again.
+func (d *pidDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if !d.p.offloaded(d.pid) {
 		return syscall.ESTALE
 	}
-	l.p.fillLink(ctx, l.kind, l.pid, l.StableAttr().Ino, &out.Attr)
+	return d.p.fillPidDir(d.pid, d.StableAttr().Ino, &out.Attr)
+}
+
+// Lookup answers a name of the directory: every name the DPU's directory
+// of the process has.
+func (d *pidDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	var st unix.Stat_t
+	if err := unix.Lstat(d.p.pidPath(d.pid, name), &st); err != nil {
+		return nil, syscall.ENOENT
+	}
+	x, ok := d.p.pidEntryIno(d.pid, name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	ino := d.p.m.inos.ino(localDev, x)
+	out.SetEntryTimeout(selfEntryTimeout)
+	kind := pidEntryKind(name)
+	if kind == entryPidTable {
+		statAttr(&st, ino, syscall.S_IFREG|0o444, &out.Attr)
+		t := &pidTable{p: d.p, pid: d.pid, mounts: name == "mounts"}
+		return d.NewInode(ctx, t, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}), 0
+	}
+	l := &procLink{p: d.p, kind: kind, pid: d.pid, name: name}
+	t, _ := l.target(ctx)
+	d.p.fillLink(t, ino, st.Uid, st.Gid, &out.Attr)
+	return d.NewInode(ctx, l, fs.StableAttr{Mode: syscall.S_IFLNK, Ino: ino}), 0
+}
+
+// Readdir lists the names of the DPU's directory of the process.
+func (d *pidDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	f, err := os.Open(d.p.pidPath(d.pid, ""))
+	if err != nil {
+		return nil, syscall.ENOENT
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil && len(names) == 0 {
+		return nil, syscall.ENOENT
+	}
+	slices.Sort(names)
+	entries := make([]fuse.DirEntry, 0, len(names))
+	for _, name := range names {
+		x, ok := d.p.pidEntryIno(d.pid, name)
+		if !ok {
+			continue
+		}
+		mode := uint32(syscall.S_IFLNK)
+		if pidEntryKind(name) == entryPidTable {
+			mode = syscall.S_IFREG
+		}
+		entries = append(entries, fuse.DirEntry{Name: name, Mode: mode, Ino: d.p.m.inos.ino(localDev, x)})
+	}
+	return fs.NewListDirStream(entries), 0
+}
+
+// pidTable is the mountinfo or mounts file of an offloaded process.
+type pidTable struct {
+	fs.Inode
+	p      *procRoot
+	pid    uint32
+	mounts bool
+}
+
+var (
+	_ fs.NodeOpener    = (*pidTable)(nil)
+	_ fs.NodeGetattrer = (*pidTable)(nil)
+)
+
+// Getattr reports the file as the DPU's: size 0, as proc's files are.
+func (t *pidTable) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	name := "mountinfo"
+	if t.mounts {
+		name = "mounts"
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(t.p.pidPath(t.pid, name), &st); err != nil {
+		return syscall.ENOENT
+	}
+	statAttr(&st, t.StableAttr().Ino, syscall.S_IFREG|0o444, &out.Attr)
 	return 0
+}
+
+// Open makes the file's content, the view of the process's mount table
+// at this moment; it is read directly (no page cache).
+func (t *pidTable) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return nil, 0, syscall.EACCES
+	}
+	data, e := t.p.tableView(ctx, t.pid, t.mounts)
+	if e != 0 {
+		return nil, 0, e
+	}
+	return &bytesHandle{data: data}, fuse.FOPEN_DIRECT_IO, 0
+}
+
+// tableView returns the view of the mount table of offloaded process pid
+// (mountview.go): its mountinfo file, or its mounts file.
+func (p *procRoot) tableView(ctx context.Context, pid uint32, asMounts bool) ([]byte, syscall.Errno) {
+	data, err := os.ReadFile(p.pidPath(pid, "mountinfo"))
+	if err != nil {
+		if e, ok := qfs.ToErrno(err); ok {
+			return nil, e
+		}
+		return nil, syscall.EIO
+	}
+	view := p.ids.hostView(mountinfo.Parse(data), func(mi *mountinfo.Mount) []*qtfsv1.HostMount {
+		if mi.FSType != FsType {
+			return nil
+		}
+		m := p.mounts.lookup(unix.Mkdev(mi.Major, mi.Minor))
+		if m == nil {
+			return nil
+		}
+		return m.hostMountsOf(ctx)
+	})
+	return renderView(view, asMounts), 0
+}
+
+// bytesHandle is an open file whose content the client made at open.
+type bytesHandle struct {
+	data []byte
+}
+
+var _ fs.FileReader = (*bytesHandle)(nil)
+
+func (h *bytesHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off < 0 {
+		return nil, syscall.EINVAL
+	}
+	if off >= int64(len(h.data)) {
+		return fuse.ReadResultData(nil), 0
+	}
+	end := min(off+int64(len(dest)), int64(len(h.data)))
+	return fuse.ReadResultData(h.data[off:end]), 0
 }
 
 // A proc mount keeps the kernel's entries of the process directories a

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	"github.com/qtfs/qtfs/pkg/internal/proctest"
 )
 
@@ -458,17 +459,18 @@ func errnoOf(err error) syscall.Errno {
 
 // TestProcOffloadRule checks the rule for processes of the offload
 // chroot: with OffloadRoot "/" every local process counts as one, so the
-// test's own pid is a link into the local proc, listed once; with a root
-// no process has, the host's directory shows.
+// test's own pid is the client's directory, whose entries lead into the
+// local proc, listed once; with a root no process has, the host's
+// directory shows.
 func TestProcOffloadRule(t *testing.T) {
 	pid := strconv.Itoa(os.Getpid())
 	for _, tc := range []struct {
-		name    string
-		root    string
-		wantDir bool
+		name  string
+		root  string
+		local bool
 	}{
-		{"in the chroot", "/", false},
-		{"outside", "/nonexistent/offload/root", true},
+		{"in the chroot", "/", true},
+		{"outside", "/nonexistent/offload/root", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tm := requireProcMount(t, "/proc", tc.root)
@@ -476,17 +478,26 @@ func TestProcOffloadRule(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if fi.IsDir() != tc.wantDir {
-				t.Errorf("%s is a directory: %v, want %v (mode %v)", pid, fi.IsDir(), tc.wantDir, fi.Mode())
+			if !fi.IsDir() {
+				t.Errorf("%s is not a directory (mode %v)", pid, fi.Mode())
 			}
-			if !tc.wantDir {
-				if got, err := os.Readlink(tm.path(pid)); err != nil || got != "/proc/"+pid {
-					t.Errorf("readlink %s: %q, %v; want /proc/%s", pid, got, err, pid)
-				}
-				status, err := os.ReadFile(tm.path(pid, "status"))
-				if err != nil || !bytes.Contains(status, []byte("\nPid:\t"+pid+"\n")) {
-					t.Errorf("status through the link: %v", err)
-				}
+			status, err := os.ReadFile(tm.path(pid, "status"))
+			if err != nil || !bytes.Contains(status, []byte("\nPid:\t"+pid+"\n")) {
+				t.Errorf("status of %s: %v", pid, err)
+			}
+			target, err := os.Readlink(tm.path(pid, "status"))
+			if tc.local && (err != nil || target != "/proc/"+pid+"/status") {
+				t.Errorf("readlink %s/status: %q, %v; want /proc/%s/status", pid, target, err, pid)
+			}
+			if !tc.local && err == nil {
+				t.Errorf("%s/status of the host's process is a link to %q", pid, target)
+			}
+			want := "/proc/" + pid
+			if tc.local {
+				want = pid // its directory in the mount
+			}
+			if self, err := os.Readlink(tm.path("self")); err != nil || self != want {
+				t.Errorf("readlink self: %q, %v; want %q", self, err, want)
 			}
 			entries, err := os.ReadDir(tm.path())
 			if err != nil {
@@ -495,8 +506,8 @@ func TestProcOffloadRule(t *testing.T) {
 			seen := map[string]int{}
 			for _, e := range entries {
 				seen[e.Name()]++
-				if e.Name() == pid && e.IsDir() != tc.wantDir {
-					t.Errorf("listing: %s type %v, want a directory %v", pid, e.Type(), tc.wantDir)
+				if e.Name() == pid && !e.IsDir() {
+					t.Errorf("listing: %s type %v, want a directory", pid, e.Type())
 				}
 				if (e.Name() == "self" || e.Name() == "thread-self") && e.Type()&os.ModeSymlink == 0 {
 					t.Errorf("listing: %s type %v, want a symlink", e.Name(), e.Type())
@@ -511,6 +522,170 @@ func TestProcOffloadRule(t *testing.T) {
 				t.Errorf("listing: %s seen %d times, self %d times", pid, seen[pid], seen["self"])
 			}
 		})
+	}
+}
+
+// TestProcPidDir looks into the directory of an offloaded process (the
+// test's own, with OffloadRoot "/"): its names are the local proc's, as
+// links into it except mountinfo and mounts (files the client makes) and
+// exe, cwd and root (the process's own view); through it a file of the
+// process reopens by /proc/self/fd/N, and its mount table shows the proc
+// mount itself as the host's proc.
+func TestProcPidDir(t *testing.T) {
+	tm := requireProcMount(t, "/proc", "/")
+	pid := strconv.Itoa(os.Getpid())
+	if got, err := os.Readlink(tm.path("self")); err != nil || got != pid {
+		t.Fatalf("readlink self: %q, %v; want %s", got, err, pid)
+	}
+	type res struct {
+		tid   int
+		tself string
+		err   error
+	}
+	ch := make(chan res)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		var r res
+		r.tid = unix.Gettid()
+		r.tself, r.err = os.Readlink(tm.path("thread-self"))
+		ch <- r
+	}()
+	if r := <-ch; r.err != nil || r.tself != fmt.Sprintf("%s/task/%d", pid, r.tid) {
+		t.Errorf("readlink thread-self from thread %d: %q, %v", r.tid, r.tself, r.err)
+	}
+
+	entries, err := os.ReadDir(tm.path("self"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	local, err := os.ReadDir("/proc/self")
+	if err != nil {
+		t.Fatal(err)
+	}
+	types := map[string]os.FileMode{}
+	for _, e := range entries {
+		types[e.Name()] = e.Type()
+	}
+	if len(entries) != len(local) {
+		t.Errorf("%d names, the local proc's directory has %d", len(entries), len(local))
+	}
+	for name, want := range map[string]os.FileMode{"mountinfo": 0, "mounts": 0, "exe": os.ModeSymlink, "status": os.ModeSymlink, "fd": os.ModeSymlink} {
+		if got, ok := types[name]; !ok || got != want {
+			t.Errorf("listing: %s type %v (listed %v), want %v", name, got, ok, want)
+		}
+	}
+	for _, name := range []string{"exe", "cwd"} {
+		want, err := os.Readlink("/proc/self/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.Readlink(tm.path("self", name)); err != nil || got != want {
+			t.Errorf("readlink self/%s: %q, %v; want %q", name, got, err, want)
+		}
+	}
+	if got, err := os.Readlink(tm.path("self", "root")); err != nil || got != "/" {
+		t.Errorf("readlink self/root: %q, %v; want /", got, err)
+	}
+
+	f, err := os.CreateTemp(t.TempDir(), "fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	again, err := os.Open(tm.path("self", "fd", strconv.Itoa(int(f.Fd()))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	var a, b unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &a) != nil || unix.Fstat(int(again.Fd()), &b) != nil || a.Dev != b.Dev || a.Ino != b.Ino {
+		t.Errorf("reopened through self/fd: dev %d ino %d, the file's %d %d", b.Dev, b.Ino, a.Dev, a.Ino)
+	}
+
+	fi, err := os.Stat(tm.path("self", "mountinfo"))
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o444 || fi.Size() != 0 {
+		t.Errorf("stat self/mountinfo: %v, %v; want a regular file 0444 of size 0", fi, err)
+	}
+	if _, err := os.OpenFile(tm.path("self", "mountinfo"), os.O_WRONLY, 0); !errors.Is(err, syscall.EACCES) {
+		t.Errorf("open self/mountinfo for writing: %v, want EACCES", err)
+	}
+	info, err := os.ReadFile(tm.path("self", "mountinfo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := mountLine(t, info, tm.mnt)
+	if line.FSType != "proc" || line.Source != "proc" {
+		t.Errorf("the proc mount in its own view: %+v, want the host's proc", line)
+	}
+	mounts, err := os.ReadFile(tm.path("self", "mounts"))
+	if err != nil || !bytes.Contains(mounts, []byte("proc "+tm.mnt+" proc ")) {
+		t.Errorf("self/mounts has no proc line for %s: %v\n%s", tm.mnt, err, mounts)
+	}
+}
+
+// mountLine returns the line of mount point mp of a mountinfo file.
+func mountLine(t *testing.T, info []byte, mp string) mountinfo.Mount {
+	t.Helper()
+	var found mountinfo.Mount
+	for _, m := range mountinfo.Parse(info) {
+		if m.MountPoint == mp {
+			found = m
+		}
+	}
+	if found.MountPoint == "" {
+		t.Fatalf("no line for %s in:\n%s", mp, info)
+	}
+	return found
+}
+
+// TestProcMountinfoCgroup mounts the host's /sys/fs/cgroup next to its
+// proc root, in one session, and reads the mount table of an offloaded
+// process (the test): the cgroup mount shows the host's type, and the
+// host's mounts beneath it (cgroup v1 controllers, cgroup2) follow as
+// lines beneath its mount point. Reading it again and again costs at
+// most one Mounts RPC per mount and second.
+func TestProcMountinfoCgroup(t *testing.T) {
+	const cgroup = "/sys/fs/cgroup"
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var host []mountinfo.Mount
+	for _, m := range mountinfo.Parse(info) {
+		if m.MountPoint == cgroup || strings.HasPrefix(m.MountPoint, cgroup+"/") {
+			host = append(host, m)
+		}
+	}
+	if len(host) == 0 {
+		t.Skip("skipped: nothing is mounted on /sys/fs/cgroup here")
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs("/proc", &st); err != nil || uint64(st.Type) != unix.PROC_SUPER_MAGIC {
+		t.Skip("skipped: /proc is not a proc filesystem here")
+	}
+	cgMnt := t.TempDir()
+	tm := startMount(t, mountCfg{export: "/proc", localProc: "/proc", offloadRoot: "/", extra: [][2]string{{cgroup, cgMnt}}})
+	tm.resetStats()
+	start := time.Now()
+	const reads = 20
+	var view []byte
+	for i := 0; i < reads; i++ {
+		if view, err = os.ReadFile(tm.path("self", "mountinfo")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	elapsed := time.Since(start)
+	rpcs := tm.stats()["Mounts"]
+	if limit := 2 * (int(elapsed/time.Second) + 1); rpcs < 1 || rpcs > limit {
+		t.Errorf("%d reads in %v: %d Mounts RPCs, want 1 to %d (two mounts, one a second each)", reads, elapsed, rpcs, limit)
+	}
+	for _, h := range host {
+		mp := cgMnt + strings.TrimPrefix(h.MountPoint, cgroup)
+		m := mountLine(t, view, mp)
+		if m.FSType != h.FSType || m.SuperOptions != h.SuperOptions || m.Source != h.Source || m.Root != h.Root {
+			t.Errorf("%s in the view: %+v; the host's %s: %+v", mp, m, h.MountPoint, h)
+		}
 	}
 }
 
