@@ -1,10 +1,13 @@
 package fuseclient
 
 import (
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/proto"
 
 	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
@@ -278,4 +281,37 @@ func TestHostMountsCache(t *testing.T) {
 	if fetches != 6 {
 		t.Errorf("5 readers around one fetch: %d fetches in all, want 6", fetches)
 	}
+}
+
+// FuzzHostView feeds the view any reply a server could send: no panic,
+// and the table written is one well-formed line per mount of the view
+// (nothing from the wire adds a line or breaks one).
+func FuzzHostView(f *testing.F) {
+	seed, err := proto.Marshal(&qtfsv1.MountsResponse{Mounts: hostCgroupV1})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(seed, "/")
+	f.Add(seed, "/memory/docker")
+	f.Fuzz(func(t *testing.T, reply []byte, root string) {
+		var resp qtfsv1.MountsResponse
+		if proto.Unmarshal(reply, &resp) != nil {
+			return
+		}
+		line := mountinfo.Mount{ID: 25, Parent: 20, Major: 0, Minor: 50, Root: root, MountPoint: "/sys/fs/cgroup",
+			Options: "rw,relatime", Optional: []string{"shared:5"}, FSType: FsType, Source: "q", SuperOptions: "rw"}
+		var v viewIDs
+		view := v.hostView([]mountinfo.Mount{line}, func(*mountinfo.Mount) []*qtfsv1.HostMount { return resp.GetMounts() })
+		text := renderView(view, false)
+		back := mountinfo.Parse(text)
+		if len(back) != len(view) || strings.Count(string(text), "\n") != len(view) {
+			t.Fatalf("%d mounts written as %d lines (%d parsed):\n%s", len(view), strings.Count(string(text), "\n"), len(back), text)
+		}
+		for i := range back {
+			if back[i].MountPoint != view[i].MountPoint || back[i].FSType != view[i].FSType || back[i].Source != view[i].Source {
+				t.Fatalf("line %d reads back as %+v, written from %+v", i, back[i], view[i])
+			}
+		}
+		_ = renderView(view, true)
+	})
 }
