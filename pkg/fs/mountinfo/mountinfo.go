@@ -90,6 +90,27 @@ func ParseLine(line string) (Mount, bool) {
 	return m, true
 }
 
+// PeerGroups returns the peer groups of m's propagation, read from its
+// optional fields: shared is the group of a shared mount ("shared:N"),
+// master the group a slave mount receives from ("master:N"); each is 0
+// when the mount has no such field.
+func (m *Mount) PeerGroups() (shared, master int) {
+	for _, o := range m.Optional {
+		tag, n, _ := strings.Cut(o, ":")
+		v, err := strconv.Atoi(n)
+		if err != nil || v < 0 {
+			continue
+		}
+		switch tag {
+		case "shared":
+			shared = v
+		case "master":
+			master = v
+		}
+	}
+	return shared, master
+}
+
 // AppendMountinfo appends m as a line of a mountinfo file, with its
 // newline.
 func (m *Mount) AppendMountinfo(b []byte) []byte {

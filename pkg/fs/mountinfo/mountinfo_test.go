@@ -52,6 +52,28 @@ func TestParseLine(t *testing.T) {
 	}
 }
 
+func TestPeerGroups(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		optional       []string
+		shared, master int
+	}{
+		{"private", nil, 0, 0},
+		{"shared", []string{"shared:1"}, 1, 0},
+		{"slave", []string{"master:3"}, 0, 3},
+		{"shared slave", []string{"shared:9", "master:3", "propagate_from:2"}, 9, 3},
+		{"unbindable", []string{"unbindable"}, 0, 0},
+		{"malformed", []string{"shared:x", "master:-1", "shared"}, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := Mount{Optional: tc.optional}
+			if shared, master := m.PeerGroups(); shared != tc.shared || master != tc.master {
+				t.Errorf("PeerGroups() = %d, %d; want %d, %d", shared, master, tc.shared, tc.master)
+			}
+		})
+	}
+}
+
 func TestParseSkipsMalformedLines(t *testing.T) {
 	data := "1 0 0:1 / / rw - rootfs rootfs rw\ngarbage\n\n2 1 0:2 / /proc rw - proc proc rw"
 	got := Parse([]byte(data))
