@@ -503,7 +503,7 @@ func boundOntoItself(mounts []MountInfo, m MountInfo) bool {
 		if p.ID != m.Parent {
 			continue
 		}
-		if p.Dev != m.Dev || (p.Mountpoint != "/" && !within(m.Mountpoint, p.Mountpoint)) {
+		if p.Major != m.Major || p.Minor != m.Minor || (p.Mountpoint != "/" && !within(m.Mountpoint, p.Mountpoint)) {
 			return false
 		}
 		rel := strings.TrimPrefix(m.Mountpoint, p.Mountpoint)

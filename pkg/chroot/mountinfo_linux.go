@@ -1,18 +1,19 @@
 package chroot
 
 import (
-	"bufio"
 	"io"
 	"os"
-	"strconv"
-	"strings"
+
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 )
 
-// MountInfo is one line of /proc/self/mountinfo.
+// MountInfo is one line of a mountinfo file as the chroot reads it: the
+// fields of a mountinfo.Mount it looks at, and the peer groups of the
+// mount's propagation.
 type MountInfo struct {
-	ID, Parent int
-	// Dev is "major:minor".
-	Dev string
+	ID, Parent uint32
+	// Major and Minor are the device of the mount's filesystem.
+	Major, Minor uint32
 	// Root is the path of the mount's root within its filesystem.
 	Root       string
 	Mountpoint string
@@ -37,66 +38,25 @@ func ReadMountinfo() ([]MountInfo, error) {
 
 // ParseMountinfo parses mountinfo(5) text; malformed lines are skipped.
 func ParseMountinfo(r io.Reader) ([]MountInfo, error) {
-	var out []MountInfo
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		sep := -1
-		for i := 6; i < len(f); i++ {
-			if f[i] == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+2 >= len(f) {
-			continue
-		}
-		id, err1 := strconv.Atoi(f[0])
-		parent, err2 := strconv.Atoi(f[1])
-		if err1 != nil || err2 != nil {
-			continue
-		}
-		m := MountInfo{
-			ID: id, Parent: parent, Dev: f[2],
-			Root:       unescape(f[3]),
-			Mountpoint: unescape(f[4]),
-			Options:    f[5],
-			FSType:     f[sep+1],
-			Source:     unescape(f[sep+2]),
-		}
-		for _, opt := range f[6:sep] {
-			tag, n, _ := strings.Cut(opt, ":")
-			v, _ := strconv.Atoi(n)
-			switch tag {
-			case "shared":
-				m.Shared = v
-			case "master":
-				m.Master = v
-			}
-		}
-		out = append(out, m)
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, err
 	}
-	return out, sc.Err()
+	return fromMounts(mountinfo.Parse(data)), nil
 }
 
-// unescape undoes the octal escapes (\040 for a space) of mountinfo.
-func unescape(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
+func fromMounts(ms []mountinfo.Mount) []MountInfo {
+	out := make([]MountInfo, len(ms))
+	for i := range ms {
+		m := &ms[i]
+		out[i] = MountInfo{
+			ID: m.ID, Parent: m.Parent, Major: m.Major, Minor: m.Minor,
+			Root: m.Root, Mountpoint: m.MountPoint, Options: m.Options,
+			FSType: m.FSType, Source: m.Source,
 		}
-		b.WriteByte(s[i])
+		out[i].Shared, out[i].Master = m.PeerGroups()
 	}
-	return b.String()
+	return out
 }
 
 // at returns the mounts whose mount point is p, bottom first.

@@ -175,7 +175,7 @@ garbage line
 	if m := ms[2]; m.Mountpoint != "/var/lib/qtfs/root/with space" || m.FSType != "fuse.qtfs" || m.Source != "tcp://h:1:/srv" || m.Parent != 27 {
 		t.Errorf("fuse line: %+v", m)
 	}
-	if m := ms[3]; m.Root != "/sub" || m.Options != "ro" || m.Dev != "0:47" || m.Master != 3 || m.Shared != 0 {
+	if m := ms[3]; m.Root != "/sub" || m.Options != "ro" || m.Major != 0 || m.Minor != 47 || m.Master != 3 || m.Shared != 0 {
 		t.Errorf("tmpfs line: %+v", m)
 	}
 	if m := ms[1]; m.Shared != 1 || m.Master != 0 {
