@@ -3,7 +3,6 @@ package hostfs
 import (
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -11,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	qfs "github.com/qtfs/qtfs/pkg/fs"
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -145,45 +145,19 @@ func holdsOnlyCgroups(dir string) bool {
 }
 
 // onlyCgroupsBeneath is holdsOnlyCgroups on the text of a mountinfo file.
-func onlyCgroupsBeneath(mountinfo []byte, dir string) bool {
+func onlyCgroupsBeneath(table []byte, dir string) bool {
 	prefix := strings.TrimSuffix(dir, "/") + "/"
 	found := false
-	for _, line := range strings.Split(string(mountinfo), "\n") {
-		// id parent major:minor root mountpoint options [optional...] - type source super
-		f := strings.Fields(line)
-		if len(f) < 5 || !strings.HasPrefix(unescapeMountinfo(f[4]), prefix) {
+	for _, m := range mountinfo.Parse(table) {
+		if !strings.HasPrefix(m.MountPoint, prefix) {
 			continue
 		}
-		sep := slices.Index(f, "-")
-		if sep < 0 || sep+1 >= len(f) {
-			return false
-		}
-		if t := f[sep+1]; t != "cgroup" && t != "cgroup2" {
+		if m.FSType != "cgroup" && m.FSType != "cgroup2" {
 			return false
 		}
 		found = true
 	}
 	return found
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for a space) of a
-// mountinfo field.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 func fstat(fd int) (*qtfsv1.Attr, error) {
