@@ -31,6 +31,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 )
 
 // procHelperEnv makes this test binary run procHelper instead of tests.
@@ -461,12 +463,18 @@ func (pe *procEnv) mount(tb testing.TB, remote, name string, opts ...string) str
 	if err := os.MkdirAll(mp, 0o755); err != nil {
 		tb.Fatal(err)
 	}
+	pe.mountAt(tb, remote, mp, opts...)
+	return mp
+}
+
+// mountAt mounts host path remote on the DPU at mp, a directory there.
+func (pe *procEnv) mountAt(tb testing.TB, remote, mp string, opts ...string) {
+	tb.Helper()
 	args := []string{"mount", "--server", "unix://" + pe.sock, "--runtime-dir", pe.runtime, "--remote", remote}
 	for _, o := range opts {
 		args = append(args, "-o", o)
 	}
 	pe.must(tb, bin("qtfs-client"), append(args, mp)...)
-	return mp
 }
 
 // cgHierarchy is a cgroup hierarchy of the host under /sys/fs/cgroup.
@@ -802,6 +810,20 @@ func TestKubeletLikeProc(t *testing.T) {
 	})
 
 	t.Run("offload chroot processes are the DPU's", func(t *testing.T) {
+		// The chroot's /proc is a mount of the host's proc, as the
+		// offload makes it.
+		chrootProc := filepath.Join(pe.offloadRoot, "proc")
+		pe.mountAt(t, "/proc", chrootProc, "local_proc="+pe.localProc, "offload_root="+pe.offloadRoot)
+		t.Cleanup(func() {
+			if out, err := pe.exec(bin("qtfs-client"), "umount", "--lazy", chrootProc); err != nil {
+				t.Logf("umount %s: %v %s", chrootProc, err, out)
+			}
+		})
+		inChroot := func(script string) string {
+			t.Helper()
+			return strings.TrimSpace(pe.must(t, "chroot", pe.offloadRoot, "sh", "-c", script))
+		}
+
 		c := pe.cmd("chroot", pe.offloadRoot, "sh", "-c", "echo $$; exec sleep 300")
 		out, err := c.StdoutPipe()
 		if err != nil {
@@ -815,9 +837,34 @@ func TestKubeletLikeProc(t *testing.T) {
 		dpuPid := strings.TrimSpace(sc.Text())
 		t.Logf("process in the offload chroot: DPU pid %s", dpuPid)
 		defer pe.exec("sh", "-c", "kill "+dpuPid)
-		if got := strings.TrimSpace(pe.must(t, "readlink", hproc+"/"+dpuPid)); got != pe.localProc+"/"+dpuPid {
-			t.Errorf("readlink %s (a process in the offload chroot) = %q, want %s/%s", dpuPid, got, pe.localProc, dpuPid)
+
+		// Inside the chroot, /proc/self is the reader's pid, as the
+		// kernel's link is, and a process of the chroot is a directory.
+		if f := strings.Fields(inChroot("echo $$; exec readlink /proc/self")); len(f) != 2 || f[0] != f[1] {
+			t.Errorf("readlink /proc/self in the chroot: %q, want the reader's pid", f)
 		}
+		if got := inChroot("stat -c %F /proc/" + dpuPid); got != "directory" {
+			t.Errorf("/proc/%s in the chroot: %q, want a directory", dpuPid, got)
+		}
+		if got := strings.TrimSpace(pe.must(t, "stat", "-c", "%F", hproc+"/"+dpuPid)); got != "directory" {
+			t.Errorf("%s/%s (a process in the offload chroot): %q, want a directory", hproc, dpuPid, got)
+		}
+		// exe is the program's path as the chroot names it.
+		if got, want := inChroot("exec readlink /proc/self/exe"), inChroot(`readlink -f "$(command -v readlink)"`); got != want || want == "" {
+			t.Errorf("readlink /proc/self/exe in the chroot = %q, want %q", got, want)
+		}
+		// mountinfo shows the host's proc at /proc, not the qtfs mount.
+		info := inChroot("cat /proc/self/mountinfo")
+		var procTypes []string
+		for _, m := range mountinfo.Parse([]byte(info)) {
+			if m.MountPoint == "/proc" {
+				procTypes = append(procTypes, m.FSType)
+			}
+		}
+		if !slices.Equal(procTypes, []string{"proc"}) {
+			t.Errorf("/proc/self/mountinfo in the chroot: /proc is %q, want one line of type proc:\n%s", procTypes, info)
+		}
+
 		status := pe.must(t, "cat", hproc+"/"+dpuPid+"/status")
 		if !strings.HasPrefix(status, "Name:\tsleep\n") || !strings.Contains(status, "\nPid:\t"+dpuPid+"\n") {
 			t.Errorf("status of the chroot's process through the mount is not the DPU's:\n%s", status)
@@ -831,8 +878,8 @@ func TestKubeletLikeProc(t *testing.T) {
 				listed[f[0]] = f[1]
 			}
 		}
-		if listed[dpuPid] != "l" || listed["self"] != "l" || listed["1"] != "d" {
-			t.Errorf("listing: %s %q, self %q, 1 %q; want l, l, d", dpuPid, listed[dpuPid], listed["self"], listed["1"])
+		if listed[dpuPid] != "d" || listed["self"] != "l" || listed["1"] != "d" {
+			t.Errorf("listing: %s %q, self %q, 1 %q; want d, l, d", dpuPid, listed[dpuPid], listed["self"], listed["1"])
 		}
 		// The DPU's pid 1 runs outside the chroot: /proc/1 is the host's.
 		if got := strings.TrimSpace(pe.must(t, "stat", "-c", "%F", hproc+"/1")); got != "directory" {
