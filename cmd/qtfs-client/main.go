@@ -94,10 +94,14 @@ control socket in --runtime-dir) unless -f keeps it in the foreground.
   cache=auto        short attribute timeouts, page cache kept while mtime holds (default)
   cache=none        no caching, direct I/O (default for /proc, /sys and cgroup exports)
   cache=strict      long timeouts: the host never changes files behind this mount
-  local_proc=DIR    on a host /proc mount, /proc/self links to DIR/<caller pid>: the DPU's
-                    own proc as the callers see it (default /local_proc)
+  local_proc=DIR    on a host /proc mount, the DPU's own proc as the callers see it
+                    (default /local_proc): /proc/self of a caller outside the offload
+                    chroot links to DIR/<caller pid>
   offload_root=DIR  on a host /proc mount, /proc/<pid> of a DPU process whose root is DIR
-                    (the offload chroot) links to local_proc/<pid>
+                    (the offload chroot) is a directory of the mount: mountinfo and mounts
+                    show the host's mounts, exe and cwd read as the process sees them,
+                    root is /, every other entry links to local_proc/<pid>/<entry>; its
+                    /proc/self reads as its bare <pid>
   reconnect_timeout=DURATION
                     when the server restarts or the link fails, callers wait this long
                     for the reconnect (default 30s), then get EIO (calls in flight) or
