@@ -6,7 +6,7 @@ BIN       := bin
 CMDS      := qtfs-server qtfs-client rexec
 PROTO     := proto/qtfs/v1/qtfs.proto
 
-.PHONY: help build test e2e lint proto check-proto demo bench deps clean
+.PHONY: help build test e2e lint proto check-proto demo demo-fs bench deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,7 +38,10 @@ proto: ## regenerate the protobuf code with the pinned generators
 check-proto: proto ## fail when the committed generated code is not current
 	@git diff --exit-code -- proto/ || (echo "generated code is stale: run make proto and commit" && exit 1)
 
-demo: deps build ## loopback demo: a host directory served and mounted on this machine
+demo: deps build ## the offload on this machine: host and DPU in namespaces, dockerd on the DPU runs a container on the host
+	./scripts/demo-offload.sh
+
+demo-fs: deps build ## loopback demo of the filesystem alone: a host directory served and mounted on this machine
 	./scripts/demo.sh
 
 bench: build ## measure qtfs against the local disk, go-fuse loopback and sshfs (root; BENCH_QUICK=1: one-minute check)

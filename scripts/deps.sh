@@ -3,7 +3,7 @@
 # system packages through apt-get (only those missing) and the Go modules.
 set -euo pipefail
 
-pkgs=(fuse3 protobuf-compiler iproute2 attr acl runc openssh-server openssh-client containerd curl)
+pkgs=(fuse3 protobuf-compiler iproute2 attr acl runc openssh-server openssh-client containerd docker.io busybox-static curl)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

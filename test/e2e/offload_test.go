@@ -712,7 +712,7 @@ func TestDeployUnits(t *testing.T) {
 			t.Fatal(err)
 		}
 		s := strings.NewReplacer("/usr/bin/qtfs-server", bin("qtfs-server"), "/usr/bin/qtfs-client", bin("qtfs-client"),
-			"/usr/bin/dockerd", dockerd).Replace(string(b))
+			"/usr/sbin/dockerd", dockerd).Replace(string(b))
 		for _, want := range []string{"Restart=", "Description="} {
 			if !strings.Contains(s, want) {
 				t.Errorf("%s has no %s", filepath.Base(u), want)
