@@ -48,7 +48,8 @@ cleanup() {
 		# whatever is left of the DPU.
 		if [ -n "${dockerd_pid:-}" ]; then kill "$dockerd_pid" 2>/dev/null; for _ in $(seq 100); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.2; done; fi
 		if [ -n "${run_pid:-}" ]; then kill "$run_pid" 2>/dev/null; for _ in $(seq 150); do kill -0 "$run_pid" 2>/dev/null || break; sleep 0.2; done; fi
-		kill "$holder_pid" 2>/dev/null; wait "$holder_pid" 2>/dev/null
+		# unshare --fork ignores SIGTERM (its child is to handle it).
+		kill -KILL "$holder_pid" 2>/dev/null; wait "$holder_pid" 2>/dev/null
 	fi
 	[ -n "$server_pid" ] && { kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null; }
 	[ -n "$containerd_pid" ] && { kill "$containerd_pid" 2>/dev/null; wait "$containerd_pid" 2>/dev/null; }
@@ -80,7 +81,7 @@ else
 	containerd --log-level warn 2>"$work/containerd.log" &
 	containerd_pid=$!
 	for _ in $(seq 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
-	ctr version | grep -m1 Version
+	ctr version | awk '/Version/ && !seen { print; seen = 1 }'
 fi
 
 step "host: certificates, and the example configs with this transport"
@@ -93,7 +94,7 @@ sed -e "s|^  - vsock://any:12121|  - tcp://$hostip:12121|" \
 mkdir -p /etc/qtfs
 cp "$work/pki/ca.pem" "$work/pki/client.pem" "$work/pki/client-key.pem" /etc/qtfs/
 sed -e "s|^server: vsock://host:12121|server: tcp://$hostip:12121|" \
-	-e "s|^# tls_\(cert\|key\|ca\): |tls_\1: |" \
+	-e "s#^\# tls_\(cert\|key\|ca\): #tls_\1: #" \
 	-e "s|^root: /var/lib/qtfs/root|root: $root|" \
 	-e "s|^rexec: /usr/bin/rexec|rexec: $BIN/rexec|" \
 	deploy/config/client.yaml >/etc/qtfs/client.yaml
