@@ -32,7 +32,9 @@
 //     removed, so the container shares the network of the host's runtime.
 //     Bridge networking is the DPU's and does not cross: such a container
 //     gets its own namespace with loopback only, and the proxy says so in
-//     a warning.
+//     a warning. A bind mount whose source is not on a qtfs mount of the
+//     chroot is a path of the DPU that runc resolves on the host: the
+//     proxy warns, naming it (dockerd made and checked it on the DPU).
 //
 // Every other call, and every stream (events, CRI), is forwarded as it is,
 // with its metadata, deadline, headers, trailers and status.

@@ -546,11 +546,33 @@ func (p *Proxy) carrySpec(ctx context.Context, req []byte, call func([]byte) ([]
 		p.log.Info("ctrdproxy: the OCI spec carried to the host", zap.String("container", id),
 			zap.Strings("dropped_hooks", edit.droppedHooks), zap.String("host_network_for", edit.hostNetwork))
 	}
+	for _, src := range edit.bindSources {
+		if !p.onHost(src) {
+			p.log.Warn("ctrdproxy: a bind mount's source is a path of the DPU, not of the host: runc on the host mounts the host's path of that name, which must exist there (mount the host's directory in the chroot, client.yaml mounts:, so that dockerd makes and checks it on the host)",
+				zap.String("container", id), zap.String("source", src))
+		}
+	}
 	if edit.bridgeNet {
 		p.log.Warn("ctrdproxy: the container's network is dockerd's bridge, which is the DPU's: on the host it gets a network namespace with loopback only (use --network host or none)",
 			zap.String("container", id))
 	}
 	return call(req)
+}
+
+// fuseSuperMagic is statfs's f_type of a FUSE filesystem: the chroot's
+// qtfs mounts, whose paths are the host's.
+const fuseSuperMagic = 0x65735546
+
+// onHost reports whether path, in the chroot, lies on a qtfs mount, which
+// is where the host's file of that path is.
+func (p *Proxy) onHost(path string) bool {
+	fd, err := unix.Openat2(p.rootFd, path, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	var st unix.Statfs_t
+	return unix.Fstatfs(fd, &st) == nil && st.Type == fuseSuperMagic
 }
 
 // isDPUNetns reports whether path, in the chroot, is a bind of the DPU's

@@ -13,6 +13,7 @@ type specEdit struct {
 	droppedHooks []string // "prestart: /proc/714/exe libnetwork-setkey"
 	hostNetwork  string   // the DPU namespace path that now means the host's
 	bridgeNet    bool     // the container expected dockerd's bridge network
+	bindSources  []string // the sources of its bind mounts, as the spec names them
 }
 
 func (e specEdit) changed() bool { return len(e.droppedHooks) > 0 || e.hostNetwork != "" }
@@ -78,6 +79,14 @@ func rewriteSpec(spec []byte, isDPUNetns func(string) bool) ([]byte, specEdit, e
 			linux["namespaces"] = kept
 		}
 	}
+	if mounts, ok := s["mounts"].([]any); ok {
+		for _, m := range mounts {
+			mm, _ := m.(map[string]any)
+			if src, _ := mm["source"].(string); path.IsAbs(src) && isBind(mm) {
+				edit.bindSources = append(edit.bindSources, src)
+			}
+		}
+	}
 	if !edit.changed() {
 		return spec, edit, nil
 	}
@@ -102,4 +111,18 @@ func isSetkeyHook(h any) bool {
 	a0, _ := args[0].(string)
 	p, _ := m["path"].(string)
 	return a0 == "libnetwork-setkey" && strings.HasPrefix(p, "/proc/") && path.Base(p) == "exe"
+}
+
+// isBind reports whether an OCI mount is a bind mount.
+func isBind(m map[string]any) bool {
+	if t, _ := m["type"].(string); t == "bind" {
+		return true
+	}
+	opts, _ := m["options"].([]any)
+	for _, o := range opts {
+		if o == "bind" || o == "rbind" {
+			return true
+		}
+	}
+	return false
 }

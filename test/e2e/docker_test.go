@@ -443,6 +443,16 @@ func TestOffloadDocker(t *testing.T) {
 		od.must(t, "rm", "-f", id)
 	})
 
+	t.Run("a bind volume lands on the host", func(t *testing.T) {
+		// Beneath a qtfs mount: dockerd makes the missing source through
+		// it, on the host, where runc then binds it.
+		src := "/var/lib/docker/qtfs-e2e-volume-" + randHex(3)
+		t.Cleanup(func() { os.RemoveAll(src) })
+		od.must(t, "run", "--rm", "--network", "none", "-v", src+":/data", img, "sh", "-c", "echo written in the container > /data/f")
+		if b, err := os.ReadFile(src + "/f"); err != nil || string(b) != "written in the container\n" {
+			t.Fatalf("the host's %s/f: %q, %v", src, b, err)
+		}
+	})
 	t.Run("dockerd restart with live-restore", func(t *testing.T) {
 		od.stop(t)
 		od = startDockerd(t, top, d, root, "--live-restore")
