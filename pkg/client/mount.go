@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	"github.com/qtfs/qtfs/pkg/transport"
 	"github.com/qtfs/qtfs/pkg/version"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
@@ -333,7 +334,7 @@ func Unmount(mountpoint string, lazy bool) error {
 	}
 	found := false
 	for _, m := range mounts {
-		if m.Mountpoint == mp {
+		if m.MountPoint == mp {
 			found = true
 		}
 	}
@@ -363,61 +364,22 @@ func Unmount(mountpoint string, lazy bool) error {
 	return nil
 }
 
-// MountEntry is one qtfs mount of /proc/self/mountinfo.
-type MountEntry struct {
-	Mountpoint string
-	Source     string
-}
-
 // QtfsMounts lists the qtfs mounts this process can see.
-func QtfsMounts() ([]MountEntry, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+func QtfsMounts() ([]mountinfo.Mount, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return parseMountinfo(f)
+	return qtfsMounts(mountinfo.Parse(data)), nil
 }
 
-func parseMountinfo(r io.Reader) ([]MountEntry, error) {
-	var out []MountEntry
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		sep := -1
-		for i, f := range fields {
-			if f == "-" {
-				sep = i
-				break
-			}
+// qtfsMounts returns the qtfs mounts of a mount table, in its order.
+func qtfsMounts(table []mountinfo.Mount) []mountinfo.Mount {
+	var out []mountinfo.Mount
+	for _, m := range table {
+		if m.FSType == fuseclient.FsType {
+			out = append(out, m)
 		}
-		if sep < 0 || sep+2 >= len(fields) || len(fields) < 5 {
-			continue
-		}
-		if fields[sep+1] != fuseclient.FsType {
-			continue
-		}
-		out = append(out, MountEntry{Mountpoint: unescapeMountinfo(fields[4]), Source: unescapeMountinfo(fields[sep+2])})
 	}
-	return out, sc.Err()
-}
-
-// unescapeMountinfo undoes the octal escapes (\040 for space) of mountinfo.
-func unescapeMountinfo(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return out
 }

@@ -201,8 +201,8 @@ func PrintStatusAll(ctx context.Context, w io.Writer, runtimeDir string) error {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", st.Mountpoint, st.Remote, st.Server, rtt, st.PID, state)
 	}
 	for _, m := range mounts {
-		if !claimed[m.Mountpoint] {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t%s\n", m.Mountpoint, m.Source, "no daemon answers in this --runtime-dir (stale? umount --lazy it)")
+		if !claimed[m.MountPoint] {
+			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t%s\n", m.MountPoint, m.Source, "no daemon answers in this --runtime-dir (stale? umount --lazy it)")
 		}
 	}
 	if len(live) == 0 && len(mounts) == 0 {

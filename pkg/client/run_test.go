@@ -22,8 +22,8 @@ import (
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/qtfs/qtfs/pkg/chroot"
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	"github.com/qtfs/qtfs/pkg/server"
 )
 
@@ -45,13 +45,25 @@ func runChild(t *testing.T, config string) {
 	if err := Run(ctx, rc, zaptest.NewLogger(t)); err != nil {
 		t.Fatal(err)
 	}
-	ms, err := chroot.ReadMountinfo()
+	var left []string
+	for _, m := range readMountinfo(t, "/proc/self/mountinfo") {
+		if m.MountPoint == rc.Root || strings.HasPrefix(m.MountPoint, rc.Root+"/") {
+			left = append(left, m.MountPoint)
+		}
+	}
+	if len(left) > 0 {
+		t.Fatalf("still mounted after the teardown: %q", left)
+	}
+}
+
+// readMountinfo reads and parses a mountinfo file of proc.
+func readMountinfo(t *testing.T, name string) []mountinfo.Mount {
+	t.Helper()
+	data, err := os.ReadFile(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if left := chroot.Beneath(ms, rc.Root); len(left) > 0 {
-		t.Fatalf("still mounted after the teardown: %q", left)
-	}
+	return mountinfo.Parse(data)
 }
 
 // lines collects a process's output and tells when a line holds want.
@@ -205,30 +217,24 @@ mounts:
 	}
 	pid := cmd.Process.Pid // unshare execs the test binary
 
-	f, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ms, err := chroot.ParseMountinfo(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rootMount *chroot.MountInfo
-	qtfs := map[string]chroot.MountInfo{}
+	ms := readMountinfo(t, fmt.Sprintf("/proc/%d/mountinfo", pid))
+	var rootMount *mountinfo.Mount
+	rootGroup := 0
+	qtfs := map[string]int{} // the peer group of each qtfs mount, by its path in the chroot
 	for i, m := range ms {
+		shared, _ := m.PeerGroups()
 		switch {
-		case m.Mountpoint == root:
+		case m.MountPoint == root:
 			if rootMount != nil {
 				t.Errorf("the root is mounted twice")
 			}
-			rootMount = &ms[i]
-		case strings.HasPrefix(m.Mountpoint, root+"/"):
-			if m.Shared == 0 {
-				t.Errorf("%s (%s) is not shared", m.Mountpoint, m.FSType)
+			rootMount, rootGroup = &ms[i], shared
+		case strings.HasPrefix(m.MountPoint, root+"/"):
+			if shared == 0 {
+				t.Errorf("%s (%s) is not shared", m.MountPoint, m.FSType)
 			}
 			if m.FSType == fuseclient.FsType {
-				qtfs[strings.TrimPrefix(m.Mountpoint, root)] = m
+				qtfs[strings.TrimPrefix(m.MountPoint, root)] = shared
 			}
 		}
 	}
@@ -236,24 +242,24 @@ mounts:
 		if rootMount == nil {
 			t.Fatalf("the root is no mount point")
 		}
-		if rootMount.Shared == 0 {
+		if rootGroup == 0 {
 			t.Fatalf("the root is not shared: %+v", rootMount)
 		}
 		for _, m := range ms {
-			if m.Shared == rootMount.Shared && m.Mountpoint != root && !strings.HasPrefix(m.Mountpoint, root+"/") {
-				t.Errorf("%s outside the root is in its peer group", m.Mountpoint)
+			if shared, _ := m.PeerGroups(); shared == rootGroup && m.MountPoint != root && !strings.HasPrefix(m.MountPoint, root+"/") {
+				t.Errorf("%s outside the root is in its peer group", m.MountPoint)
 			}
 		}
 	})
 	t.Run("every qtfs mount is there and shared", func(t *testing.T) {
 		for _, p := range []string{docker, containers, pods} {
-			m, ok := qtfs[p]
+			shared, ok := qtfs[p]
 			if !ok {
-				t.Errorf("%s is not a qtfs mount in the chroot (qtfs mounts: %v)", p, qtfs)
+				t.Errorf("%s is not a qtfs mount in the chroot (qtfs mounts and their peer groups: %v)", p, qtfs)
 				continue
 			}
-			if m.Shared == 0 || m.Shared == rootMount.Shared {
-				t.Errorf("%s: shared:%d (the root's %d)", p, m.Shared, rootMount.Shared)
+			if shared == 0 || shared == rootGroup {
+				t.Errorf("%s: shared:%d (the root's %d)", p, shared, rootGroup)
 			}
 		}
 	})

@@ -70,25 +70,6 @@ func knownMountOption(key string) bool {
 	return false
 }
 
-// FuzzParseMountinfo reads arbitrary mountinfo text: no panic, and every
-// entry it returns is a qtfs mount with a mount point.
-func FuzzParseMountinfo(f *testing.F) {
-	f.Add([]byte("36 35 0:31 / /mnt/q rw,nosuid shared:1 - fuse.qtfs qtfs:/srv rw,user_id=0\n"))
-	f.Add([]byte("36 35 0:31 / /mnt/with\\040space rw - fuse.qtfs h:/a\\134b rw\n22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"))
-	f.Add([]byte("- - - -\n1 2 3 4 5 - fuse.qtfs\n\n"))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		entries, err := parseMountinfo(strings.NewReader(string(data)))
-		if err != nil {
-			return
-		}
-		for _, e := range entries {
-			if e.Mountpoint == "" && !strings.Contains(string(data), " ") {
-				t.Fatalf("entry without mount point from %q", data)
-			}
-		}
-	})
-}
-
 // FuzzClientConfig loads arbitrary YAML as qtfs-client's config file, the
 // way the command does, then derives the server URI and security from it:
 // nothing may panic, and unknown keys are refused.

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -79,16 +80,14 @@ func TestParseMountOptions(t *testing.T) {
 	}
 }
 
-func TestParseMountinfo(t *testing.T) {
+func TestQtfsMounts(t *testing.T) {
 	const mi = `22 1 0:21 / /proc rw,nosuid - proc proc rw
 90 22 0:50 / /mnt/with\040space rw,nosuid,nodev - fuse.qtfs host:/srv rw,user_id=0,group_id=0
 91 22 0:51 / /mnt/other rw - fuse.sshfs x:/ rw
+92 22 0:52 / /mnt/q rw shared:4 - fuse.qtfs host:/proc rw
 `
-	got, err := parseMountinfo(strings.NewReader(mi))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 1 || got[0].Mountpoint != "/mnt/with space" || got[0].Source != "host:/srv" {
+	got := qtfsMounts(mountinfo.Parse([]byte(mi)))
+	if len(got) != 2 || got[0].MountPoint != "/mnt/with space" || got[0].Source != "host:/srv" || got[1].MountPoint != "/mnt/q" {
 		t.Fatalf("got %+v", got)
 	}
 }
