@@ -397,8 +397,13 @@ func (d *runDaemon) mountRemote(ctx context.Context, a chroot.Action) (chroot.Un
 	d.mu.Unlock()
 	mctx, cancel := context.WithTimeout(ctx, runMountTimeout)
 	defer cancel()
-	// On the host's proc root, /proc/self and the chroot's own processes
-	// lead into the DPU's proc at local_proc; options of the entry win.
+	// On the host's proc root, /proc/<pid> of a process in the chroot
+	// (whose root is offload_root) is a directory of the mount: its
+	// mountinfo and mounts show the host's mounts, exe, cwd and root read
+	// as the process sees them, and every other entry links into
+	// local_proc/<pid>/; /proc/self of a process outside the chroot links
+	// into the DPU's proc at local_proc. The chroot's local_proc and root
+	// are the defaults; options of the entry win.
 	localProc, offloadRoot := m.Flags.LocalProc, m.Flags.OffloadRoot
 	if c := d.plan.chroot; c.LocalProc != "" {
 		if localProc == "" {
