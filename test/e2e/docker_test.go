@@ -26,7 +26,7 @@ import (
 
 // hostContainerd is the host's containerd on its standard socket: the one
 // that runs, or one the test starts (and stops).
-func hostContainerd(t *testing.T) {
+func hostContainerd(t testing.TB) {
 	t.Helper()
 	const sock = "/run/containerd/containerd.sock"
 	if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
@@ -53,7 +53,7 @@ func hostContainerd(t *testing.T) {
 // replaceLines applies the replacements to doc, each of which must match
 // a whole line once: a deploy config that changed shape fails the test
 // rather than being tested half-changed.
-func replaceLines(t *testing.T, name, doc string, repl [][2]string) string {
+func replaceLines(t testing.TB, name, doc string, repl [][2]string) string {
 	t.Helper()
 	lines := strings.Split(doc, "\n")
 	for _, r := range repl {
@@ -73,21 +73,21 @@ func replaceLines(t *testing.T, name, doc string, repl [][2]string) string {
 
 // offloadConfigs writes the deploy/ configs with the transport, TLS and
 // root of this test, and returns the client config's path.
-func offloadConfigs(t *testing.T, e *env, root string) (serverConfig, clientConfig string) {
+func offloadConfigs(t testing.TB, hostIP, pkiDir, root string) (serverConfig, clientConfig string) {
 	t.Helper()
 	mod := moduleRoot(t)
 	sb, err := os.ReadFile(filepath.Join(mod, "deploy/config/server.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	uri := fmt.Sprintf("tcp://%s:12121", e.net.HostIP)
+	uri := fmt.Sprintf("tcp://%s:12121", hostIP)
 	server := replaceLines(t, "server.yaml", string(sb), [][2]string{
 		{"  - vsock://any:12121", "  - " + uri},
-		{"# tls_cert: /etc/qtfs/server.pem", "tls_cert: " + e.pki + "/server.pem"},
-		{"# tls_key: /etc/qtfs/server-key.pem", "tls_key: " + e.pki + "/server-key.pem"},
-		{"# tls_client_ca: /etc/qtfs/ca.pem", "tls_client_ca: " + e.pki + "/ca.pem"},
+		{"# tls_cert: /etc/qtfs/server.pem", "tls_cert: " + pkiDir + "/server.pem"},
+		{"# tls_key: /etc/qtfs/server-key.pem", "tls_key: " + pkiDir + "/server-key.pem"},
+		{"# tls_client_ca: /etc/qtfs/ca.pem", "tls_client_ca: " + pkiDir + "/ca.pem"},
 	})
-	serverConfig = filepath.Join(e.pki, "server.yaml")
+	serverConfig = filepath.Join(pkiDir, "server.yaml")
 	writeFile(t, serverConfig, server)
 	cb, err := os.ReadFile(filepath.Join(mod, "deploy/config/client.yaml"))
 	if err != nil {
@@ -111,7 +111,7 @@ func offloadConfigs(t *testing.T, e *env, root string) (serverConfig, clientConf
 	}
 	t.Cleanup(func() { os.RemoveAll("/etc/qtfs") })
 	for _, f := range []string{"ca.pem", "client.pem", "client-key.pem"} {
-		b, err := os.ReadFile(filepath.Join(e.pki, f))
+		b, err := os.ReadFile(filepath.Join(pkiDir, f))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -126,7 +126,7 @@ func offloadConfigs(t *testing.T, e *env, root string) (serverConfig, clientConf
 
 // dockerUnit returns the ExecStart command line and the environment of
 // deploy/systemd/docker-offload.service.
-func dockerUnit(t *testing.T) (argv, env []string) {
+func dockerUnit(t testing.TB) (argv, env []string) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(moduleRoot(t), "deploy/systemd/docker-offload.service"))
 	if err != nil {
@@ -148,7 +148,7 @@ func dockerUnit(t *testing.T) (argv, env []string) {
 
 // busyboxImage writes a docker import tarball: a root filesystem with
 // the static busybox and its applets as links.
-func busyboxImage(t *testing.T, dir string) string {
+func busyboxImage(t testing.TB, dir string) string {
 	t.Helper()
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
@@ -186,7 +186,7 @@ type offloadedDocker struct {
 // the unit's environment, its ExecStart, plus extra flags. It runs until
 // stopped or until the test life ends; t is the (sub)test that fails if
 // it does not start.
-func startDockerd(t, life *testing.T, d *offDPU, root string, extra ...string) *offloadedDocker {
+func startDockerd(t, life testing.TB, d *offDPU, root string, extra ...string) *offloadedDocker {
 	t.Helper()
 	argv, env := dockerUnit(t)
 	cmd := d.cmd("chroot", append([]string{root}, append(argv, extra...)...)...)
@@ -292,7 +292,7 @@ func (od *offloadedDocker) hostPid(t testing.TB, id string) int {
 
 // keepHostDirs removes, when the test ends, the host directories the
 // offload makes that did not exist before it.
-func keepHostDirs(t *testing.T, dirs ...string) {
+func keepHostDirs(t testing.TB, dirs ...string) {
 	for _, d := range dirs {
 		if _, err := os.Lstat(d); errors.Is(err, os.ErrNotExist) {
 			t.Cleanup(func() {
@@ -304,10 +304,26 @@ func keepHostDirs(t *testing.T, dirs ...string) {
 	}
 }
 
-// TestOffloadDocker: Debian's dockerd, unmodified, in the DPU's chroot,
-// runs containers on the host.
-func TestOffloadDocker(t *testing.T) {
-	needMachine(t)
+// dockerOffload is the whole docker offload: containerd and qtfs-server
+// on the host, the DPU with qtfs-client run and dockerd in its chroot.
+type dockerOffload struct {
+	net   *netPair
+	pki   string
+	root  string
+	srv   *proc
+	d     *offDPU
+	run   *runDaemon
+	od    *offloadedDocker
+	image string // a docker import tarball of busybox
+}
+
+// newDockerOffload sets the offload up as deploy/README.md says, or skips
+// the test with the reason when the machine lacks a part.
+func newDockerOffload(t testing.TB) *dockerOffload {
+	t.Helper()
+	if skipReason != "" {
+		t.Skip(skipReason)
+	}
 	for _, b := range []string{"containerd", "runc", "/usr/sbin/dockerd", "/usr/bin/docker"} {
 		if _, err := exec.LookPath(b); err != nil {
 			t.Skipf("needs %s: scripts/deps.sh installs docker.io, containerd and runc", b)
@@ -316,27 +332,33 @@ func TestOffloadDocker(t *testing.T) {
 	if out, err := exec.Command("pgrep", "-x", "dockerd").Output(); err == nil {
 		t.Skipf("a dockerd runs on this machine (pid %s): the test would share /var/lib/docker with it", strings.TrimSpace(string(out)))
 	}
-	keepHostDirs(t, "/var/lib/docker", "/run/docker", "/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/etc/docker", "/etc/cni", "/opt/cni")
+	keepHostDirs(t, "/var/lib/docker", "/run/docker", "/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/etc/docker")
 	hostContainerd(t)
-	e := &env{t: t, net: newNetPair(t)}
-	e.pki = pki(t, e.net.HostIP)
-	root := filepath.Join(hostDir(t), "root")
-	serverConfig, clientConfig := offloadConfigs(t, e, root)
-	srv := start(t, "nsenter", "--net=/run/netns/"+e.net.Host, "--", bin("qtfs-server"), "--config", serverConfig, "--log-format", "console")
-	srv.waitFor(t, "qtfs-server ready", 20*time.Second)
-	d := newOffDPU(t, e.net.DPU)
-	run := d.startRun(t, clientConfig)
-	image := busyboxImage(t, e.pki)
-
-	top := t
-	od := startDockerd(t, t, d, root)
+	o := &dockerOffload{net: newNetPair(t)}
+	o.pki = pki(t, o.net.HostIP)
+	o.root = filepath.Join(hostDir(t), "root")
+	serverConfig, clientConfig := offloadConfigs(t, o.net.HostIP, o.pki, o.root)
+	o.srv = start(t, "nsenter", "--net=/run/netns/"+o.net.Host, "--", bin("qtfs-server"), "--config", serverConfig, "--log-format", "console")
+	o.srv.waitFor(t, "qtfs-server ready", 20*time.Second)
+	o.d = newOffDPU(t, o.net.DPU)
+	o.run = o.d.startRun(t, clientConfig)
+	o.image = busyboxImage(t, o.pki)
+	o.od = startDockerd(t, t, o.d, o.root)
 	// Whatever a failed step leaves: the containers (dockerd, started
 	// again by a step, is stopped by its own cleanup).
 	t.Cleanup(func() {
-		if out, _ := od.docker("ps", "-aq"); strings.TrimSpace(out) != "" {
-			od.docker(append([]string{"rm", "-f"}, strings.Fields(out)...)...)
+		if out, _ := o.od.docker("ps", "-aq"); strings.TrimSpace(out) != "" {
+			o.od.docker(append([]string{"rm", "-f"}, strings.Fields(out)...)...)
 		}
 	})
+	return o
+}
+
+// TestOffloadDocker: Debian's dockerd, unmodified, in the DPU's chroot,
+// runs containers on the host.
+func TestOffloadDocker(t *testing.T) {
+	o := newDockerOffload(t)
+	top, d, root, srv, run, image, od := t, o.d, o.root, o.srv, o.run, o.image, o.od
 
 	t.Run("info", func(t *testing.T) {
 		out := od.must(t, "info", "--format", "{{.Driver}} {{.CgroupVersion}} {{.KernelVersion}}")

@@ -16,7 +16,7 @@ import (
 
 // hostDir makes a directory (for an export or a mountpoint) that every
 // user can reach: t.TempDir and its parent are 0700.
-func hostDir(t *testing.T) string {
+func hostDir(t testing.TB) string {
 	t.Helper()
 	d := t.TempDir()
 	for _, p := range []string{filepath.Dir(d), d} {

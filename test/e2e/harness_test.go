@@ -224,7 +224,7 @@ func buildBinaries(dir string) error {
 	return nil
 }
 
-func needMachine(t *testing.T) {
+func needMachine(t testing.TB) {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)
@@ -239,7 +239,7 @@ func randHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func run(t *testing.T, name string, args ...string) string {
+func run(t testing.TB, name string, args ...string) string {
 	t.Helper()
 	out, err := exec.Command(name, args...).CombinedOutput()
 	if err != nil {
@@ -260,7 +260,7 @@ type netPair struct {
 var subnetMu sync.Mutex
 var nextSubnet = 1
 
-func newNetPair(t *testing.T) *netPair {
+func newNetPair(t testing.TB) *netPair {
 	t.Helper()
 	subnetMu.Lock()
 	sub := nextSubnet
@@ -304,13 +304,13 @@ type proc struct {
 }
 
 // start runs a command and keeps its stderr; cleanup stops it by pid.
-func start(t *testing.T, name string, args ...string) *proc {
+func start(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
 	return startCmd(t, exec.Command(name, args...))
 }
 
 // startCmd is start of a prepared command (its environment set).
-func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+func startCmd(t testing.TB, cmd *exec.Cmd) *proc {
 	t.Helper()
 	name := cmd.Path
 	p := &proc{cmd: cmd, lines: make(chan string, 1024), done: make(chan struct{})}
@@ -349,7 +349,7 @@ func (p *proc) output() string {
 }
 
 // waitFor waits until a line containing s is printed.
-func (p *proc) waitFor(t *testing.T, s string, timeout time.Duration) {
+func (p *proc) waitFor(t testing.TB, s string, timeout time.Duration) {
 	t.Helper()
 	deadline := time.After(timeout)
 	for {
@@ -370,7 +370,7 @@ func (p *proc) waitFor(t *testing.T, s string, timeout time.Duration) {
 }
 
 // stop sends SIGTERM, then SIGKILL after a grace period.
-func (p *proc) stop(t *testing.T) {
+func (p *proc) stop(t testing.TB) {
 	select {
 	case <-p.done:
 		return
@@ -519,7 +519,7 @@ func (d *dpu) mustSh(script string) string {
 }
 
 // pki writes a CA and certificates for server and client into a temp dir.
-func pki(t *testing.T, serverNames ...string) string {
+func pki(t testing.TB, serverNames ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	run(t, bin("qtfs-server"), "gen-certs", "--out", dir, "--server-name", strings.Join(serverNames, ","), "--client-name", "dpu-e2e")

@@ -27,12 +27,12 @@ import (
 // mount and network namespaces only): the host's processes are then
 // visible on the DPU only through the host's /proc.
 type offDPU struct {
-	t      *testing.T
+	t      testing.TB
 	holder *exec.Cmd // unshare, whose child is pid 1 of the namespace
 	init   int       // that child's pid, as the host sees it
 }
 
-func newOffDPU(t *testing.T, netns string) *offDPU {
+func newOffDPU(t testing.TB, netns string) *offDPU {
 	t.Helper()
 	d := &offDPU{t: t}
 	// --kill-child: when unshare dies, the namespace's pid 1 dies, and
@@ -123,7 +123,7 @@ type runDaemon struct {
 	pid int // the daemon (nsenter forks it into the pid namespace)
 }
 
-func (d *offDPU) startRun(t *testing.T, config string) *runDaemon {
+func (d *offDPU) startRun(t testing.TB, config string) *runDaemon {
 	t.Helper()
 	cmd := d.cmd(bin("qtfs-client"), "run", "--config", config)
 	p := start(t, cmd.Path, cmd.Args[1:]...)
@@ -163,7 +163,7 @@ func (r *runDaemon) signal(sig syscall.Signal) {
 }
 
 // stop sends SIGTERM and waits for the daemon to exit.
-func (r *runDaemon) stop(t *testing.T, sig syscall.Signal) {
+func (r *runDaemon) stop(t testing.TB, sig syscall.Signal) {
 	t.Helper()
 	r.signal(sig)
 	select {
@@ -389,7 +389,7 @@ rexec: %[7]s
 	})
 }
 
-func writeFile(t *testing.T, p, s string) {
+func writeFile(t testing.TB, p, s string) {
 	t.Helper()
 	if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
 		t.Fatal(err)

@@ -653,7 +653,7 @@ func TestRexecRunc(t *testing.T) {
 }
 
 // moduleRoot is the repository's root directory.
-func moduleRoot(t *testing.T) string {
+func moduleRoot(t testing.TB) string {
 	t.Helper()
 	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
 	if err != nil {
