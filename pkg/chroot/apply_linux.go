@@ -12,6 +12,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 )
 
 // Unmounter undoes one Remote mount.
@@ -126,7 +128,7 @@ func Apply(ctx context.Context, root string, plan []Action, o Options) (*Tree, e
 func detachAll(target string) (bool, error) {
 	any := false
 	for i := 0; i < 64; i++ {
-		mounts, err := ReadMountinfo()
+		mounts, err := readMountinfo()
 		if err != nil {
 			return any, err
 		}
@@ -177,7 +179,7 @@ func (t *Tree) apply(ctx context.Context, a Action, o Options) (Applied, error) 
 			return ap, errors.New("source is not a directory")
 		}
 	}
-	mounts, err := ReadMountinfo()
+	mounts, err := readMountinfo()
 	if err != nil {
 		return ap, err
 	}
@@ -237,9 +239,9 @@ func stickyBit(m os.FileMode) uint32 {
 
 // inPlace reports whether the one mount m at a.Target is what a would
 // make. Every mount of the chroot is shared (beneath the shared root).
-func (t *Tree) inPlace(a Action, m MountInfo) bool {
+func (t *Tree) inPlace(a Action, m mountinfo.Mount) bool {
 	ro := strings.HasPrefix(m.Options, "ro,") || m.Options == "ro"
-	if m.Shared == 0 {
+	if sharedGroup(m) == 0 {
 		return false
 	}
 	switch a.Kind {
@@ -421,12 +423,12 @@ func (t *Tree) undo(ap Applied) error {
 // Cleanup detaches every mount at or beneath root, deepest first, and
 // returns the mount points it detached.
 func Cleanup(root string) ([]string, error) {
-	mounts, err := ReadMountinfo()
+	mounts, err := readMountinfo()
 	if err != nil {
 		return nil, fmt.Errorf("chroot: %w", err)
 	}
 	var left []string
-	for _, mp := range Beneath(mounts, root) {
+	for _, mp := range beneath(mounts, root) {
 		if err := unix.Unmount(mp, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 			return left, fmt.Errorf("chroot: detach %s: %w", mp, err)
 		}
@@ -444,23 +446,23 @@ func Cleanup(root string) ([]string, error) {
 // stale, and is detached first, since the bind would hide it.
 func (t *Tree) applyRoot(a Action) (Applied, error) {
 	ap := Applied{Action: a, Result: Made}
-	mounts, err := ReadMountinfo()
+	mounts, err := readMountinfo()
 	if err != nil {
 		return ap, err
 	}
 	if here := at(mounts, a.Target); len(here) > 0 && boundOntoItself(mounts, here[len(here)-1]) {
-		top := here[len(here)-1]
-		if top.Shared != 0 && !sharedOutside(mounts, top.Shared, a.Target) {
+		group := sharedGroup(here[len(here)-1])
+		if group != 0 && !sharedOutside(mounts, group, a.Target) {
 			ap.Result = Kept
 			return ap, nil
 		}
 		t.log.Warn("chroot: the root is bound onto itself but not shared in a peer group of its own; making it so",
-			zap.String("root", a.Target), zap.Int("peer_group", top.Shared))
+			zap.String("root", a.Target), zap.Int("peer_group", group))
 		ap.Result = Repaired
 		return ap, share(a.Target)
 	}
 	var stale []string
-	for _, mp := range Beneath(mounts, a.Target) {
+	for _, mp := range beneath(mounts, a.Target) {
 		if mp != a.Target {
 			stale = append(stale, mp)
 		}
@@ -498,15 +500,15 @@ func share(target string) error {
 
 // boundOntoItself reports whether m shows the very directory it is
 // mounted on: the filesystem and path of the mount beneath it there.
-func boundOntoItself(mounts []MountInfo, m MountInfo) bool {
+func boundOntoItself(mounts []mountinfo.Mount, m mountinfo.Mount) bool {
 	for _, p := range mounts {
 		if p.ID != m.Parent {
 			continue
 		}
-		if p.Major != m.Major || p.Minor != m.Minor || (p.Mountpoint != "/" && !within(m.Mountpoint, p.Mountpoint)) {
+		if p.Major != m.Major || p.Minor != m.Minor || (p.MountPoint != "/" && !within(m.MountPoint, p.MountPoint)) {
 			return false
 		}
-		rel := strings.TrimPrefix(m.Mountpoint, p.Mountpoint)
+		rel := strings.TrimPrefix(m.MountPoint, p.MountPoint)
 		return m.Root == path.Join(p.Root, rel)
 	}
 	return false
@@ -514,9 +516,9 @@ func boundOntoItself(mounts []MountInfo, m MountInfo) bool {
 
 // sharedOutside reports whether a mount outside root is in peer group
 // group.
-func sharedOutside(mounts []MountInfo, group int, root string) bool {
+func sharedOutside(mounts []mountinfo.Mount, group int, root string) bool {
 	for _, m := range mounts {
-		if m.Shared == group && !within(m.Mountpoint, root) {
+		if sharedGroup(m) == group && !within(m.MountPoint, root) {
 			return true
 		}
 	}

@@ -13,6 +13,8 @@ import (
 
 	"go.uber.org/zap/zaptest"
 	"golang.org/x/sys/unix"
+
+	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 )
 
 // childEnv marks the test binary re-executed in its own mount namespace.
@@ -67,7 +69,7 @@ type fakeRemote struct {
 
 func (f fakeRemote) Unmount() error {
 	if f.h.rootMountedAtUnmount != nil {
-		ms, err := ReadMountinfo()
+		ms, err := readMountinfo()
 		if err != nil || len(at(ms, f.h.root)) == 0 {
 			*f.h.rootMountedAtUnmount = false
 		}
@@ -96,29 +98,31 @@ func (h *fakeHost) mount(ctx context.Context, a Action) (Unmounter, error) {
 	return fakeRemote{a.Target, h}, nil
 }
 
-func countAt(t *testing.T, target string) int {
+// table reads this process's mount table.
+func table(t *testing.T) []mountinfo.Mount {
 	t.Helper()
-	ms, err := ReadMountinfo()
+	ms, err := readMountinfo()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return len(at(ms, target))
+	return ms
 }
 
-func beneath(t *testing.T, root string) []string {
+func countAt(t *testing.T, target string) int {
 	t.Helper()
-	ms, err := ReadMountinfo()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return Beneath(ms, root)
+	return len(at(table(t), target))
+}
+
+func mountedBeneath(t *testing.T, root string) []string {
+	t.Helper()
+	return beneath(table(t), root)
 }
 
 // mountOf returns the mount p lies on (the last listed, the top one).
-func mountOf(ms []MountInfo, p string) MountInfo {
-	var m MountInfo
+func mountOf(ms []mountinfo.Mount, p string) mountinfo.Mount {
+	var m mountinfo.Mount
 	for _, x := range ms {
-		if x.Mountpoint == "/" || within(p, x.Mountpoint) {
+		if x.MountPoint == "/" || within(p, x.MountPoint) {
 			m = x
 		}
 	}
@@ -244,28 +248,28 @@ func TestApply(t *testing.T) {
 	// propagation checks the root's mount and what is beneath it.
 	propagation := func(t *testing.T) {
 		t.Helper()
-		ms, err := ReadMountinfo()
-		if err != nil {
-			t.Fatal(err)
-		}
+		ms := table(t)
 		here := at(ms, root)
 		if len(here) != 1 || !boundOntoItself(ms, here[0]) {
 			t.Fatalf("the root is not one mount bound onto itself: %+v", here)
 		}
-		r := here[0]
-		if r.Shared == 0 || sharedOutside(ms, r.Shared, root) {
-			t.Errorf("the root is not shared in a peer group of its own (shared:%d; / is shared:%d)", r.Shared, mountOf(ms, "/").Shared)
+		if group := sharedGroup(here[0]); group == 0 || sharedOutside(ms, group, root) {
+			t.Errorf("the root is not shared in a peer group of its own (shared:%d; / is shared:%d)", group, sharedGroup(mountOf(ms, "/")))
 		}
 		for _, m := range ms {
-			if within(m.Mountpoint, root) && m.Shared == 0 {
-				t.Errorf("%s is not shared: %+v", m.Mountpoint, m)
+			if within(m.MountPoint, root) && sharedGroup(m) == 0 {
+				t.Errorf("%s is not shared: %+v", m.MountPoint, m)
 			}
-			if within(m.Mountpoint, mirror+"/root") && m.Mountpoint != mirror+"/root" {
-				t.Errorf("%s propagated out of the root into the DPU's tree", m.Mountpoint)
+			if within(m.MountPoint, mirror+"/root") && m.MountPoint != mirror+"/root" {
+				t.Errorf("%s propagated out of the root into the DPU's tree", m.MountPoint)
 			}
 		}
 		usr, src := at(ms, root+"/usr"), mountOf(ms, "/usr")
-		if len(usr) != 1 || src.Shared == 0 || usr[0].Master != src.Shared {
+		master := -1 // the peer group the bind receives from
+		if len(usr) == 1 {
+			_, master = usr[0].PeerGroups()
+		}
+		if master == 0 || master != sharedGroup(src) {
 			t.Errorf("the bind of /usr is not a slave of its source (bind %+v, source %+v)", usr, src)
 		}
 	}
@@ -358,10 +362,10 @@ func TestApply(t *testing.T) {
 		if err := tr.Teardown(); err != nil {
 			t.Fatal(err)
 		}
-		if left := beneath(t, root); len(left) != 0 {
+		if left := mountedBeneath(t, root); len(left) != 0 {
 			t.Fatalf("still mounted: %q", left)
 		}
-		if left := beneath(t, mirror+"/root"); len(left) != 0 {
+		if left := mountedBeneath(t, mirror+"/root"); len(left) != 0 {
 			t.Fatalf("still mounted in the DPU's tree: %q", left)
 		}
 		if !rootLast {
@@ -416,14 +420,13 @@ func TestApply(t *testing.T) {
 			t.Errorf("the root: %v, want repaired", r)
 		}
 		mounted(t)
-		ms, _ := ReadMountinfo()
-		if etc := at(ms, root+"/etc"); len(etc) != 1 || etc[0].FSType == "tmpfs" {
+		if etc := at(table(t), root+"/etc"); len(etc) != 1 || etc[0].FSType == "tmpfs" {
 			t.Errorf("/etc: %+v", etc)
 		}
 		if err := tr.Teardown(); err != nil {
 			t.Fatal(err)
 		}
-		if left := beneath(t, root); len(left) != 0 {
+		if left := mountedBeneath(t, root); len(left) != 0 {
 			t.Fatalf("still mounted: %q", left)
 		}
 	})
@@ -451,7 +454,7 @@ func TestApply(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), tc.want) {
 					t.Fatalf("Apply: %v, want %q", err, tc.want)
 				}
-				if left := beneath(t, root); len(left) != 0 {
+				if left := mountedBeneath(t, root); len(left) != 0 {
 					t.Fatalf("still mounted after the failure: %q", left)
 				}
 			})
@@ -468,7 +471,7 @@ func TestApply(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("Apply: %v, want %q", err, want)
 			}
-			if left := beneath(t, root); len(left) != 0 {
+			if left := mountedBeneath(t, root); len(left) != 0 {
 				t.Fatalf("still mounted after the failure: %q", left)
 			}
 		})
@@ -485,7 +488,7 @@ func TestApply(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Fatalf("Apply: %v, want %q", err, want)
 			}
-			if left := beneath(t, root); len(left) != 0 {
+			if left := mountedBeneath(t, root); len(left) != 0 {
 				t.Fatalf("mounted: %q", left)
 			}
 		})
@@ -508,7 +511,7 @@ func TestApply(t *testing.T) {
 		if err := tr.Teardown(); err != nil {
 			t.Fatal(err)
 		}
-		if left := beneath(t, c.Root); len(left) != 0 {
+		if left := mountedBeneath(t, c.Root); len(left) != 0 {
 			t.Fatalf("still mounted: %q", left)
 		}
 	})

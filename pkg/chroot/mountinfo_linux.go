@@ -1,81 +1,44 @@
 package chroot
 
 import (
-	"io"
 	"os"
 
 	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 )
 
-// MountInfo is one line of a mountinfo file as the chroot reads it: the
-// fields of a mountinfo.Mount it looks at, and the peer groups of the
-// mount's propagation.
-type MountInfo struct {
-	ID, Parent uint32
-	// Major and Minor are the device of the mount's filesystem.
-	Major, Minor uint32
-	// Root is the path of the mount's root within its filesystem.
-	Root       string
-	Mountpoint string
-	Options    string
-	// Shared is the peer group of a shared mount ("shared:N"), 0 when the
-	// mount is not shared; Master is the peer group a slave mount
-	// receives from ("master:N"), 0 when it is no slave.
-	Shared, Master int
-	FSType         string
-	Source         string
-}
-
-// ReadMountinfo reads /proc/self/mountinfo.
-func ReadMountinfo() ([]MountInfo, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+// readMountinfo reads this process's mount table.
+func readMountinfo() ([]mountinfo.Mount, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return ParseMountinfo(f)
+	return mountinfo.Parse(data), nil
 }
 
-// ParseMountinfo parses mountinfo(5) text; malformed lines are skipped.
-func ParseMountinfo(r io.Reader) ([]MountInfo, error) {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return nil, err
-	}
-	return fromMounts(mountinfo.Parse(data)), nil
-}
-
-func fromMounts(ms []mountinfo.Mount) []MountInfo {
-	out := make([]MountInfo, len(ms))
-	for i := range ms {
-		m := &ms[i]
-		out[i] = MountInfo{
-			ID: m.ID, Parent: m.Parent, Major: m.Major, Minor: m.Minor,
-			Root: m.Root, Mountpoint: m.MountPoint, Options: m.Options,
-			FSType: m.FSType, Source: m.Source,
-		}
-		out[i].Shared, out[i].Master = m.PeerGroups()
-	}
-	return out
+// sharedGroup is the peer group of a shared mount, 0 when m is not
+// shared.
+func sharedGroup(m mountinfo.Mount) int {
+	shared, _ := m.PeerGroups()
+	return shared
 }
 
 // at returns the mounts whose mount point is p, bottom first.
-func at(mounts []MountInfo, p string) []MountInfo {
-	var out []MountInfo
+func at(mounts []mountinfo.Mount, p string) []mountinfo.Mount {
+	var out []mountinfo.Mount
 	for _, m := range mounts {
-		if m.Mountpoint == p {
+		if m.MountPoint == p {
 			out = append(out, m)
 		}
 	}
 	return out
 }
 
-// Beneath returns the mount points at or under dir, deepest first.
-func Beneath(mounts []MountInfo, dir string) []string {
+// beneath returns the mount points at or under dir, deepest first.
+func beneath(mounts []mountinfo.Mount, dir string) []string {
 	var out []string
 	for i := len(mounts) - 1; i >= 0; i-- {
-		if within(mounts[i].Mountpoint, dir) {
-			out = append(out, mounts[i].Mountpoint)
+		if within(mounts[i].MountPoint, dir) {
+			out = append(out, mounts[i].MountPoint)
 		}
 	}
 	// Later mounts are listed later; deeper paths first among the rest.

@@ -156,39 +156,3 @@ func TestPlanErrors(t *testing.T) {
 		})
 	}
 }
-
-func TestParseMountinfo(t *testing.T) {
-	const text = `22 27 0:21 / /proc rw,relatime - proc proc rw
-27 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
-50 27 0:46 / /var/lib/qtfs/root/with\040space rw,nosuid - fuse.qtfs tcp://h:1:/srv rw,user_id=0
-51 50 0:47 /sub /var/lib/qtfs/root/with\040space/x ro master:3 - tmpfs tmpfs ro
-52 50 0:48 / /var/lib/qtfs/root/both rw shared:9 master:3 - tmpfs tmpfs rw
-garbage line
-`
-	ms, err := ParseMountinfo(strings.NewReader(text))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ms) != 5 {
-		t.Fatalf("parsed %d mounts: %+v", len(ms), ms)
-	}
-	if m := ms[2]; m.Mountpoint != "/var/lib/qtfs/root/with space" || m.FSType != "fuse.qtfs" || m.Source != "tcp://h:1:/srv" || m.Parent != 27 {
-		t.Errorf("fuse line: %+v", m)
-	}
-	if m := ms[3]; m.Root != "/sub" || m.Options != "ro" || m.Major != 0 || m.Minor != 47 || m.Master != 3 || m.Shared != 0 {
-		t.Errorf("tmpfs line: %+v", m)
-	}
-	if m := ms[1]; m.Shared != 1 || m.Master != 0 {
-		t.Errorf("root line: %+v", m)
-	}
-	if m := ms[0]; m.Shared != 0 || m.Master != 0 {
-		t.Errorf("proc line: %+v", m)
-	}
-	got := Beneath(ms, "/var/lib/qtfs/root/with space")
-	if m := ms[4]; m.Shared != 9 || m.Master != 3 {
-		t.Errorf("shared slave line: %+v", m)
-	}
-	if strings.Join(got, ",") != "/var/lib/qtfs/root/with space/x,/var/lib/qtfs/root/with space" {
-		t.Errorf("Beneath = %q", got)
-	}
-}
