@@ -5,15 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
-	"strings"
-	"text/tabwriter"
 	"time"
 
 	"go.uber.org/zap"
@@ -103,43 +99,4 @@ func queryStatus(ctx context.Context, sock string) (Status, error) {
 	}
 	err = json.NewDecoder(resp.Body).Decode(&st)
 	return st, err
-}
-
-// PrintStatus writes a table of the mounts: those with a live daemon
-// (server, round trip) and qtfs mounts whose daemon is gone.
-func PrintStatus(ctx context.Context, w io.Writer, runtimeDir string) error {
-	socks, _ := filepath.Glob(filepath.Join(runtimeDir, "client", "*.sock"))
-	var live []Status
-	claimed := map[string]bool{}
-	for _, s := range socks {
-		st, err := queryStatus(ctx, s)
-		if err != nil {
-			continue // a daemon that died leaves its socket; nothing answers
-		}
-		live = append(live, st)
-		claimed[st.Mountpoint] = true
-	}
-	sort.Slice(live, func(i, j int) bool { return live[i].Mountpoint < live[j].Mountpoint })
-	mounts, err := QtfsMounts()
-	if err != nil {
-		return err
-	}
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MOUNTPOINT\tREMOTE\tSERVER\tRTT\tPID\tSTATE")
-	for _, st := range live {
-		rtt, state := st.RTT.Round(time.Microsecond).String(), "ok"
-		if st.Error != "" {
-			rtt, state = "-", "error: "+st.Error
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", st.Mountpoint, st.Remote, st.Server, rtt, st.PID, state)
-	}
-	for _, m := range mounts {
-		if !claimed[m.MountPoint] {
-			fmt.Fprintf(tw, "%s\t%s\t-\t-\t-\t%s\n", m.MountPoint, m.Source, "no daemon answers in this --runtime-dir (stale? umount --lazy it)")
-		}
-	}
-	if len(live) == 0 && len(mounts) == 0 {
-		fmt.Fprintln(tw, strings.Repeat("-\t", 5)+"no qtfs mounts")
-	}
-	return tw.Flush()
 }

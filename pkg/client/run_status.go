@@ -160,9 +160,10 @@ func RunStatuses(ctx context.Context, runtimeDir string) []RunStatus {
 	return out
 }
 
-// PrintStatusAll is PrintStatus that also knows the run daemons: their
-// host mounts appear in the mount table (with the server and round trip),
-// followed by a table of socket proxies and one of run daemons.
+// PrintStatusAll writes a table of the mounts: those with a live daemon,
+// a mount daemon's or a run daemon's host mount (with the server and
+// round trip), and qtfs mounts whose daemon is gone; then a table of
+// socket proxies and one of run daemons.
 func PrintStatusAll(ctx context.Context, w io.Writer, runtimeDir string) error {
 	runs := RunStatuses(ctx, runtimeDir)
 	socks, _ := filepath.Glob(filepath.Join(runtimeDir, "client", "*.sock"))
