@@ -328,22 +328,13 @@ func (p *Proxy) bridgeIO(req []byte, fs ioFields, log *zap.Logger) ([]byte, *pro
 	pio := &procIO{}
 	for stream, num := range fs {
 		path := getString(req, num)
-		if path == "" || !filepath.IsAbs(path) {
-			continue
-		}
-		resolved, err := p.opts.Fifos.Resolve(path)
-		if err != nil {
-			log.Debug("ctrdproxy: a stdio path that is not a FIFO of the DPU is left for the host", zap.String("path", path), zap.Error(err))
-			continue
-		}
-		dir := fifo.ToDPU
-		if stream == stdin {
-			dir = fifo.FromDPU
-		}
-		br, err := p.opts.Fifos.Start(resolved, dir)
+		br, resolved, err := p.startBridge(path, stream, log)
 		if err != nil {
 			p.end(pio)
 			return nil, nil, status.Errorf(codes.FailedPrecondition, "qtfs: the stdio FIFO %s cannot cross to the host: %v", path, err)
+		}
+		if br == nil {
+			continue
 		}
 		pio.bridges[stream] = br
 		if br.Created {
@@ -357,6 +348,27 @@ func (p *Proxy) bridgeIO(req []byte, fs ioFields, log *zap.Logger) ([]byte, *pro
 		}
 	}
 	return req, pio, nil
+}
+
+// startBridge bridges the FIFO path that a process has as its stream
+// (stdin, stdout, stderr), and returns the bridge and the resolved path;
+// no bridge for a path that is not a FIFO of the DPU (empty, a URI, a
+// file), which is left for the host.
+func (p *Proxy) startBridge(path string, stream int, log *zap.Logger) (*fifo.Bridge, string, error) {
+	if path == "" || !filepath.IsAbs(path) {
+		return nil, "", nil
+	}
+	resolved, err := p.opts.Fifos.Resolve(path)
+	if err != nil {
+		log.Debug("ctrdproxy: a stdio path that is not a FIFO of the DPU is left for the host", zap.String("path", path), zap.Error(err))
+		return nil, "", nil
+	}
+	dir := fifo.ToDPU
+	if stream == stdin {
+		dir = fifo.FromDPU
+	}
+	br, err := p.opts.Fifos.Start(resolved, dir)
+	return br, resolved, err
 }
 
 // end closes the bridges of pio and removes the host FIFOs they made.
@@ -462,20 +474,12 @@ func (p *Proxy) getTask(ctx context.Context, req []byte, call func([]byte) ([]by
 			continue
 		}
 		path := getString(proc, num)
-		if path == "" || !filepath.IsAbs(path) {
-			continue
-		}
-		resolved, err := p.opts.Fifos.Resolve(path)
-		if err != nil {
-			continue
-		}
-		dir := fifo.ToDPU
-		if stream == stdin {
-			dir = fifo.FromDPU
-		}
-		br, err := p.opts.Fifos.Start(resolved, dir)
+		br, resolved, err := p.startBridge(path, stream, log)
 		if err != nil {
 			log.Warn("ctrdproxy: bridge the stdio of a live process again", zap.String("path", path), zap.Error(err))
+			continue
+		}
+		if br == nil {
 			continue
 		}
 		fresh.bridges[stream] = br

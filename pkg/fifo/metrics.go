@@ -1,10 +1,9 @@
 package fifo
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qtfs/qtfs/pkg/internal/metricsreg"
 )
 
 // Results of a bridge, the values of the result label.
@@ -35,19 +34,13 @@ func newMetrics(prefix, side string, reg prometheus.Registerer, active func() fl
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.bridges, m.bytes,
+	if err := metricsreg.Register(reg, "fifo", m.bridges, m.bytes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: prefix + "_active",
 			Help: "FIFO bridges open now " + side + ".",
 		}, active),
-	} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				err = fmt.Errorf("already registered (one per Registerer): %w", err)
-			}
-			return nil, fmt.Errorf("fifo: metrics: %w", err)
-		}
+	); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

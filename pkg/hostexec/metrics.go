@@ -1,11 +1,11 @@
 package hostexec
 
 import (
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qtfs/qtfs/pkg/internal/metricsreg"
 )
 
 // Results of a run, the values of qtfs_exec_runs_total's label.
@@ -51,19 +51,13 @@ func newMetrics(reg prometheus.Registerer, running func() float64) (*metrics, er
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.runs, m.duration, m.refusals, m.bytes,
+	if err := metricsreg.Register(reg, "hostexec", m.runs, m.duration, m.refusals, m.bytes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "qtfs_exec_running",
 			Help: "rexec processes running now.",
 		}, running),
-	} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				err = fmt.Errorf("already registered (one hostexec.Server per Registerer): %w", err)
-			}
-			return nil, fmt.Errorf("hostexec: metrics: %w", err)
-		}
+	); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

@@ -1,10 +1,9 @@
 package sockproxy
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qtfs/qtfs/pkg/internal/metricsreg"
 )
 
 // Results of opening a connection, the values of the result label.
@@ -50,19 +49,13 @@ func newMetrics(prefix, side string, reg prometheus.Registerer, active func() fl
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.conns, m.cuts, m.bytes,
+	if err := metricsreg.Register(reg, "sockproxy", m.conns, m.cuts, m.bytes,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: prefix + "_active",
 			Help: "Proxied connections open now " + side + ".",
 		}, active),
-	} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				err = fmt.Errorf("already registered (one per Registerer): %w", err)
-			}
-			return nil, fmt.Errorf("sockproxy: metrics: %w", err)
-		}
+	); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

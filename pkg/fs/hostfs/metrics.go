@@ -1,11 +1,11 @@
 package hostfs
 
 import (
-	"errors"
-	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qtfs/qtfs/pkg/internal/metricsreg"
 )
 
 // metrics are the server's Prometheus collectors. They exist even when no
@@ -57,14 +57,8 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "Live FileSystem sessions (connections that completed Handshake).",
 		}, func() float64 { return float64(s.Sessions()) }),
 	}
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if errors.As(err, &are) {
-				err = fmt.Errorf("already registered (one hostfs.Server per Registerer): %w", err)
-			}
-			return nil, fmt.Errorf("hostfs: metrics: %w", err)
-		}
+	if err := metricsreg.Register(reg, "hostfs", cs...); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
