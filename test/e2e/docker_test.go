@@ -517,6 +517,21 @@ func TestOffloadDocker(t *testing.T) {
 		if left := d.mountsUnder(root); len(left) > 0 {
 			t.Fatalf("still mounted: %v", left)
 		}
+		if out := d.mustSh("cat /proc/net/unix"); strings.Contains(out, root) {
+			t.Errorf("a socket under the chroot still listens:\n%s", out)
+		}
+		// No shim of dockerd's containerd namespace is left on the host,
+		// nor any process of the DPU but its pid 1.
+		for _, pid := range allPids() {
+			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), "-namespace\x00moby\x00") {
+				t.Errorf("a shim of dockerd's containers is left on the host: %d %q", pid, cmd)
+			}
+		}
+		for _, comm := range strings.Fields(d.mustSh("ps -e -o comm=")) {
+			if comm != "sleep" && comm != "sh" && comm != "ps" { // pid 1, and this look
+				t.Errorf("a process is left on the DPU: %s", comm)
+			}
+		}
 		if ents, _ := os.ReadDir("/run/docker/containerd"); len(ents) > 0 {
 			var names []string
 			for _, e := range ents {
@@ -531,4 +546,16 @@ func TestOffloadDocker(t *testing.T) {
 			}
 		}
 	})
+}
+
+// allPids lists the processes of the host.
+func allPids() []int {
+	ents, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range ents {
+		if n, err := strconv.Atoi(e.Name()); err == nil {
+			pids = append(pids, n)
+		}
+	}
+	return pids
 }
