@@ -752,7 +752,8 @@ type MountRequest struct {
 	Caller *Caller `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
 	// Create the directories of path that are missing beneath the export,
 	// as mkdir -p would (mode 0755, owned by the caller), before the walk.
-	// Refused with EROFS on a read-only export.
+	// A directory that would have to be made on a read-only export is
+	// refused with EROFS; nothing missing, nothing refused.
 	Create        bool `protobuf:"varint,3,opt,name=create,proto3" json:"create,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
