@@ -106,7 +106,10 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 	}
 	fexports := make([]fifo.Export, 0, len(v.exports))
 	for _, e := range v.exports {
-		fexports = append(fexports, fifo.Export{Path: e.Path, ReadOnly: e.ReadOnly})
+		// A FIFO is opened, and made, as Open and Mknod would be.
+		if e.Allows("Open") {
+			fexports = append(fexports, fifo.Export{Path: e.Path, ReadOnly: e.ReadOnly || !e.Allows("Mknod") || !e.Allows("Mkdir")})
+		}
 	}
 	ff, err := fifo.NewServer(fifo.ServerOptions{Exports: fexports, Logger: log.Named("fifo"), Registerer: reg})
 	if err != nil {

@@ -109,6 +109,14 @@ func OpNames() []string {
 	return out
 }
 
+// Allows reports whether the export allows the FileSystem operation op
+// (an rpc name such as "Mknod"): other services that act beneath exports
+// (the Fifo service) follow the same list. An invalid list allows nothing.
+func (e Export) Allows(op string) bool {
+	set, err := parseOps(e.Ops)
+	return err == nil && set.allows(op)
+}
+
 // parseOps turns Export.Ops (operation names and group names) into a set;
 // an empty list allows everything.
 func parseOps(names []string) (opSet, error) {

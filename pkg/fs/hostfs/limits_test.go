@@ -297,3 +297,21 @@ func TestLimitRefusalsRateLimited(t *testing.T) {
 		t.Fatalf("%d log lines for 200 refusals in a burst", n)
 	}
 }
+
+func TestExportAllows(t *testing.T) {
+	for _, tc := range []struct {
+		ops  []string
+		op   string
+		want bool
+	}{
+		{nil, "Mknod", true},
+		{[]string{"read"}, "Open", true},
+		{[]string{"read"}, "Mknod", false},
+		{[]string{"read", "Mknod"}, "Mknod", true},
+		{[]string{"no-such-op"}, "Open", false},
+	} {
+		if got := (hostfs.Export{Path: "/x", Ops: tc.ops}).Allows(tc.op); got != tc.want {
+			t.Errorf("hostfs.Export{Ops: %v}.Allows(%s) = %v, want %v", tc.ops, tc.op, got, tc.want)
+		}
+	}
+}
