@@ -110,6 +110,8 @@ type mountFS struct {
 	// proc holds what a mount of the host's proc root answers itself
 	// (nil on every other mount).
 	proc *procRoot
+	// mountpoint is where the mount was made, in this process's view.
+	mountpoint string
 	// dev is the device of the mount's FUSE connection (0 when unknown),
 	// under which the process's mount table (served) finds it.
 	dev uint64
@@ -171,19 +173,20 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 
 	policy := opts.Cache.resolve(resp.GetFsKind())
 	m := &mountFS{
-		sess:     sess,
-		log:      log,
-		id:       resp.GetMount(),
-		remote:   remote,
-		kind:     resp.GetFsKind(),
-		policy:   policy,
-		cache:    policy.params(),
-		timeout:  timeout,
-		rootDev:  rootAttr.GetDev(),
-		inos:     newInoMap(rootAttr.GetDev()),
-		groups:   newGroupsCache("/proc"),
-		directIO: policy == CacheNone || qfs.SpecialKind(resp.GetFsKind()),
-		special:  qfs.SpecialKind(resp.GetFsKind()),
+		mountpoint: filepath.Clean(mountpoint),
+		sess:       sess,
+		log:        log,
+		id:         resp.GetMount(),
+		remote:     remote,
+		kind:       resp.GetFsKind(),
+		policy:     policy,
+		cache:      policy.params(),
+		timeout:    timeout,
+		rootDev:    rootAttr.GetDev(),
+		inos:       newInoMap(rootAttr.GetDev()),
+		groups:     newGroupsCache("/proc"),
+		directIO:   policy == CacheNone || qfs.SpecialKind(resp.GetFsKind()),
+		special:    qfs.SpecialKind(resp.GetFsKind()),
 	}
 	m.hostMounts.ttl = hostMountsTTL
 	if m.special && opts.Cache == CacheDefault {

@@ -722,6 +722,7 @@ func (s *Server) Statfs(ctx context.Context, req *qtfsv1.StatfsRequest) (*qtfsv1
 		resp.Blocks, resp.Bfree, resp.Bavail = st.Blocks, st.Bfree, st.Bavail
 		resp.Files, resp.Ffree = st.Files, st.Ffree
 		resp.Bsize, resp.Namelen, resp.Frsize = uint32(st.Bsize), uint32(st.Namelen), uint32(st.Frsize)
+		resp.Type, resp.Flags = int64(st.Type), uint64(st.Flags)
 		return 0
 	})
 	return reply(resp, err)

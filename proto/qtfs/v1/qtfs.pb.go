@@ -3625,16 +3625,22 @@ func (x *StatfsRequest) GetPath() []byte {
 }
 
 type StatfsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Errno         int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
-	Blocks        uint64                 `protobuf:"varint,2,opt,name=blocks,proto3" json:"blocks,omitempty"`
-	Bfree         uint64                 `protobuf:"varint,3,opt,name=bfree,proto3" json:"bfree,omitempty"`
-	Bavail        uint64                 `protobuf:"varint,4,opt,name=bavail,proto3" json:"bavail,omitempty"`
-	Files         uint64                 `protobuf:"varint,5,opt,name=files,proto3" json:"files,omitempty"`
-	Ffree         uint64                 `protobuf:"varint,6,opt,name=ffree,proto3" json:"ffree,omitempty"`
-	Bsize         uint32                 `protobuf:"varint,7,opt,name=bsize,proto3" json:"bsize,omitempty"`
-	Namelen       uint32                 `protobuf:"varint,8,opt,name=namelen,proto3" json:"namelen,omitempty"`
-	Frsize        uint32                 `protobuf:"varint,9,opt,name=frsize,proto3" json:"frsize,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Errno   int32                  `protobuf:"varint,1,opt,name=errno,proto3" json:"errno,omitempty"`
+	Blocks  uint64                 `protobuf:"varint,2,opt,name=blocks,proto3" json:"blocks,omitempty"`
+	Bfree   uint64                 `protobuf:"varint,3,opt,name=bfree,proto3" json:"bfree,omitempty"`
+	Bavail  uint64                 `protobuf:"varint,4,opt,name=bavail,proto3" json:"bavail,omitempty"`
+	Files   uint64                 `protobuf:"varint,5,opt,name=files,proto3" json:"files,omitempty"`
+	Ffree   uint64                 `protobuf:"varint,6,opt,name=ffree,proto3" json:"ffree,omitempty"`
+	Bsize   uint32                 `protobuf:"varint,7,opt,name=bsize,proto3" json:"bsize,omitempty"`
+	Namelen uint32                 `protobuf:"varint,8,opt,name=namelen,proto3" json:"namelen,omitempty"`
+	Frsize  uint32                 `protobuf:"varint,9,opt,name=frsize,proto3" json:"frsize,omitempty"`
+	// The host filesystem's type (f_type: CGROUP2_SUPER_MAGIC, TMPFS_MAGIC,
+	// EXT4_SUPER_MAGIC …) and mount flags (f_flags: ST_RDONLY, ST_NOSUID …),
+	// which the kernel's FUSE client cannot report but offloaded programs
+	// decide by (pkg/supervise answers their statfs with them).
+	Type          int64  `protobuf:"varint,10,opt,name=type,proto3" json:"type,omitempty"`
+	Flags         uint64 `protobuf:"varint,11,opt,name=flags,proto3" json:"flags,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3728,6 +3734,20 @@ func (x *StatfsResponse) GetNamelen() uint32 {
 func (x *StatfsResponse) GetFrsize() uint32 {
 	if x != nil {
 		return x.Frsize
+	}
+	return 0
+}
+
+func (x *StatfsResponse) GetType() int64 {
+	if x != nil {
+		return x.Type
+	}
+	return 0
+}
+
+func (x *StatfsResponse) GetFlags() uint64 {
+	if x != nil {
+		return x.Flags
 	}
 	return 0
 }
@@ -6431,7 +6451,7 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\rStatfsRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
-	"\x04path\x18\x03 \x01(\fR\x04path\"\xe0\x01\n" +
+	"\x04path\x18\x03 \x01(\fR\x04path\"\x8a\x02\n" +
 	"\x0eStatfsResponse\x12\x14\n" +
 	"\x05errno\x18\x01 \x01(\x05R\x05errno\x12\x16\n" +
 	"\x06blocks\x18\x02 \x01(\x04R\x06blocks\x12\x14\n" +
@@ -6441,7 +6461,10 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x05ffree\x18\x06 \x01(\x04R\x05ffree\x12\x14\n" +
 	"\x05bsize\x18\a \x01(\rR\x05bsize\x12\x18\n" +
 	"\anamelen\x18\b \x01(\rR\anamelen\x12\x16\n" +
-	"\x06frsize\x18\t \x01(\rR\x06frsize\"\x8c\x01\n" +
+	"\x06frsize\x18\t \x01(\rR\x06frsize\x12\x12\n" +
+	"\x04type\x18\n" +
+	" \x01(\x03R\x04type\x12\x14\n" +
+	"\x05flags\x18\v \x01(\x04R\x05flags\"\x8c\x01\n" +
 	"\x0fGetxattrRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +

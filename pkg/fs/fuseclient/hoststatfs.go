@@ -1,0 +1,54 @@
+package fuseclient
+
+import (
+	"os"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// HostStatfs answers statfs(2) of f, a file this process opened, when it
+// lies on a mount this process serves: the host's statfs of that path,
+// with the host's filesystem type and flags, which the kernel's FUSE
+// client cannot report (it always says FUSE_SUPER_MAGIC). The walk on the
+// host runs as uid/gid. ok is false for a file of any other filesystem,
+// or one reached through a bind of a mount elsewhere.
+func HostStatfs(f *os.File, uid, gid uint32) (st unix.Statfs_t, ok bool, err error) {
+	var s unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &s); err != nil {
+		return st, false, err
+	}
+	m := served.lookup(s.Dev)
+	if m == nil {
+		return st, false, nil
+	}
+	p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+	if err != nil {
+		return st, false, err
+	}
+	rel, in := strings.CutPrefix(p, m.mountpoint)
+	if !in || (rel != "" && rel[0] != '/') {
+		return st, false, nil
+	}
+	resp, e := call(m.sess, m.timeout, "Statfs", m.sess.client.Statfs,
+		&qtfsv1.StatfsRequest{Mount: m.id, Caller: &qtfsv1.Caller{Uid: uid, Gid: gid}, Path: []byte(strings.Trim(rel, "/"))})
+	if e != 0 {
+		return st, true, e
+	}
+	st = unix.Statfs_t{
+		Type:    resp.GetType(),
+		Bsize:   int64(resp.GetBsize()),
+		Blocks:  resp.GetBlocks(),
+		Bfree:   resp.GetBfree(),
+		Bavail:  resp.GetBavail(),
+		Files:   resp.GetFiles(),
+		Ffree:   resp.GetFfree(),
+		Namelen: int64(resp.GetNamelen()),
+		Frsize:  int64(resp.GetFrsize()),
+		Flags:   int64(resp.GetFlags()),
+	}
+	return st, true, nil
+}

@@ -1,0 +1,39 @@
+// Package supervise is the syscall layer of offloaded programs: a
+// seccomp user-notification filter that a launcher installs right before
+// it executes the program (its threads and children inherit it), and a
+// supervisor that answers the filter's notifications.
+//
+// Why: a FUSE mount cannot carry everything an offloaded management plane
+// asks of its filesystems. statfs(2) of a FUSE mount always reports
+// FUSE's f_type, and programs decide by it (runc, dockerd and kubelet
+// take /sys/fs/cgroup for cgroup v2 only when f_type is
+// CGROUP2_SUPER_MAGIC). The supervisor answers statfs and fstatfs of the
+// files the Statfser says are its own (the qtfs mounts) with the host's
+// statfs of that path, type and flags included, and lets every other call
+// run as it is.
+//
+// The filter notifies only the calls it names (statfs, fstatfs); every
+// other syscall runs at full speed, decided by a few BPF instructions
+// (openat and the like are never notified). A call of another
+// architecture than the supervisor's runs as it is.
+//
+// Invariants:
+//   - Target memory is read with process_vm_readv and used only after
+//     SECCOMP_IOCTL_NOTIF_ID_VALID says the call still waits; the file is
+//     opened by the supervisor itself, in the caller's root
+//     (/proc/<tid>/root with RESOLVE_IN_ROOT), so a path never leads the
+//     supervisor outside what the caller could reach. A descriptor of the
+//     caller is reopened through /proc/<tid>/fd, never taken across the
+//     check.
+//   - Only statfs's answer is written into the caller's memory, after a
+//     second ID check, and only at the buffer it passed.
+//   - Answering is idempotent: a call that a signal restarted is notified
+//     again and answered again. The filter asks for
+//     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19), so a Go
+//     program's preemption signals do not restart a call the supervisor
+//     holds; on older kernels the filter is installed without it.
+//   - Without a supervisor (it died), the notified calls fail with ENOSYS;
+//     nothing else is affected.
+//
+// Lock order: Supervisor.mu guards its closing state and is a leaf.
+package supervise

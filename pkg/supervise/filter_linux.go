@@ -1,0 +1,109 @@
+package supervise
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+)
+
+// Offsets in struct seccomp_data.
+const (
+	offNr   = 0
+	offArch = 4
+)
+
+// nativeArch is the AUDIT_ARCH of the running binary.
+func nativeArch() (uint32, error) {
+	switch runtime.GOARCH {
+	case "amd64":
+		return unix.AUDIT_ARCH_X86_64, nil
+	case "arm64":
+		return unix.AUDIT_ARCH_AARCH64, nil
+	}
+	return 0, fmt.Errorf("supervise: no seccomp filter for %s", runtime.GOARCH)
+}
+
+// notified are the syscalls the filter sends to the supervisor.
+var notified = []uint32{unix.SYS_STATFS, unix.SYS_FSTATFS}
+
+// program assembles the filter: notify the calls in notified made with the
+// native architecture, allow everything else.
+func program() ([]unix.SockFilter, error) {
+	arch, err := nativeArch()
+	if err != nil {
+		return nil, err
+	}
+	n := len(notified)
+	insns := []bpf.Instruction{
+		bpf.LoadAbsolute{Off: offArch, Size: 4},
+		// Another architecture: to the allow return, past the load and
+		// the n checks.
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: arch, SkipTrue: uint8(n + 1)},
+		bpf.LoadAbsolute{Off: offNr, Size: 4},
+	}
+	for i, nr := range notified {
+		// Jump to the notify return, n-i instructions ahead.
+		insns = append(insns, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(n - i)})
+	}
+	insns = append(insns,
+		bpf.RetConstant{Val: unix.SECCOMP_RET_ALLOW},
+		bpf.RetConstant{Val: unix.SECCOMP_RET_USER_NOTIF},
+	)
+	raw, err := bpf.Assemble(insns)
+	if err != nil {
+		return nil, fmt.Errorf("supervise: assemble the filter: %w", err)
+	}
+	out := make([]unix.SockFilter, len(raw))
+	for i, r := range raw {
+		out[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
+	}
+	return out, nil
+}
+
+// install loads the filter on the calling thread and returns the
+// listener. The caller must hold its OS thread (runtime.LockOSThread) and
+// exec from it: the filter is the thread's, and the program executed
+// inherits it.
+func install() (int, error) {
+	filter, err := program()
+	if err != nil {
+		return -1, err
+	}
+	prog := unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}
+	// Without CAP_SYS_ADMIN the kernel wants no_new_privs; with it, the
+	// program keeps its privileges as they are.
+	if !hasSysAdmin() {
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return -1, fmt.Errorf("supervise: no_new_privs: %w", err)
+		}
+	}
+	flags := uintptr(unix.SECCOMP_FILTER_FLAG_NEW_LISTENER | unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV)
+	for {
+		fd, _, errno := unix.Syscall(unix.SYS_SECCOMP, unix.SECCOMP_SET_MODE_FILTER, flags, uintptr(unsafe.Pointer(&prog)))
+		runtime.KeepAlive(filter)
+		if errno == 0 {
+			return int(fd), nil
+		}
+		// Before Linux 5.19 the kernel does not know WAIT_KILLABLE_RECV.
+		if errno == unix.EINVAL && flags&unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV != 0 {
+			flags &^= unix.SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+			continue
+		}
+		return -1, fmt.Errorf("supervise: install the seccomp filter: %w", errors.Join(errno))
+	}
+}
+
+// hasSysAdmin reports whether this process may load a filter without
+// no_new_privs.
+func hasSysAdmin() bool {
+	var hdr = unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[0].Effective&(1<<unix.CAP_SYS_ADMIN) != 0
+}

@@ -1,0 +1,265 @@
+package supervise
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// StatfsFunc answers statfs for a file the supervisor opened (O_PATH) as
+// the caller would have named it; uid and gid are the caller's. ok false
+// lets the call run as it is (a file of another filesystem).
+type StatfsFunc func(f *os.File, uid, gid uint32) (st unix.Statfs_t, ok bool, err error)
+
+// Options configure a Supervisor.
+type Options struct {
+	// Statfs answers statfs and fstatfs; nil lets every call run as it
+	// is.
+	Statfs StatfsFunc
+	// Logger receives the supervisor's logs; nil logs nothing.
+	Logger *zap.Logger
+}
+
+// Stats are a supervisor's counters.
+type Stats struct {
+	Answered  uint64 // calls answered by the supervisor
+	Continued uint64 // calls let run as they are
+	Gone      uint64 // calls whose caller went away before the answer
+}
+
+// Supervisor answers the notifications of one filter's listener.
+type Supervisor struct {
+	fd   int
+	opts Options
+	log  *zap.Logger
+	done chan struct{}
+	wg   sync.WaitGroup
+
+	answered, continued, gone atomic.Uint64
+
+	mu      sync.Mutex
+	closing bool
+}
+
+// Serve answers the notifications of listener (which it owns from now on)
+// until Close, or until no process is left under the filter.
+func Serve(listener int, opts Options) *Supervisor {
+	s := &Supervisor{fd: listener, opts: opts, log: opts.Logger, done: make(chan struct{})}
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	go s.loop()
+	return s
+}
+
+// Done is closed once the supervisor stopped.
+func (s *Supervisor) Done() <-chan struct{} { return s.done }
+
+// Stats returns the counters.
+func (s *Supervisor) Stats() Stats {
+	return Stats{Answered: s.answered.Load(), Continued: s.continued.Load(), Gone: s.gone.Load()}
+}
+
+// Close stops answering: the supervised programs' notified calls fail
+// with ENOSYS from then on.
+func (s *Supervisor) Close() error {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+	<-s.done
+	return nil
+}
+
+func (s *Supervisor) stopping() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closing
+}
+
+func (s *Supervisor) loop() {
+	defer close(s.done)
+	defer unix.Close(s.fd)
+	defer s.wg.Wait()
+	for !s.stopping() {
+		fds := []unix.PollFd{{Fd: int32(s.fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(fds, 200)
+		if errors.Is(err, unix.EINTR) || n == 0 {
+			continue
+		}
+		if err != nil {
+			s.log.Error("supervise: poll the listener", zap.Error(err))
+			return
+		}
+		if fds[0].Revents&unix.POLLIN == 0 {
+			// POLLHUP: every process under the filter is gone.
+			return
+		}
+		var nt notif
+		if err := recv(s.fd, &nt); err != nil {
+			if errors.Is(err, unix.ENOENT) {
+				continue // the call went away before it was received
+			}
+			s.log.Error("supervise: receive a notification", zap.Error(err))
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.answer(&nt)
+		}()
+	}
+}
+
+// answer handles one notified call.
+func (s *Supervisor) answer(n *notif) {
+	resp := notifResp{ID: n.ID}
+	switch n.Data.Nr {
+	case unix.SYS_STATFS, unix.SYS_FSTATFS:
+		if !s.statfs(n, &resp) {
+			resp.Flags = unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE
+		}
+	default:
+		resp.Flags = unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE
+	}
+	if resp.Flags&unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE != 0 {
+		s.continued.Add(1)
+	}
+	if err := send(s.fd, &resp); err != nil {
+		// ENOENT: the caller was killed, or a signal interrupted the call
+		// (it is notified again, and answered again).
+		s.gone.Add(1)
+		if !errors.Is(err, unix.ENOENT) {
+			s.log.Warn("supervise: answer a call", zap.Error(err))
+		}
+		return
+	}
+	if resp.Flags == 0 {
+		s.answered.Add(1)
+	}
+}
+
+// statfs answers statfs(path, buf) or fstatfs(fd, buf); false lets the
+// call run as it is.
+func (s *Supervisor) statfs(n *notif, resp *notifResp) bool {
+	if s.opts.Statfs == nil {
+		return false
+	}
+	tid := int(n.Pid)
+	var f *os.File
+	var err error
+	if n.Data.Nr == unix.SYS_STATFS {
+		var p string
+		if p, err = readString(tid, n.Data.Args[0]); err == nil {
+			f, err = openInCaller(tid, p)
+		}
+	} else {
+		f, err = os.OpenFile("/proc/"+strconv.Itoa(tid)+"/fd/"+strconv.FormatUint(n.Data.Args[0]&0xffffffff, 10), unix.O_PATH|unix.O_CLOEXEC, 0)
+	}
+	// The name read and the file opened are the caller's only if its
+	// call still waits.
+	if !idValid(s.fd, n.ID) {
+		if f != nil {
+			f.Close()
+		}
+		return false
+	}
+	if err != nil {
+		return false // the kernel gives the caller the right error
+	}
+	defer f.Close()
+	uid, gid := callerIDs(tid)
+	st, ok, err := s.opts.Statfs(f, uid, gid)
+	if !ok {
+		return false
+	}
+	if err != nil {
+		resp.Error = -int32(errnoOf(err))
+		return true
+	}
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&st)), unsafe.Sizeof(st))
+	if !idValid(s.fd, n.ID) {
+		return false
+	}
+	if err := writeBytes(tid, n.Data.Args[1], buf); err != nil {
+		resp.Error = -int32(unix.EFAULT)
+	}
+	return true
+}
+
+// openInCaller opens p (O_PATH, following symlinks as statfs does) as
+// thread tid would: in its root, from its working directory.
+func openInCaller(tid int, p string) (*os.File, error) {
+	if p == "" {
+		return nil, unix.ENOENT
+	}
+	proc := "/proc/" + strconv.Itoa(tid)
+	if !path.IsAbs(p) {
+		root, err := os.Readlink(proc + "/root")
+		if err != nil {
+			return nil, err
+		}
+		cwd, err := os.Readlink(proc + "/cwd")
+		if err != nil {
+			return nil, err
+		}
+		rel, in := strings.CutPrefix(cwd, root)
+		if root == "/" {
+			rel, in = cwd, true
+		}
+		if !in || (rel != "" && rel[0] != '/') {
+			return nil, fmt.Errorf("supervise: the working directory %s of %d is outside its root %s", cwd, tid, root)
+		}
+		p = path.Join("/", rel, p)
+	}
+	rootFd, err := unix.Open(proc+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer unix.Close(rootFd)
+	fd, err := unix.Openat2(rootFd, p, &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
+	if err != nil {
+		return nil, err
+	}
+	return os.NewFile(uintptr(fd), p), nil
+}
+
+// callerIDs returns the effective uid and gid of thread tid (root when
+// they cannot be read).
+func callerIDs(tid int) (uid, gid uint32) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
+	if err != nil {
+		return 0, 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 3 {
+			continue
+		}
+		v, _ := strconv.ParseUint(f[2], 10, 32)
+		switch f[0] {
+		case "Uid:":
+			uid = uint32(v)
+		case "Gid:":
+			gid = uint32(v)
+		}
+	}
+	return uid, gid
+}
+
+// errnoOf is err's errno, EIO when it has none.
+func errnoOf(err error) unix.Errno {
+	var e unix.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return unix.EIO
+}
