@@ -114,10 +114,10 @@ run_pid=$(pgrep -f "^$BIN/qtfs-client run --config /etc/qtfs/client.yaml" | head
 dpu "$BIN/qtfs-client" status --config /etc/qtfs/client.yaml | sed -n '1,4p;/^PROXY/,$p'
 
 step "DPU: dockerd in the chroot, as docker-offload.service starts it"
-execstart=$(sed -n 's/^ExecStart=//p' deploy/systemd/docker-offload.service)
+execstart=$(sed -n "s|^ExecStart=/usr/bin/qtfs-client|$BIN/qtfs-client|p" deploy/systemd/docker-offload.service)
 path=$(sed -n 's/^Environment=PATH=//p' deploy/systemd/docker-offload.service)
 # shellcheck disable=SC2086
-dpu env -i PATH="$path" HOME=/root chroot "$root" $execstart 2>"$work/dockerd.log" &
+dpu env -i PATH="$path" HOME=/root $execstart 2>"$work/dockerd.log" &
 for _ in $(seq 300); do docker_dpu version >/dev/null 2>&1 && break; sleep 0.2; done
 dockerd_pid=$(pgrep -x dockerd | head -1)
 docker_dpu info --format 'dockerd {{.ServerVersion}}, storage {{.Driver}}, cgroup {{.CgroupDriver}} v{{.CgroupVersion}}'

@@ -24,6 +24,7 @@ Usage:
   qtfs-client mount [-f] [-o ro,cache=auto|none|strict,allow_other] [--server URI] [TLS] --remote [SERVER:]PATH MOUNTPOINT
   qtfs-client umount [--lazy] MOUNTPOINT
   qtfs-client run [--check] [--config /etc/qtfs/client.yaml]
+  qtfs-client exec [--config /etc/qtfs/client.yaml] -- PROGRAM [ARG...]
   qtfs-client status
   qtfs-client --version
 
@@ -45,6 +46,8 @@ func run(args []string) int {
 		return mount(args[1:])
 	case "umount", "unmount":
 		return umount(args[1:])
+	case "exec":
+		return execCmd(args[1:])
 	case "run":
 		return runCmd(args[1:])
 	case "status":
@@ -198,6 +201,40 @@ func status(args []string) int {
 		return fail(1, err)
 	}
 	return 0
+}
+
+const execHelp = `Usage: qtfs-client exec [--config /etc/qtfs/client.yaml] -- PROGRAM [ARG...]
+
+Runs PROGRAM in the chroot that qtfs-client run keeps for this config (chroot to its
+root, working directory /, this environment), under run's syscall supervisor:
+statfs(2) and fstatfs(2) of the qtfs mounts answer with the host's filesystem (cgroup2fs
+for a cgroup v2 /sys/fs/cgroup, not FUSE's type); every other call runs as it is.
+Use it as ExecStart= of an offloaded service instead of RootDirectory=. It fails
+when no qtfs-client run serves the root.
+`
+
+func execCmd(args []string) int {
+	var prog []string
+	for i, a := range args {
+		if a == "--" {
+			args, prog = args[:i], args[i+1:]
+			break
+		}
+	}
+	set := flag.NewFlagSet("qtfs-client exec", flag.ContinueOnError)
+	set.Usage = func() { fmt.Fprint(set.Output(), execHelp+"\nFlags:\n"); set.PrintDefaults() }
+	rc, err := client.LoadRunConfig(set, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		return fail(2, fmt.Errorf("exec: %w", err))
+	}
+	if len(prog) == 0 {
+		set.Usage()
+		return 2
+	}
+	return fail(1, client.Exec(rc, prog))
 }
 
 const runHelp = `Usage: qtfs-client run [--check] [--config /etc/qtfs/client.yaml]

@@ -147,6 +147,12 @@ func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
 		}
 	}
 
+	sups, err := startSupervisors(superviseSocket(runDir, root), log.Named("supervise"))
+	if err != nil {
+		return err
+	}
+	defer sups.Close()
+
 	d.setState(StateReady, "")
 	summary := fmt.Sprintf("%s ready: %d host mounts, %d socket proxies, %d shims, server %s",
 		root, len(plan.mounts), len(plan.proxies), len(rc.Shims), plan.uri)

@@ -182,14 +182,17 @@ type offloadedDocker struct {
 	p    *proc
 }
 
-// startDockerd starts dockerd as the unit does: chrooted (RootDirectory=),
-// the unit's environment, its ExecStart, plus extra flags. It runs until
+// startDockerd starts dockerd as the unit does: its ExecStart (qtfs-client
+// exec, which enters the chroot) with its environment, plus extra flags. It runs until
 // stopped or until the test life ends; t is the (sub)test that fails if
 // it does not start.
 func startDockerd(t, life testing.TB, d *offDPU, root string, extra ...string) *offloadedDocker {
 	t.Helper()
 	argv, env := dockerUnit(t)
-	cmd := d.cmd("chroot", append([]string{root}, append(argv, extra...)...)...)
+	if argv[0] == "/usr/bin/qtfs-client" {
+		argv[0] = bin("qtfs-client") // the unit's, as built for this run
+	}
+	cmd := d.cmd(argv[0], append(argv[1:], extra...)...)
 	cmd.Env = append([]string{"HOME=/root"}, env...)
 	p := startCmd(life, cmd)
 	od := &offloadedDocker{d: d, root: root, p: p}
