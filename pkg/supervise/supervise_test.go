@@ -23,10 +23,12 @@ const cgroup2Magic = 0x63677270
 // (SUPERVISE_PROG: make the calls, print what they returned).
 func TestMain(m *testing.M) {
 	switch {
+	case os.Getenv("SUPERVISE_PROG") == "loop":
+		os.Exit(syscallLoop())
 	case os.Getenv("SUPERVISE_PROG") != "":
 		os.Exit(prog())
 	case os.Getenv("SUPERVISE_LAUNCH") != "":
-		env := append(os.Environ(), "SUPERVISE_PROG=1")
+		env := append(os.Environ(), "SUPERVISE_PROG="+os.Getenv("SUPERVISE_LAUNCH"))
 		err := Exec("/proc/self/exe", []string{os.Args[0]}, env, func(l int) error { return SendListener(3, l) })
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(3)
