@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -71,6 +72,8 @@ type Proxy struct {
 	ownNet  unix.Stat_t // the DPU's own network namespace
 	served  chan struct{}
 	closing sync.Once
+	stop    chan struct{} // closed by Close: the tenders stop
+	tenders sync.WaitGroup
 
 	mu    sync.Mutex
 	procs map[procKey]*procIO
@@ -105,7 +108,7 @@ func Listen(opts Options) (*Proxy, error) {
 	if root == "" {
 		root = "/"
 	}
-	p := &Proxy{opts: opts, log: opts.Logger, procs: map[procKey]*procIO{}, served: make(chan struct{})}
+	p := &Proxy{opts: opts, log: opts.Logger, procs: map[procKey]*procIO{}, served: make(chan struct{}), stop: make(chan struct{})}
 	if p.log == nil {
 		p.log = zap.NewNop()
 	}
@@ -165,6 +168,7 @@ func (p *Proxy) closeClient() {
 // removes the socket file.
 func (p *Proxy) Close() error {
 	p.closing.Do(func() {
+		close(p.stop)
 		p.g.Stop()
 		<-p.served
 		p.mu.Lock()
@@ -174,6 +178,7 @@ func (p *Proxy) Close() error {
 		for _, io := range procs {
 			io.close()
 		}
+		p.tenders.Wait()
 		p.closeClient()
 	})
 	return nil
@@ -432,7 +437,67 @@ func (p *Proxy) startProcess(k procKey, req []byte, fs ioFields, call func([]byt
 		return nil, err
 	}
 	log.Debug("ctrdproxy: stdio bridged", zap.Int("fifos", len(pio.made)))
+	for stream, br := range pio.bridges {
+		if br != nil {
+			p.tend(k, stream, br)
+		}
+	}
 	return resp, nil
+}
+
+// tend makes the bridge br of k's stream again when it is cut (the server
+// restarted, the link broke, dockerd's reader went away) rather than
+// carried to EOF, as long as k is live and nobody else made it again
+// (Tasks.Get), with a backoff; it gives up once the DPU's FIFO is gone.
+func (p *Proxy) tend(k procKey, stream int, br *fifo.Bridge) {
+	p.tenders.Add(1)
+	go func() {
+		defer p.tenders.Done()
+		backoff := 50 * time.Millisecond
+		for {
+			select {
+			case <-br.Done():
+			case <-p.stop:
+				return
+			}
+			if br.EOF() || !p.owns(k, stream, br) {
+				return
+			}
+			select {
+			case <-time.After(backoff):
+			case <-p.stop:
+				return
+			}
+			backoff = min(2*backoff, 2*time.Second)
+			next, err := p.opts.Fifos.Start(br.Path, br.Dir)
+			if err != nil {
+				if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EINVAL) {
+					p.log.Debug("ctrdproxy: a cut stdio bridge is not made again", zap.String("path", br.Path), zap.Error(err))
+					return
+				}
+				continue // the server is away: try again, br stays the one to replace
+			}
+			p.mu.Lock()
+			pio := p.procs[k]
+			if pio == nil || pio.bridges[stream] != br {
+				p.mu.Unlock()
+				next.Close()
+				return
+			}
+			pio.bridges[stream] = next
+			p.mu.Unlock()
+			p.log.Info("ctrdproxy: a cut stdio bridge made again", zap.String("container", k.container), zap.String("exec", k.exec), zap.String("path", br.Path))
+			br, backoff = next, 50*time.Millisecond
+		}
+	}()
+}
+
+// owns reports whether br is still k's bridge of stream.
+func (p *Proxy) owns(k procKey, stream int, br *fifo.Bridge) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pio := p.procs[k]
+	return pio != nil && pio.bridges[stream] == br
 }
 
 // getTask answers Tasks.Get, and bridges again the stdio of a live
@@ -488,6 +553,11 @@ func (p *Proxy) getTask(ctx context.Context, req []byte, call func([]byte) ([]by
 	p.mu.Lock()
 	p.procs[k] = fresh
 	p.mu.Unlock()
+	for stream, br := range fresh.bridges {
+		if br != nil && (pio == nil || pio.bridges[stream] != br) {
+			p.tend(k, stream, br)
+		}
+	}
 	return resp, nil
 }
 

@@ -3,6 +3,7 @@ package ctrdproxy
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -28,6 +29,7 @@ import (
 // records what it is sent and, for a task's create, opens the stdout FIFO
 // it names as the shim does (a writer, on the host) and writes into it.
 type fakeContainerd struct {
+	stop  chan struct{} // ends the ticker container
 	mu    sync.Mutex
 	calls map[string][][]byte
 	md    map[string]metadata.MD
@@ -47,6 +49,32 @@ func (f *fakeContainerd) handle(_ any, ss grpc.ServerStream) error {
 	switch method {
 	case methodCreateTask:
 		out := getString(req.b, createTaskStdout)
+		if getString(req.b, createTaskContainerID) == "ticker" {
+			// A shim whose container writes a line every 10 ms, holding
+			// a reader of its own as containerd's shim does.
+			hold, err := os.OpenFile(out, os.O_RDONLY|unix.O_NONBLOCK, 0)
+			if err != nil {
+				return err
+			}
+			w, err := os.OpenFile(out, os.O_WRONLY, 0)
+			if err != nil {
+				hold.Close()
+				return err
+			}
+			go func() {
+				defer hold.Close()
+				defer w.Close()
+				for {
+					select {
+					case <-f.stop:
+						return
+					case <-time.After(10 * time.Millisecond):
+						w.Write([]byte("tick\n"))
+					}
+				}
+			}()
+			break
+		}
 		if fi, err := os.Stat(out); err != nil || fi.Mode()&os.ModeNamedPipe == 0 {
 			return status.Errorf(codes.FailedPrecondition, "shim: %s is not a FIFO on the host: %v", out, err)
 		}
@@ -75,7 +103,8 @@ func newRig(t *testing.T) *rig {
 	t.Helper()
 	base := t.TempDir()
 	r := &rig{export: filepath.Join(base, "host"), root: filepath.Join(base, "dpu"),
-		host: &fakeContainerd{calls: map[string][][]byte{}, md: map[string]metadata.MD{}}}
+		host: &fakeContainerd{calls: map[string][][]byte{}, md: map[string]metadata.MD{}, stop: make(chan struct{})}}
+	t.Cleanup(func() { close(r.host.stop) })
 	os.MkdirAll(r.export, 0o755)
 	os.MkdirAll(r.root+r.export, 0o755)
 	// containerd on the host.
@@ -283,5 +312,47 @@ func TestSpecCarried(t *testing.T) {
 	}
 	if getString(getBytes(r.host.calls[methodCreateContainer][0], containerReqMsg), containerID) != "c3" {
 		t.Fatal("the container id was lost")
+	}
+}
+
+// TestCutBridgeMadeAgain: when the DPU's reader of a running container's
+// output goes away (dockerd stopped, with live-restore), the bridge is
+// made again by itself, and a new reader gets the output that follows.
+func TestCutBridgeMadeAgain(t *testing.T) {
+	r := newRig(t)
+	dir := filepath.Join(r.export, "ticker")
+	os.MkdirAll(r.root+dir, 0o755)
+	out := dir + "/init-stdout"
+	unix.Mkfifo(r.root+out, 0o700)
+	first := make(chan *os.File, 1)
+	go func() { f, _ := os.Open(r.root + out); first <- f }()
+	if _, _, err := r.call(t, methodCreateTask, append(str(createTaskContainerID, "ticker"), str(createTaskStdout, out)...)); err != nil {
+		t.Fatal(err)
+	}
+	f := <-first
+	readLine := func(f *os.File) string {
+		b := make([]byte, 5)
+		f.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, _ := io.ReadFull(f, b)
+		return string(b[:n])
+	}
+	if l := readLine(f); l != "tick\n" {
+		t.Fatalf("first reader: %q", l)
+	}
+	f.Close() // dockerd went away
+	second := make(chan *os.File, 1)
+	go func() { f, _ := os.Open(r.root + out); second <- f }()
+	var g *os.File
+	select {
+	case g = <-second:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no bridge for a new reader")
+	}
+	defer g.Close()
+	if l := readLine(g); l != "tick\n" {
+		t.Fatalf("second reader: %q", l)
+	}
+	if _, _, err := r.call(t, methodDeleteTask, str(getContainerID, "ticker")); err != nil {
+		t.Fatal(err)
 	}
 }

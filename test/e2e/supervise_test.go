@@ -92,4 +92,3 @@ mounts: [/proc, /sys/fs/cgroup]
 		t.Errorf("exec without its run daemon: %v\n%s", err, out)
 	}
 }
-
