@@ -549,80 +549,13 @@ func (r *reconn) end(replied bool) {
 
 // ---------------------------------------------------------------- ids
 
-// idFields returns pointers to the mount id and handle ids of a request.
-func idFields(req any) (mount *uint64, handles []*uint64) {
-	switch q := req.(type) {
-	case *qtfsv1.LookupRequest:
-		return &q.Mount, nil
-	case *qtfsv1.GetattrRequest:
-		return &q.Mount, []*uint64{&q.Handle}
-	case *qtfsv1.SetattrRequest:
-		return &q.Mount, []*uint64{&q.Handle}
-	case *qtfsv1.ReadlinkRequest:
-		return &q.Mount, nil
-	case *qtfsv1.SymlinkRequest:
-		return &q.Mount, nil
-	case *qtfsv1.MknodRequest:
-		return &q.Mount, nil
-	case *qtfsv1.MkdirRequest:
-		return &q.Mount, nil
-	case *qtfsv1.UnlinkRequest:
-		return &q.Mount, nil
-	case *qtfsv1.RmdirRequest:
-		return &q.Mount, nil
-	case *qtfsv1.RenameRequest:
-		return &q.Mount, nil
-	case *qtfsv1.LinkRequest:
-		return &q.Mount, nil
-	case *qtfsv1.OpenRequest:
-		return &q.Mount, nil
-	case *qtfsv1.CreateRequest:
-		return &q.Mount, nil
-	case *qtfsv1.StatfsRequest:
-		return &q.Mount, nil
-	case *qtfsv1.MountsRequest:
-		return &q.Mount, nil
-	case *qtfsv1.GetxattrRequest:
-		return &q.Mount, nil
-	case *qtfsv1.SetxattrRequest:
-		return &q.Mount, nil
-	case *qtfsv1.ListxattrRequest:
-		return &q.Mount, nil
-	case *qtfsv1.RemovexattrRequest:
-		return &q.Mount, nil
-	case *qtfsv1.ReadRequest:
-		return nil, []*uint64{&q.Handle}
-	case *qtfsv1.WriteRequest:
-		return nil, []*uint64{&q.Handle}
-	case *qtfsv1.FlushRequest:
-		return nil, []*uint64{&q.Handle}
-	case *qtfsv1.FsyncRequest:
-		return nil, []*uint64{&q.Handle}
-	case *qtfsv1.ReleaseRequest:
-		return nil, []*uint64{&q.Handle}
-	case *qtfsv1.ReaddirRequest:
-		return nil, []*uint64{&q.Handle}
-	case *qtfsv1.FallocateRequest:
-		return nil, []*uint64{&q.Handle}
-	case *qtfsv1.LseekRequest:
-		return nil, []*uint64{&q.Handle}
-	case *qtfsv1.CopyFileRangeRequest:
-		return nil, []*uint64{&q.HandleIn, &q.HandleOut}
-	case *qtfsv1.GetlkRequest:
-		return nil, []*uint64{&q.Handle}
-	case *qtfsv1.SetlkRequest:
-		return nil, []*uint64{&q.Handle}
-	}
-	return nil, nil
-}
-
 // translate replaces the caller's ids in req by the server's ids of
 // session gen, mounting and opening again what was made in an earlier
 // session. It returns a function that puts the caller's ids back, and an
 // errno; retry says the session failed meanwhile (call again once it is
 // back).
 func (r *reconn) translate(ctx context.Context, gen uint64, req any) (restore func(), e syscall.Errno, retry bool) {
-	mount, handles := idFields(req)
+	c := callOf(req)
 	var saved [3]uint64
 	var ptrs [3]*uint64
 	n := 0
@@ -636,22 +569,25 @@ func (r *reconn) translate(ctx context.Context, gen uint64, req any) (restore fu
 		n++
 		*p = v
 	}
-	if mount != nil && *mount != 0 {
-		id, e, retry := r.serverMount(ctx, gen, *mount)
-		if e != 0 || retry {
-			return restore, e, retry
+	if c.mountF.ok() {
+		if p := c.mountF.ptr(req); *p != 0 {
+			id, e, retry := r.serverMount(ctx, gen, *p)
+			if e != 0 || retry {
+				return restore, e, retry
+			}
+			set(p, id)
 		}
-		set(mount, id)
 	}
-	for _, h := range handles {
-		if *h == 0 {
+	for _, f := range c.handlesF {
+		p := f.ptr(req)
+		if *p == 0 {
 			continue
 		}
-		id, e, retry := r.serverHandle(ctx, gen, *h)
+		id, e, retry := r.serverHandle(ctx, gen, *p)
 		if e != 0 || retry {
 			return restore, e, retry
 		}
-		set(h, id)
+		set(p, id)
 	}
 	return restore, 0, false
 }
@@ -804,30 +740,43 @@ func (r *reconn) sessionFailed(gen uint64, err error) bool {
 	return false
 }
 
-// register records what a successful Mount, Open or Create returned and
-// replaces the server's id in resp by the caller's. req holds the
-// caller's ids again.
+// register records what a successful call made or changed (the
+// method's record: a mount, a handle, a lock) and replaces the server's
+// id in resp by the caller's. req holds the caller's ids again.
 func (r *reconn) register(gen uint64, req, resp any) {
-	switch q := req.(type) {
-	case *qtfsv1.MountRequest:
-		p := resp.(*qtfsv1.MountResponse)
-		m := &mountRec{path: append([]byte(nil), q.GetPath()...), caller: cloneCaller(q.GetCaller()), server: p.GetMount(), gen: gen}
-		p.Mount = r.add(func(id uint64) { r.mounts[id] = m })
-	case *qtfsv1.OpenRequest:
-		p := resp.(*qtfsv1.OpenResponse)
-		if p.GetClosed() {
-			// Closed on the server after its inline read: opened
-			// again on first use, like a handle of a lost session.
-			p.Handle = r.addHandle(closedGen, q.GetMount(), q.GetCaller(), q.GetFlags(), q.GetPath(), p.GetAttr(), closedHandle)
-			break
-		}
-		p.Handle = r.addHandle(gen, q.GetMount(), q.GetCaller(), q.GetFlags(), q.GetPath(), p.GetAttr(), p.GetHandle())
-	case *qtfsv1.CreateRequest:
-		p := resp.(*qtfsv1.CreateResponse)
-		p.Handle = r.addHandle(gen, q.GetMount(), q.GetCaller(), q.GetFlags(), qfs.JoinPath(q.GetPath(), q.GetName()), p.GetAttr(), p.GetHandle())
-	case *qtfsv1.SetlkRequest:
-		r.recordLock(gen, q)
+	if rec := callOf(req).record; rec != nil {
+		rec(r, gen, req, resp)
 	}
+}
+
+// recordMount records the mount a Mount made.
+func (r *reconn) recordMount(gen uint64, req, resp any) {
+	q, p := req.(*qtfsv1.MountRequest), resp.(*qtfsv1.MountResponse)
+	m := &mountRec{path: append([]byte(nil), q.GetPath()...), caller: cloneCaller(q.GetCaller()), server: p.GetMount(), gen: gen}
+	p.Mount = r.add(func(id uint64) { r.mounts[id] = m })
+}
+
+// recordOpen records the handle an Open opened.
+func (r *reconn) recordOpen(gen uint64, req, resp any) {
+	q, p := req.(*qtfsv1.OpenRequest), resp.(*qtfsv1.OpenResponse)
+	if p.GetClosed() {
+		// Closed on the server after its inline read: opened again on
+		// first use, like a handle of a lost session.
+		p.Handle = r.addHandle(closedGen, q.GetMount(), q.GetCaller(), q.GetFlags(), q.GetPath(), p.GetAttr(), closedHandle)
+		return
+	}
+	p.Handle = r.addHandle(gen, q.GetMount(), q.GetCaller(), q.GetFlags(), q.GetPath(), p.GetAttr(), p.GetHandle())
+}
+
+// recordCreate records the handle a Create opened.
+func (r *reconn) recordCreate(gen uint64, req, resp any) {
+	q, p := req.(*qtfsv1.CreateRequest), resp.(*qtfsv1.CreateResponse)
+	p.Handle = r.addHandle(gen, q.GetMount(), q.GetCaller(), q.GetFlags(), qfs.JoinPath(q.GetPath(), q.GetName()), p.GetAttr(), p.GetHandle())
+}
+
+// recordSetlk records the lock a Setlk took or released.
+func (r *reconn) recordSetlk(gen uint64, req, _ any) {
+	r.recordLock(gen, req.(*qtfsv1.SetlkRequest))
 }
 
 // recordLock records a lock the server granted, or released, through
@@ -974,24 +923,22 @@ func (r *reconn) setPath(id uint64, fn func() ([]byte, syscall.Errno)) {
 }
 
 // retryable says whether a request that may have reached the server can
-// be sent again after a reconnect: reads, and changes that land the same
-// way twice. Creating, removing and renaming entries, appending writes
-// and conditional extended attribute changes cannot: their callers get
-// EIO.
+// be sent again after a reconnect (the method's replay class): reads,
+// and changes that land the same way twice. Creating, removing and
+// renaming entries, appending writes, conditional extended attribute
+// changes and requests of methods the table does not know cannot: their
+// callers get EIO.
 func (r *reconn) retryable(req any) bool {
-	switch q := req.(type) {
-	case *qtfsv1.MkdirRequest, *qtfsv1.MknodRequest, *qtfsv1.SymlinkRequest, *qtfsv1.LinkRequest,
-		*qtfsv1.UnlinkRequest, *qtfsv1.RmdirRequest, *qtfsv1.RenameRequest, *qtfsv1.CreateRequest,
-		*qtfsv1.RemovexattrRequest:
-		return false
-	case *qtfsv1.SetxattrRequest:
-		return q.GetFlags() == 0
-	case *qtfsv1.WriteRequest:
-		return !r.appending(q.GetHandle())
-	case *qtfsv1.CopyFileRangeRequest:
-		return !r.appending(q.GetHandleOut())
+	c := callOf(req)
+	switch c.retry {
+	case replayAlways:
+		return true
+	case replayUnlessAppending:
+		return !r.appending(c.writesF.uint(req))
+	case replayUnlessFlagged:
+		return c.flagsF.uint(req) == 0
 	}
-	return true
+	return false
 }
 
 func (r *reconn) appending(id uint64) bool {

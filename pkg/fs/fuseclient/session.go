@@ -224,29 +224,27 @@ func channelToken(resp *qtfsv1.HandshakeResponse) []byte {
 // their per-call overhead is small next to the data.
 const bulkCallBytes = 64 << 10
 
-// bulkCall reports whether a call goes outside the call stream.
-func bulkCall(method string, req any) bool {
-	switch r := req.(type) {
-	case *qtfsv1.ReadRequest:
-		return r.GetSize() > bulkCallBytes
-	case *qtfsv1.WriteRequest:
-		return len(r.GetData()) > bulkCallBytes
-	case *qtfsv1.HandshakeRequest:
+// bulkCall reports whether a call goes outside the call stream (the
+// method's route).
+func bulkCall(_ string, req any) bool {
+	switch c := callOf(req); c.route {
+	case onConn:
 		return true
+	case onConnWhenBulk:
+		return c.bulk(req)
 	}
 	return false
 }
 
-// releaseNoReply reports whether a call is a Release sent without
-// waiting for its reply: the kernel sends RELEASE after close(2) returned
+// releaseNoReply reports whether a call (a Release: its method is
+// noReply) is sent without waiting for its reply: the kernel sends RELEASE after close(2) returned
 // and ignores its errors, and a client that waits only keeps a thread and
 // a channel from the next call. A Release waits while a handle of the
 // session holds locks (it may be that one, and a lock is free for others
 // only once the server closed it), and without reconnects (which count
 // them).
 func (s *Session) releaseNoReply(_ string, req any) bool {
-	_, ok := req.(*qtfsv1.ReleaseRequest)
-	return ok && s.rc != nil && s.rc.lockHolders.Load() == 0
+	return callOf(req).noReply && s.rc != nil && s.rc.lockHolders.Load() == 0
 }
 
 // Exports returns the exports the server lets this peer mount.
@@ -428,12 +426,13 @@ func invoke[Req any, Resp errnoReply](ctx context.Context, fuseReq *fuse.Context
 		return resp, e
 	}
 	var zero Resp
-	if rel, ok := any(req).(*qtfsv1.ReleaseRequest); ok {
-		if r.release(rel.GetHandle()) {
+	if c := callOf(req); c.releases {
+		h := c.handlesF[0].uint(req)
+		if r.release(h) {
 			s.observe(op, start, 0)
 			return zero, 0
 		}
-		defer r.forget(rel.GetHandle())
+		defer r.forget(h)
 	}
 	sent := false
 	for {
