@@ -3,6 +3,7 @@
 package logging
 
 import (
+	"flag"
 	"fmt"
 	"os"
 
@@ -55,4 +56,11 @@ func NewTo(level, format, dest string) (*zap.Logger, error) {
 	}
 	core := zapcore.NewCore(enc, out, lvl)
 	return zap.New(core, zap.ErrorOutput(out)), nil
+}
+
+// Flags declares --log-level and --log-format on set, storing into level
+// and format (the arguments of New).
+func Flags(set *flag.FlagSet, level, format *string) {
+	set.StringVar(level, "log-level", "info", "log `level`: debug, info, warn, error")
+	set.StringVar(format, "log-format", "auto", "log `format`: auto, json, console")
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/qtfs/qtfs/pkg/config"
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
 	"github.com/qtfs/qtfs/pkg/hostexec"
+	"github.com/qtfs/qtfs/pkg/logging"
 	"github.com/qtfs/qtfs/pkg/transport"
 )
 
@@ -67,8 +68,7 @@ func (s *Settings) Flags(set *flag.FlagSet) {
 	set.IntVar(&s.MaxInflightPerSession, "max-inflight-per-session", 0, fmt.Sprintf("requests of one session served at once, `N` (default %d; past it EAGAIN)", hostfs.DefaultMaxInflightPerSession))
 	set.StringVar(&s.MaxInflightBytesPerSession, "max-inflight-bytes-per-session", "", fmt.Sprintf("data of one session's requests served at once, `SIZE` in bytes or with K, M, G (default %dM; past it EAGAIN)", hostfs.DefaultMaxInflightBytesPerSession>>20))
 	set.StringVar(&s.MetricsListen, "metrics-listen", "", "serve Prometheus metrics on `ADDR` (e.g. 127.0.0.1:9121; off when empty)")
-	set.StringVar(&s.LogLevel, "log-level", "info", "log `level`: debug, info, warn, error")
-	set.StringVar(&s.LogFormat, "log-format", "auto", "log `format`: auto, json, console")
+	logging.Flags(set, &s.LogLevel, &s.LogFormat)
 }
 
 // ParseExport parses "PATH", "PATH:ro" (also ":rw") and, after either or
