@@ -63,10 +63,22 @@
 //     sending it twice does no harm (reads, positional writes, setattr,
 //     fsync...). Creating, removing and renaming entries, appending writes
 //     and conditional xattr changes lost with the connection get EIO: they
-//     may or may not have been done, and are never done twice.
+//     may or may not have been done, and are never done twice. Nor is a
+//     request of a method the method table does not know.
 //   - A call never carries ids of one server session into another: calls
 //     hold reconn.genMu (read) from the translation of their ids to the
 //     reply, and a new handshake takes it for writing.
+//
+// The method table (methods.go): what the session does with each unary
+// method of the FileSystem service is declared once, in
+// fileSystemMethods, which the switches read: the request fields that
+// hold mount and handle ids (translated on every attempt), whether a
+// request is sent again after a reconnect, its route when a call stream
+// carries calls (large reads and writes and the handshake go as calls of
+// their own), whether it ends its handle's life or may go without its
+// reply, and what a success records (a mount, a handle, a lock). Every
+// fact's zero value is the cautious one. TestMethodTable fails when a
+// method of the service has no entry, or an entry no method.
 //
 // Invariants:
 //   - Inode numbers are stable for the life of a mount and unique per host
