@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/qtfs/qtfs/pkg/client"
+	"github.com/qtfs/qtfs/pkg/clientconf"
 	"github.com/qtfs/qtfs/pkg/config"
 	"github.com/qtfs/qtfs/pkg/logging"
 	"github.com/qtfs/qtfs/pkg/version"
@@ -70,13 +71,12 @@ func fail(code int, err error) int {
 
 // load parses a subcommand's flags; ok=false means exit with code. The
 // config file may hold the run command's keys too (one client.yaml).
-func load(name, help string, set *flag.FlagSet, s *client.Settings, args []string) ([]string, int, bool) {
-	var file client.RunConfig
-	file.Settings.Flags(set)
+func load(name, help string, set *flag.FlagSet, s *clientconf.Settings, args []string) ([]string, int, bool) {
+	var file clientconf.File
+	file.Flags(set)
 	defer func() { *s = file.Settings }()
 	set.Usage = func() { fmt.Fprint(set.Output(), help+"\nFlags:\n"); set.PrintDefaults() }
-	src := config.Source{ConfigFlag: "config", DefaultPath: client.DefaultConfigPath, Interleaved: true}
-	_, rest, err := src.Load(set, args, &file)
+	_, rest, err := clientconf.Source{Interleaved: true}.Load(set, args, &file)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil, 0, false
 	}
@@ -112,7 +112,7 @@ control socket in --runtime-dir) unless -f keeps it in the foreground.
 `
 
 func mount(args []string) int {
-	var s client.Settings
+	var s clientconf.Settings
 	set := flag.NewFlagSet("qtfs-client mount", flag.ContinueOnError)
 	fg := set.Bool("f", false, "stay in the foreground (for systemd units and debugging)")
 	var opts []string
@@ -134,7 +134,7 @@ func mount(args []string) int {
 		return fail(2, fmt.Errorf("mount: %w", err))
 	}
 	req := client.MountRequest{Settings: s, Remote: r, Mountpoint: rest[0], Flags: mf, Foreground: *fg}
-	if _, err := s.ServerURI(r); err != nil {
+	if _, err := client.ServerURI(&s, r); err != nil {
 		return fail(2, fmt.Errorf("mount: %w", err))
 	}
 	if !*fg {
@@ -165,7 +165,7 @@ Unmounts a qtfs mount; its daemon then exits. --lazy detaches a busy mount at on
 `
 
 func umount(args []string) int {
-	var s client.Settings
+	var s clientconf.Settings
 	set := flag.NewFlagSet("qtfs-client umount", flag.ContinueOnError)
 	lazy := set.Bool("lazy", false, "detach a busy mount now (MNT_DETACH)")
 	rest, code, ok := load("umount", umountHelp, set, &s, args)
@@ -188,7 +188,7 @@ and for each 'qtfs-client run' daemon its socket proxies, server and state.
 `
 
 func status(args []string) int {
-	var s client.Settings
+	var s clientconf.Settings
 	set := flag.NewFlagSet("qtfs-client status", flag.ContinueOnError)
 	rest, code, ok := load("status", statusHelp, set, &s, args)
 	if !ok {

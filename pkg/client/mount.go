@@ -20,6 +20,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
+	"github.com/qtfs/qtfs/pkg/clientconf"
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	"github.com/qtfs/qtfs/pkg/transport"
@@ -34,7 +35,7 @@ const readyFDEnv = "QTFS_INTERNAL_READY_FD"
 
 // MountRequest is one `qtfs-client mount`.
 type MountRequest struct {
-	Settings   Settings
+	Settings   clientconf.Settings
 	Remote     Remote
 	Mountpoint string
 	Flags      MountFlags
@@ -203,7 +204,7 @@ func Foreground(ctx context.Context, req MountRequest, newLog func(w string) (*z
 	} else if !fi.IsDir() {
 		return fmt.Errorf("mountpoint %s: not a directory", mp)
 	}
-	uri, err := req.Settings.ServerURI(req.Remote)
+	uri, err := ServerURI(&req.Settings, req.Remote)
 	if err != nil {
 		return err
 	}

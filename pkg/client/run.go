@@ -26,12 +26,12 @@ import (
 	"google.golang.org/grpc/connectivity"
 
 	"github.com/qtfs/qtfs/pkg/chroot"
+	"github.com/qtfs/qtfs/pkg/clientconf"
 	"github.com/qtfs/qtfs/pkg/ctrdproxy"
 	"github.com/qtfs/qtfs/pkg/fifo"
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	"github.com/qtfs/qtfs/pkg/sdnotify"
 	"github.com/qtfs/qtfs/pkg/sockproxy"
-	"github.com/qtfs/qtfs/pkg/transport"
 	"github.com/qtfs/qtfs/pkg/version"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
@@ -261,44 +261,39 @@ func (d *runDaemon) closeProxies() {
 // until it succeeds or ctx ends (then it returns nils).
 func (d *runDaemon) connect(ctx context.Context) (*grpc.ClientConn, *fuseclient.Session, error) {
 	uri, sec := d.plan.uri, d.rc.Security()
-	backoff := runBackoffStart
-	for attempt := 1; ; attempt++ {
-		dctx, cancel := context.WithTimeout(ctx, runDialTimeout)
-		cc, err := transport.Dial(dctx, uri, sec, grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: runRedialMax},
-			MinConnectTimeout: runDialTimeout,
-		}))
-		if err == nil {
-			sess, serr := fuseclient.NewSessionWith(dctx, cc, "qtfs-client run "+version.Version, d.log,
-				fuseclient.SessionOptions{ReconnectTimeout: d.plan.reconnect, DialChannel: channelDialer(uri, sec)})
-			if serr == nil {
-				cancel()
-				d.mu.Lock()
-				d.sess = sess
-				d.st.ServerName = sess.ServerName()
-				d.mu.Unlock()
-				d.log.Info("connected", zap.String("server", uri.String()), zap.String("server_name", sess.ServerName()), zap.Int("attempt", attempt))
-				return cc, sess, nil
-			}
-			cc.Close()
-			err = serr
-		}
-		cancel()
-		if ctx.Err() != nil {
-			return nil, nil, nil
-		}
-		msg := fmt.Sprintf("server %s: %v", uri, err)
-		d.setState(StateConnecting, msg)
-		d.log.Warn("cannot reach the server, retrying", zap.String("server", uri.String()), zap.Error(err),
-			zap.Int("attempt", attempt), zap.Duration("retry_in", backoff))
-		_ = sdnotify.Status(fmt.Sprintf("connecting (attempt %d): %s", attempt, msg))
-		select {
-		case <-ctx.Done():
-			return nil, nil, nil
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, runBackoffMax)
+	var sess *fuseclient.Session
+	open := func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		sess, err = fuseclient.NewSessionWith(ctx, cc, "qtfs-client run "+version.Version, d.log,
+			fuseclient.SessionOptions{ReconnectTimeout: d.plan.reconnect, DialChannel: channelDialer(uri, sec)})
+		return err
 	}
+	failed := 0
+	retry := clientconf.Retry{First: runBackoffStart, Max: runBackoffMax, Attempt: runDialTimeout,
+		Again: func(attempt int, err error, pause time.Duration) bool {
+			failed = attempt
+			msg := fmt.Sprintf("server %s: %v", uri, err)
+			d.setState(StateConnecting, msg)
+			d.log.Warn("cannot reach the server, retrying", zap.String("server", uri.String()), zap.Error(err),
+				zap.Int("attempt", attempt), zap.Duration("retry_in", pause))
+			_ = sdnotify.Status(fmt.Sprintf("connecting (attempt %d): %s", attempt, msg))
+			return true
+		}}
+	cc, err := clientconf.DialRetry(ctx, uri, sec, retry, open, grpc.WithConnectParams(grpc.ConnectParams{
+		Backoff:           grpcbackoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: runRedialMax},
+		MinConnectTimeout: runDialTimeout,
+	}))
+	if err != nil {
+		// Every error is retried: ctx ends, or its deadline comes before
+		// the next attempt.
+		<-ctx.Done()
+		return nil, nil, nil
+	}
+	d.mu.Lock()
+	d.sess = sess
+	d.st.ServerName = sess.ServerName()
+	d.mu.Unlock()
+	d.log.Info("connected", zap.String("server", uri.String()), zap.String("server_name", sess.ServerName()), zap.Int("attempt", failed+1))
+	return cc, sess, nil
 }
 
 // waitConn is the connection the socket proxies use: a new proxied

@@ -16,7 +16,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/qtfs/qtfs/pkg/chroot"
-	"github.com/qtfs/qtfs/pkg/config"
+	"github.com/qtfs/qtfs/pkg/clientconf"
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	"github.com/qtfs/qtfs/pkg/transport"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
@@ -33,58 +33,14 @@ const (
 // RunConfig is the config file of `qtfs-client run`: the connection
 // settings every subcommand reads, and what the offload environment
 // holds. The other subcommands accept and ignore the run-only keys, so
-// one /etc/qtfs/client.yaml serves them all (rexec too).
+// one /etc/qtfs/client.yaml serves them all (rexec too; see package
+// clientconf).
 type RunConfig struct {
-	Settings `yaml:",inline"`
-
-	// Root is the chroot's directory.
-	Root string `yaml:"root"`
-	// Binds are DPU directories bound at the same path: "PATH[:ro|rw][,optional]".
-	Binds []string `yaml:"binds"`
-	// Tmpfs are empty tmpfs mounts: "PATH[:MODE]" (octal, default 0755).
-	Tmpfs []string `yaml:"tmpfs"`
-	// LocalProc is where the DPU's own proc goes; "" for none.
-	LocalProc *string `yaml:"local_proc"`
-	// Dev binds the DPU's /dev (default true).
-	Dev *bool `yaml:"dev"`
-	// Links are symlinks inside the chroot: "PATH:TARGET" (/var/run:/run).
-	Links []string `yaml:"links"`
-	// Mounts are host paths mounted at the same path: "PATH[:OPTIONS]"
-	// with the -o options of `qtfs-client mount` (ro, cache=none, ...).
-	Mounts []string `yaml:"mounts"`
-	// Proxies are unix socket proxies.
-	Proxies []ProxyConfig `yaml:"proxies"`
-	// Shims are binary names that run on the host through rexec.
-	Shims []string `yaml:"shims"`
-	// ShimDir is where the shims appear inside the chroot (on PATH).
-	ShimDir string `yaml:"shim_dir"`
-	// Rexec is the DPU path of the rexec binary (default: next to
-	// qtfs-client).
-	Rexec string `yaml:"rexec"`
-	// MetricsListen serves Prometheus metrics on this address.
-	MetricsListen string `yaml:"metrics_listen"`
-	// ReconnectTimeout bounds how long a filesystem call, or a new
-	// connection to a proxied socket, waits for a lost server (restarted,
-	// link cut) to come back before it fails: a Go duration such as "30s"
-	// (default fuseclient.DefaultReconnectTimeout).
-	ReconnectTimeout string `yaml:"reconnect_timeout"`
+	clientconf.Settings `yaml:",inline"`
+	clientconf.Run      `yaml:",inline"`
 
 	// lines maps keys ("mounts[2]") to their line in the file.
 	lines map[string]int
-}
-
-// ProxyConfig is one socket proxy.
-type ProxyConfig struct {
-	// Listen is the socket's path inside the chroot.
-	Listen string `yaml:"listen"`
-	// Host is the host socket it forwards to (default: Listen).
-	Host string `yaml:"host"`
-	// Mode is the socket's permission, octal (default 0660).
-	Mode string `yaml:"mode"`
-	// API is the protocol the host socket speaks, when the proxy must
-	// understand it: "containerd" carries task stdio FIFOs and OCI specs
-	// across (pkg/ctrdproxy); "" moves bytes.
-	API string `yaml:"api"`
 }
 
 // ConfigError is one error of a config file, with where it is.
@@ -127,8 +83,7 @@ func IsConfigError(err error) bool {
 func LoadRunConfig(set *flag.FlagSet, args []string) (*RunConfig, error) {
 	rc := &RunConfig{}
 	rc.Settings.Flags(set)
-	src := config.Source{ConfigFlag: "config", DefaultPath: DefaultConfigPath, Interleaved: true}
-	file, rest, err := src.Load(set, args, rc)
+	file, rest, err := clientconf.Source{Interleaved: true}.Load(set, args, rc)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil, err
@@ -139,7 +94,7 @@ func LoadRunConfig(set *flag.FlagSet, args []string) (*RunConfig, error) {
 		return nil, fmt.Errorf("unexpected argument %q (the run command takes its settings from --config)", rest[0])
 	}
 	if file == "" {
-		return nil, &ConfigError{Err: fmt.Errorf("no config file: pass --config FILE (default %s)", DefaultConfigPath)}
+		return nil, &ConfigError{Err: fmt.Errorf("no config file: pass --config FILE (default %s)", clientconf.DefaultConfigPath)}
 	}
 	rc.Config = file
 	if data, err := os.ReadFile(file); err == nil {
@@ -219,7 +174,7 @@ type runMount struct {
 	Key   string
 }
 
-// proxySpec is a checked ProxyConfig.
+// proxySpec is a checked clientconf.Proxy.
 type proxySpec struct {
 	Listen, Host string // Listen inside the chroot
 	Mode         os.FileMode
@@ -256,11 +211,7 @@ func (rc *RunConfig) check() (*runPlan, error) {
 	if rc.Server == "" {
 		bad("server", "missing: the server's URI (tcp://HOST:PORT, vsock://CID:PORT, unix:///PATH), or a name from servers:")
 	} else {
-		raw := rc.Server
-		if u, ok := rc.Servers[raw]; ok {
-			raw = u
-		}
-		u, err := transport.ParseURI(raw)
+		u, err := rc.ServerURI("")
 		if err != nil {
 			bad("server", "%v", err)
 		} else if err := rc.Security().Validate(u, false); err != nil {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qtfs/qtfs/pkg/clientconf"
 	"github.com/qtfs/qtfs/pkg/config"
 )
 
@@ -93,7 +94,7 @@ func FuzzClientConfig(f *testing.F) {
 		if err := os.WriteFile(cfg, yaml, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		var s Settings
+		var s clientconf.Settings
 		set := flag.NewFlagSet("qtfs-client", flag.ContinueOnError)
 		set.SetOutput(nopWriter{})
 		s.Flags(set)
@@ -107,7 +108,7 @@ func FuzzClientConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		u, err := s.ServerURI(r)
+		u, err := ServerURI(&s, r)
 		if err != nil {
 			return
 		}

@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/qtfs/qtfs/pkg/clientconf"
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
@@ -37,7 +38,7 @@ func TestParseRemote(t *testing.T) {
 }
 
 func TestServerURI(t *testing.T) {
-	s := Settings{Servers: map[string]string{"host": "unix:///run/qtfs.sock"}}
+	s := clientconf.Settings{Servers: map[string]string{"host": "unix:///run/qtfs.sock"}}
 	for _, tc := range []struct {
 		name    string
 		flag    string
@@ -53,7 +54,7 @@ func TestServerURI(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := s
 			s.Server = tc.flag
-			u, err := s.ServerURI(tc.remote)
+			u, err := ServerURI(&s, tc.remote)
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v", err)
 			}

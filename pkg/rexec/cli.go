@@ -17,7 +17,7 @@ import (
 	"golang.org/x/term"
 	"google.golang.org/grpc"
 
-	"github.com/qtfs/qtfs/pkg/client"
+	"github.com/qtfs/qtfs/pkg/clientconf"
 	"github.com/qtfs/qtfs/pkg/config"
 	"github.com/qtfs/qtfs/pkg/logging"
 	"github.com/qtfs/qtfs/pkg/transport"
@@ -61,16 +61,11 @@ rexec fails (no server, unreachable, refused, connection lost).
 Flags:
 `
 
-// settings is what rexec reads from the client config file: the client's
-// settings; keys that only qtfs-client uses are accepted and ignored.
-type settings struct {
-	client.Settings `yaml:",inline"`
-	Other           map[string]any `yaml:",inline"`
-}
-
 // invocation is a parsed command line.
 type invocation struct {
-	s       settings
+	// s is what rexec reads of client.yaml: the settings, the keys that
+	// only `qtfs-client run` uses accepted and ignored.
+	s       clientconf.File
 	tty     bool
 	cwd     string
 	env     []string
@@ -102,7 +97,7 @@ func parse(argv []string, stderr io.Writer) (inv *invocation, code int, done boo
 	if len(argv) > 0 {
 		name = filepath.Base(argv[0])
 	}
-	src := config.Source{ConfigFlag: "config", DefaultPath: client.DefaultConfigPath}
+	src := clientconf.Source{ServerEnv: ServerEnv}
 	var cmdline []string
 	if name != Name {
 		// Multi-call: every argument is the remote binary's.
@@ -123,11 +118,6 @@ func parse(argv []string, stderr io.Writer) (inv *invocation, code int, done boo
 		fmt.Fprintln(stderr, "rexec", version.Version)
 		return nil, 0, true
 	}
-	serverFlag := false
-	set.Visit(func(f *flag.Flag) { serverFlag = serverFlag || f.Name == "server" })
-	if v := os.Getenv(ServerEnv); v != "" && !serverFlag {
-		inv.s.Server = v
-	}
 	if !inv.multi {
 		if len(rest) == 0 {
 			fmt.Fprintln(stderr, "rexec: no BINARY given (see rexec --help)")
@@ -146,14 +136,11 @@ func parse(argv []string, stderr io.Writer) (inv *invocation, code int, done boo
 
 // serverURI resolves the server setting (a URI, or a name from servers:).
 func (inv *invocation) serverURI() (transport.URI, error) {
-	raw := inv.s.Server
-	if raw == "" {
-		return transport.URI{}, fmt.Errorf("no server: pass --server URI, set %s or QTFS_SERVER, or put server: in %s", ServerEnv, client.DefaultConfigPath)
+	u, err := inv.s.ServerURI("")
+	if errors.Is(err, clientconf.ErrNoServer) {
+		return u, fmt.Errorf("%w: pass --server URI, set %s or QTFS_SERVER, or put server: in %s", err, ServerEnv, clientconf.DefaultConfigPath)
 	}
-	if u, ok := inv.s.Servers[raw]; ok {
-		raw = u
-	}
-	return transport.ParseURI(raw)
+	return u, err
 }
 
 // environ is os.Environ with the --env settings applied.
@@ -266,21 +253,13 @@ func Main(argv []string) int {
 // is not listening yet (restarting: connection refused, no socket file);
 // other failures (TLS, identity) end it at once.
 func dialServer(uri transport.URI, sec transport.Security, timeout time.Duration) (*grpc.ClientConn, error) {
-	deadline := time.Now().Add(timeout)
-	for delay := 50 * time.Millisecond; ; delay = min(2*delay, time.Second) {
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		cc, err := transport.Dial(ctx, uri, sec)
-		cancel()
-		if err == nil {
-			return cc, nil
-		}
-		notListening := errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT)
-		if !notListening || time.Now().Add(delay).After(deadline) {
-			if notListening {
-				return nil, fmt.Errorf("%w (waited %v: --connect-timeout)", err, timeout)
-			}
-			return nil, err
-		}
-		time.Sleep(delay)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	retry := clientconf.Retry{First: 50 * time.Millisecond, Max: time.Second,
+		Again: func(_ int, err error, _ time.Duration) bool { return clientconf.NotListening(err) }}
+	cc, err := clientconf.DialRetry(ctx, uri, sec, retry, nil)
+	if err != nil && clientconf.NotListening(err) {
+		return nil, fmt.Errorf("%w (waited %v: --connect-timeout)", err, timeout)
 	}
+	return cc, err
 }
