@@ -1,7 +1,7 @@
 // Package client is the DPU-side daemon behind the qtfs-client command:
-// it turns Settings (flags, QTFS_* environment, /etc/qtfs/client.yaml)
-// and a --remote [SERVER:]PATH into a connection, a session and a FUSE
-// mount, runs that mount in the background like sshfs (or in the
+// it turns clientconf.Settings (flags, QTFS_* environment,
+// /etc/qtfs/client.yaml) and a --remote [SERVER:]PATH into a connection,
+// a session and a FUSE mount, runs that mount in the background like sshfs (or in the
 // foreground with -f), and answers `qtfs-client status` through a control
 // socket per mount daemon in the runtime directory.
 //

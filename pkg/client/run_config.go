@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"gopkg.in/yaml.v3"
-
 	"github.com/qtfs/qtfs/pkg/chroot"
 	"github.com/qtfs/qtfs/pkg/clientconf"
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
@@ -98,37 +96,9 @@ func LoadRunConfig(set *flag.FlagSet, args []string) (*RunConfig, error) {
 	}
 	rc.Config = file
 	if data, err := os.ReadFile(file); err == nil {
-		rc.lines = yamlLines(data)
+		rc.lines = clientconf.KeyLines(data)
 	}
 	return rc, nil
-}
-
-// yamlLines maps the keys of a config file to their lines: "root",
-// "mounts[2]", "proxies[0].host".
-func yamlLines(data []byte) map[string]int {
-	var doc yaml.Node
-	lines := map[string]int{}
-	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
-		return lines
-	}
-	top := doc.Content[0].Content
-	for i := 0; i+1 < len(top); i += 2 {
-		k, v := top[i].Value, top[i+1]
-		lines[k] = top[i].Line
-		if v.Kind != yaml.SequenceNode {
-			continue
-		}
-		for j, item := range v.Content {
-			ik := fmt.Sprintf("%s[%d]", k, j)
-			lines[ik] = item.Line
-			if item.Kind == yaml.MappingNode {
-				for n := 0; n+1 < len(item.Content); n += 2 {
-					lines[ik+"."+item.Content[n].Value] = item.Content[n].Line
-				}
-			}
-		}
-	}
-	return lines
 }
 
 // errAt builds a ConfigError for key, with its line (or its parent's).

@@ -197,3 +197,15 @@ func TestDialRetry(t *testing.T) {
 		}
 	})
 }
+
+func TestKeyLines(t *testing.T) {
+	got := KeyLines([]byte("root: /r\nmounts:\n  - /proc\n  - /sys\nproxies:\n  - listen: /run/a.sock\n    host: /run/b.sock\n"))
+	for k, want := range map[string]int{"root": 1, "mounts": 2, "mounts[1]": 4, "proxies[0]": 6, "proxies[0].host": 7} {
+		if got[k] != want {
+			t.Errorf("line of %s = %d, want %d (all: %v)", k, got[k], want, got)
+		}
+	}
+	if len(KeyLines([]byte("- not a mapping\n"))) != 0 {
+		t.Error("a sequence document has keys")
+	}
+}

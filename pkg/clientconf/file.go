@@ -133,7 +133,8 @@ func (f *File) checkKeys(file string) error {
 	if len(bad) == 0 {
 		return nil
 	}
-	lines := keyLines(file)
+	data, _ := os.ReadFile(file)
+	lines := KeyLines(data)
 	sort.Slice(bad, func(i, j int) bool {
 		return lines[bad[i]] < lines[bad[j]] || lines[bad[i]] == lines[bad[j]] && bad[i] < bad[j]
 	})
@@ -144,17 +145,31 @@ func (f *File) checkKeys(file string) error {
 	return fmt.Errorf("config %s: %s", file, strings.Join(msg, " "))
 }
 
-// keyLines maps the top-level keys of a YAML file to their lines.
-func keyLines(file string) map[string]int {
-	lines := map[string]int{}
-	data, err := os.ReadFile(file)
+// KeyLines maps the keys of a config file to their lines: "root",
+// "mounts[2]", "proxies[0].host".
+func KeyLines(data []byte) map[string]int {
 	var doc yaml.Node
-	if err != nil || yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
+	lines := map[string]int{}
+	if yaml.Unmarshal(data, &doc) != nil || len(doc.Content) == 0 || doc.Content[0].Kind != yaml.MappingNode {
 		return lines
 	}
 	top := doc.Content[0].Content
 	for i := 0; i+1 < len(top); i += 2 {
-		lines[top[i].Value] = top[i].Line
+		k, v := top[i].Value, top[i+1]
+		lines[k] = top[i].Line
+		if v.Kind != yaml.SequenceNode {
+			continue
+		}
+		for j, item := range v.Content {
+			ik := fmt.Sprintf("%s[%d]", k, j)
+			lines[ik] = item.Line
+			if item.Kind == yaml.MappingNode {
+				for n := 0; n+1 < len(item.Content); n += 2 {
+					lines[ik+"."+item.Content[n].Value] = item.Content[n].Line
+				}
+			}
+		}
 	}
 	return lines
 }
+
