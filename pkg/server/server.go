@@ -25,6 +25,7 @@ import (
 	"github.com/qtfs/qtfs/pkg/sdnotify"
 	"github.com/qtfs/qtfs/pkg/sockproxy"
 	"github.com/qtfs/qtfs/pkg/transport"
+	"github.com/qtfs/qtfs/pkg/transport/transportmetrics"
 	"github.com/qtfs/qtfs/pkg/version"
 )
 
@@ -40,7 +41,11 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	creds, err := transport.ServerCredentials(v.security, transport.WithLogger(log.Named("transport")), transport.WithRegisterer(reg))
+	handshakes, err := transportmetrics.NewHandshakes(reg)
+	if err != nil {
+		return err
+	}
+	creds, err := transport.ServerCredentials(v.security, transport.WithLogger(log.Named("transport")), transport.WithHandshakeCounter(handshakes))
 	if err != nil {
 		return err
 	}

@@ -100,7 +100,7 @@ func (s *splitListener) sort(c net.Conn) {
 		// A port probe, or a peer that said nothing in time: counted
 		// as an aborted handshake, as gRPC's own would have been.
 		kind := kindOf(c)
-		s.creds.metrics.observe(kind, "aborted")
+		s.creds.count(kind, "aborted")
 		s.creds.log.Debug("transport: peer left before the handshake",
 			zap.String("transport", kind), zap.String("peer", addrString(c.RemoteAddr())), zap.Error(err))
 		c.Close()

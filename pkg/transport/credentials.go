@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/mdlayher/vsock"
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -133,10 +132,17 @@ func WithLogger(l *zap.Logger) CredentialsOption {
 	}
 }
 
-// WithRegisterer makes the credentials count handshakes in
-// qtfs_transport_handshakes_total{transport,result} on r.
-func WithRegisterer(r prometheus.Registerer) CredentialsOption {
-	return func(c *serverCreds) { c.reg = r }
+// HandshakeCounter counts the server's connection handshakes by transport
+// (tcp, unix, vsock, other) and result (ok, refused, aborted: the peer
+// left first). transportmetrics.Handshakes is the Prometheus one; the
+// interface keeps Prometheus out of the clients that link this package.
+type HandshakeCounter interface {
+	CountHandshake(transport, result string)
+}
+
+// WithHandshakeCounter makes the credentials count handshakes on h.
+func WithHandshakeCounter(h HandshakeCounter) CredentialsOption {
+	return func(c *serverCreds) { c.handshakes = h }
 }
 
 // ServerCredentials returns the credentials of a grpc.Server that serves
@@ -162,11 +168,6 @@ func ServerCredentials(sec Security, opts ...CredentialsOption) (credentials.Tra
 		}
 		c.tls = cfg
 	}
-	m, err := newHandshakeMetrics(c.reg)
-	if err != nil {
-		return nil, err
-	}
-	c.metrics = m
 	return c, nil
 }
 
@@ -223,11 +224,10 @@ func loadCA(file string) (*x509.CertPool, error) {
 
 // serverCreds is the one TransportCredentials of a qtfs server.
 type serverCreds struct {
-	sec     Security
-	tls     *tls.Config // nil without TLS files; shared, never modified
-	log     *zap.Logger
-	reg     prometheus.Registerer
-	metrics *handshakeMetrics
+	sec        Security
+	tls        *tls.Config // nil without TLS files; shared, never modified
+	log        *zap.Logger
+	handshakes HandshakeCounter // nil: count nothing
 }
 
 func (c *serverCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -248,12 +248,12 @@ func (c *serverCreds) serverHandshake(raw net.Conn, alpn string) (net.Conn, cred
 		if errors.Is(err, io.EOF) {
 			// The peer left before saying anything (a port probe, or
 			// Listen checking for a live socket): not worth a warning.
-			c.metrics.observe(kind, "aborted")
+			c.count(kind, "aborted")
 			c.log.Debug("transport: peer left during the handshake",
 				zap.String("transport", kind), zap.String("peer", addrString(raw.RemoteAddr())))
 			return nil, nil, credentials.ErrConnDispatched
 		}
-		c.metrics.observe(kind, "refused")
+		c.count(kind, "refused")
 		c.log.Warn("transport: handshake refused",
 			zap.String("transport", kind), zap.String("peer", addrString(raw.RemoteAddr())), zap.Error(err))
 		// The connection is ours now (lingerClose closes it): this error
@@ -261,7 +261,7 @@ func (c *serverCreds) serverHandshake(raw net.Conn, alpn string) (net.Conn, cred
 		// reason went to our log above.
 		return nil, nil, credentials.ErrConnDispatched
 	}
-	c.metrics.observe(kind, "ok")
+	c.count(kind, "ok")
 	if ce := c.log.Check(zap.DebugLevel, "transport: handshake"); ce != nil {
 		ce.Write(zap.String("transport", kind), zap.String("peer", identityOf(info, raw.RemoteAddr())))
 	}
@@ -394,36 +394,8 @@ func (s Security) cidPolicy() string {
 	return fmt.Sprintf("allowed: %v; more with --allow-cid", s.AllowedCIDs)
 }
 
-// handshakeMetrics counts server handshakes; a nil value counts nothing.
-type handshakeMetrics struct {
-	total *prometheus.CounterVec
-}
-
-func newHandshakeMetrics(reg prometheus.Registerer) (*handshakeMetrics, error) {
-	if reg == nil {
-		return nil, nil
+func (c *serverCreds) count(kind, result string) {
+	if c.handshakes != nil {
+		c.handshakes.CountHandshake(kind, result)
 	}
-	cv := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "qtfs_transport_handshakes_total",
-		Help: "Server-side connection handshakes by transport (tcp, unix, vsock, other) and result (ok, refused, aborted: the peer left first).",
-	}, []string{"transport", "result"})
-	if err := reg.Register(cv); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return nil, fmt.Errorf("transport: register metrics: %w", err)
-		}
-		existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
-		if !ok {
-			return nil, fmt.Errorf("transport: register metrics: %w", err)
-		}
-		cv = existing
-	}
-	return &handshakeMetrics{total: cv}, nil
-}
-
-func (m *handshakeMetrics) observe(kind, result string) {
-	if m == nil {
-		return
-	}
-	m.total.WithLabelValues(kind, result).Inc()
 }

@@ -151,7 +151,7 @@ func TestHandshakeAborted(t *testing.T) {
 func TestUnknownConnectionKindRefused(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	core, logs := observer.New(zap.DebugLevel)
-	creds, err := ServerCredentials(Security{Insecure: true}, WithLogger(zap.New(core)), WithRegisterer(reg))
+	creds, err := ServerCredentials(Security{Insecure: true}, WithLogger(zap.New(core)), withRegisterer(t, reg))
 	if err != nil {
 		t.Fatal(err)
 	}

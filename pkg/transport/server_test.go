@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/qtfs/qtfs/pkg/transport/transportmetrics"
 )
 
 // testServer is a real gRPC server with the health service, serving on
@@ -39,7 +41,7 @@ func startServer(t *testing.T, sec Security, uris ...string) *testServer {
 		return zapcore.NewTee(c, core)
 	})))
 	ts := &testServer{ids: make(chan string, 64), channels: make(chan string, 64), logs: logs, reg: prometheus.NewRegistry()}
-	creds, err := ServerCredentials(sec, WithLogger(log), WithRegisterer(ts.reg))
+	creds, err := ServerCredentials(sec, WithLogger(log), withRegisterer(t, ts.reg))
 	if err != nil {
 		t.Fatalf("ServerCredentials: %v", err)
 	}
@@ -144,6 +146,16 @@ func (ts *testServer) waitRefusal(t *testing.T, kind, want string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// withRegisterer counts the handshakes of the credentials on reg.
+func withRegisterer(t *testing.T, reg prometheus.Registerer) CredentialsOption {
+	t.Helper()
+	h, err := transportmetrics.NewHandshakes(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return WithHandshakeCounter(h)
 }
 
 // counter reads qtfs_transport_handshakes_total{transport,result}.

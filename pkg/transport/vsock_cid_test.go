@@ -47,7 +47,7 @@ func TestVsockCIDRefusedBothSides(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			core, logs := observer.New(zap.DebugLevel)
-			creds, err := ServerCredentials(Security{AllowedCIDs: tc.allowed}, WithLogger(zap.New(core)), WithRegisterer(reg))
+			creds, err := ServerCredentials(Security{AllowedCIDs: tc.allowed}, WithLogger(zap.New(core)), withRegisterer(t, reg))
 			if err != nil {
 				t.Fatal(err)
 			}
