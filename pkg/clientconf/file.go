@@ -172,4 +172,3 @@ func KeyLines(data []byte) map[string]int {
 	}
 	return lines
 }
-
