@@ -81,6 +81,11 @@ func serverOpsByName(tb testing.TB, hostNS string) (map[string]float64, float64)
 		case strings.HasPrefix(f[0], "qtfs_server_ops_total{"):
 			_, op, _ := strings.Cut(f[0], `op="`)
 			op, _, _ = strings.Cut(op, `"`)
+			if _, errno, ok := strings.Cut(f[0], `errno="`); ok {
+				if errno, _, _ = strings.Cut(errno, `"`); errno != "0" && errno != "" {
+					op += "/" + errno
+				}
+			}
 			byOp[op] += v
 		case strings.HasPrefix(f[0], "qtfs_fifo_bridges_total{"):
 			bridges += v
