@@ -234,7 +234,11 @@ func execCmd(args []string) int {
 		set.Usage()
 		return 2
 	}
-	return fail(1, client.Exec(rc, prog))
+	err = client.Exec(rc, prog)
+	if client.IsConfigError(err) {
+		return fail(2, fmt.Errorf("exec: the config is wrong:\n%w", err))
+	}
+	return fail(1, err)
 }
 
 const runHelp = `Usage: qtfs-client run [--check] [--config /etc/qtfs/client.yaml]
