@@ -71,7 +71,7 @@ func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
 	root := plan.chroot.Root
 	runDir := filepath.Join(rc.RuntimeDir, "run")
 	if err := os.MkdirAll(runDir, 0o755); err != nil {
-		return fmt.Errorf("qtfs-client run: runtime dir: %w", err)
+		return fmt.Errorf("run: runtime dir: %w", err)
 	}
 	unlock, err := lockRoot(runDir, root)
 	if err != nil {
@@ -126,7 +126,7 @@ func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
 		StaleFSType: fuseclient.FsType,
 	})
 	if err != nil {
-		return fmt.Errorf("qtfs-client run: build %s: %w", root, err)
+		return fmt.Errorf("run: build %s: %w", root, err)
 	}
 	d.mu.Lock()
 	d.tree = tree
@@ -143,7 +143,7 @@ func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
 	defer d.closeProxies()
 	for _, ps := range plan.proxies {
 		if err := d.startProxy(cc, root, ps); err != nil {
-			return fmt.Errorf("qtfs-client run: %s: %w", ps.Key, err)
+			return fmt.Errorf("run: %s: %w", ps.Key, err)
 		}
 	}
 
@@ -340,7 +340,7 @@ func (w waitConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method s
 		if err == nil {
 			err = context.DeadlineExceeded
 		}
-		return nil, fmt.Errorf("qtfs-client run: the server was not reachable within the reconnect timeout (%v): %w", w.wait, err)
+		return nil, fmt.Errorf("run: the server was not reachable within the reconnect timeout (%v): %w", w.wait, err)
 	case err != nil:
 		cancel()
 		return nil, err
@@ -459,16 +459,16 @@ func lockRoot(runDir, root string) (func(), error) {
 	p := filepath.Join(runDir, "root-"+hex.EncodeToString(sum[:8])+".lock")
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("qtfs-client run: lock: %w", err)
+		return nil, fmt.Errorf("run: lock: %w", err)
 	}
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		b, _ := os.ReadFile(p)
 		f.Close()
 		holder := strings.TrimSpace(string(b))
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("qtfs-client run: %s is in use by another qtfs-client run (pid %s, lock %s)", root, holder, p)
+			return nil, fmt.Errorf("run: %s is in use by another qtfs-client run (pid %s, lock %s)", root, holder, p)
 		}
-		return nil, fmt.Errorf("qtfs-client run: lock %s: %w", p, err)
+		return nil, fmt.Errorf("run: lock %s: %w", p, err)
 	}
 	f.Truncate(0)
 	f.WriteString(strconv.Itoa(os.Getpid()) + "\n")
@@ -479,7 +479,7 @@ func lockRoot(runDir, root string) (func(), error) {
 func serveMetrics(addr string, reg *prometheus.Registry, log *zap.Logger) (func(), error) {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("qtfs-client run: metrics listen %s: %w", addr, err)
+		return nil, fmt.Errorf("run: metrics listen %s: %w", addr, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))

@@ -104,11 +104,11 @@ func (d *runDaemon) startControl(runDir string) (*runControl, error) {
 	_ = os.Remove(path)
 	l, err := net.Listen("unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("qtfs-client run: control socket: %w", err)
+		return nil, fmt.Errorf("run: control socket: %w", err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("qtfs-client run: control socket: %w", err)
+		return nil, fmt.Errorf("run: control socket: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {

@@ -41,11 +41,11 @@ func startSupervisors(path string, log *zap.Logger) (*supervisors, error) {
 	_ = os.Remove(path)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
 	if err != nil {
-		return nil, fmt.Errorf("qtfs-client run: supervise socket: %w", err)
+		return nil, fmt.Errorf("run: supervise socket: %w", err)
 	}
 	if err := os.Chmod(path, 0o600); err != nil {
 		l.Close()
-		return nil, fmt.Errorf("qtfs-client run: supervise socket: %w", err)
+		return nil, fmt.Errorf("run: supervise socket: %w", err)
 	}
 	s := &supervisors{l: l, log: log, live: map[*supervise.Supervisor]struct{}{}}
 	s.wg.Add(1)

@@ -52,7 +52,7 @@ func ParseCachePolicy(s string) (CachePolicy, error) {
 	case "default":
 		return CacheDefault, nil
 	}
-	return CacheDefault, fmt.Errorf("qtfs-client: cache policy %q: want auto, none or strict", s)
+	return CacheDefault, fmt.Errorf("cache policy %q: want auto, none or strict", s)
 }
 
 // String returns the name ParseCachePolicy accepts.

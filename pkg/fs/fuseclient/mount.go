@@ -126,15 +126,15 @@ type mountFS struct {
 // through fusermount3.
 func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOptions) (*fuse.Server, error) {
 	if sess == nil {
-		return nil, errors.New("qtfs-client: mount: no session")
+		return nil, errors.New("mount: no session")
 	}
 	if !path.IsAbs(opts.RemotePath) {
-		return nil, fmt.Errorf("qtfs-client: mount %q: remote path must be absolute", opts.RemotePath)
+		return nil, fmt.Errorf("mount %q: remote path must be absolute", opts.RemotePath)
 	}
 	remote := path.Clean(opts.RemotePath)
 	localProc, offloadRoot, err := procOptions(opts)
 	if err != nil {
-		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, err)
+		return nil, fmt.Errorf("mount %s: %w", remote, err)
 	}
 	log := opts.Logger
 	if log == nil {
@@ -164,11 +164,11 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		log.Info("the server created the mount's host directories", zap.Strings("created", names))
 	}
 	if e != 0 {
-		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, e)
+		return nil, fmt.Errorf("mount %s: %w", remote, e)
 	}
 	rootAttr := resp.GetRoot()
 	if rootAttr == nil || rootAttr.GetMode()&syscall.S_IFMT != syscall.S_IFDIR {
-		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, syscall.ENOTDIR)
+		return nil, fmt.Errorf("mount %s: %w", remote, syscall.ENOTDIR)
 	}
 
 	policy := opts.Cache.resolve(resp.GetFsKind())
@@ -223,11 +223,11 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 	}
 	stdLog, err := zap.NewStdLogAt(log.Named("fuse"), fuseLevel)
 	if err != nil {
-		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, err)
+		return nil, fmt.Errorf("mount %s: %w", remote, err)
 	}
 	diagLog, err := zap.NewStdLogAt(log.Named("fuse"), zap.WarnLevel)
 	if err != nil {
-		return nil, fmt.Errorf("qtfs-client: mount %s: %w", remote, err)
+		return nil, fmt.Errorf("mount %s: %w", remote, err)
 	}
 	rootIno := m.inos.ino(rootAttr.GetDev(), rootAttr.GetIno())
 	// With direct I/O each write(2) reaches the client as one FUSE WRITE
@@ -276,7 +276,7 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 	}
 	server, err := fs.Mount(mountpoint, m.root, fsOpts)
 	if err != nil {
-		return nil, fmt.Errorf("qtfs-client: mount %s on %s: %w", remote, mountpoint, err)
+		return nil, fmt.Errorf("mount %s on %s: %w", remote, mountpoint, err)
 	}
 	sess.addMount(m.id)
 	if m.dev, err = mountDev(mountpoint); err == nil {

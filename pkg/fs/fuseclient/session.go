@@ -129,16 +129,16 @@ func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName
 	}
 	resp, err := client.Handshake(ctx, hello)
 	if err != nil {
-		return nil, fmt.Errorf("qtfs-client: handshake: %w", err)
+		return nil, fmt.Errorf("handshake: %w", err)
 	}
 	if resp.GetProtocolVersion() != ProtocolVersion {
-		return nil, fmt.Errorf("qtfs-client: handshake: server %q speaks protocol version %d, this client %d",
+		return nil, fmt.Errorf("handshake: server %q speaks protocol version %d, this client %d",
 			resp.GetServer(), resp.GetProtocolVersion(), ProtocolVersion)
 	}
 	chunk := maxChunk
 	if m := int(resp.GetMaxMessageBytes()); m > 0 {
 		if m-messageMargin < minChunk {
-			return nil, fmt.Errorf("qtfs-client: handshake: server %q accepts messages of %d bytes, too small",
+			return nil, fmt.Errorf("handshake: server %q accepts messages of %d bytes, too small",
 				resp.GetServer(), m)
 		}
 		chunk = min(chunk, m-messageMargin)
@@ -280,7 +280,7 @@ func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
 	}
 	up, gen := s.rc.state()
 	if !up {
-		return 0, fmt.Errorf("qtfs-client: ping %s: %w (reconnecting)", s.server, syscall.ENOTCONN)
+		return 0, fmt.Errorf("ping %s: %w (reconnecting)", s.server, syscall.ENOTCONN)
 	}
 	s.rc.genMu.RLock()
 	rtt, err := s.ping(ctx, s.rc.currentMount(gen, mount))
@@ -289,7 +289,7 @@ func (s *Session) Ping(ctx context.Context) (time.Duration, error) {
 		// The server restarted or the link broke while the mount was
 		// idle: reconnect now rather than on the next call.
 		s.rc.markDown(gen, "ping failed", err)
-		return 0, fmt.Errorf("qtfs-client: ping %s: %w (reconnecting)", s.server, syscall.ENOTCONN)
+		return 0, fmt.Errorf("ping %s: %w (reconnecting)", s.server, syscall.ENOTCONN)
 	}
 	return rtt, err
 }
@@ -299,7 +299,7 @@ func (s *Session) ping(ctx context.Context, mount uint64) (time.Duration, error)
 	start := time.Now()
 	_, err := s.client.Getattr(ctx, &qtfsv1.GetattrRequest{Mount: mount, Caller: &qtfsv1.Caller{}})
 	if err != nil {
-		return 0, fmt.Errorf("qtfs-client: ping %s: %w", s.server, err)
+		return 0, fmt.Errorf("ping %s: %w", s.server, err)
 	}
 	return time.Since(start), nil
 }
@@ -626,7 +626,7 @@ func (s *Session) RegisterMetrics(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{m.ops, m.latency, m.rpcErrors, m.readBytes, m.writtenBytes, m.openHandles,
 		m.sessionUp, m.reconnects, m.reopens} {
 		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("qtfs-client: metrics: %w", err)
+			return fmt.Errorf("metrics: %w", err)
 		}
 	}
 	return nil

@@ -95,7 +95,7 @@ func TestNewSessionRefuses(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			_, err := NewSession(ctx, cc, "fuseclient-test", zaptest.NewLogger(t))
-			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "qtfs-client: ") {
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "handshake: ") {
 				t.Errorf("NewSession error %v, want one with %q", err, tc.want)
 			}
 		})
@@ -140,7 +140,7 @@ func TestMountRefuses(t *testing.T) {
 		name, remote, want string
 	}{
 		{"relative", "srv/data", "must be absolute"},
-		{"not exported", "/", "qtfs-client: mount /: "},
+		{"not exported", "/", "mount /: "},
 		{"missing", export + "/missing", "no such file"},
 		{"not a directory", export + "/file", "not a directory"},
 	} {
