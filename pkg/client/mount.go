@@ -248,7 +248,9 @@ func Foreground(ctx context.Context, req MountRequest, newLog func(w string) (*z
 		// directory on the host. run creates the paths of its config.
 	})
 	if err != nil {
-		return fmt.Errorf("mount %s on %s: %w", req.Remote.Path, mp, err)
+		// Mount's errors name the remote path, and the mountpoint when
+		// the mount itself fails.
+		return err
 	}
 
 	ctl, err := startControl(ctlDir, Status{
