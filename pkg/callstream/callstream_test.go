@@ -2,7 +2,6 @@ package callstream_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/qtfs/qtfs/pkg/callstream"
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -392,7 +392,7 @@ func TestCallerGivingUpCancelsTheServerCall(t *testing.T) {
 func TestInflightBound(t *testing.T) {
 	e := newEnv(t, 2, false)
 	wait := e.callsAtOnce(t, 5, "block")
-	waitFor(t, func() bool { return e.fs.running.Load() == 2 })
+	testutil.WaitFor(t, "two calls to run", 10*time.Second, func() bool { return e.fs.running.Load() == 2 })
 	time.Sleep(100 * time.Millisecond) // room for a third call to start wrongly
 	if got := e.fs.peak.Load(); got != 2 {
 		t.Fatalf("%d calls ran at once, want at most 2", got)
@@ -437,7 +437,7 @@ func TestChannelPool(t *testing.T) {
 		t.Fatalf("100 calls in a row: %d channels, want one", e.binds.Load())
 	}
 	wait := e.callsAtOnce(t, 6, "block")
-	waitFor(t, func() bool { return e.fs.running.Load() == 6 })
+	testutil.WaitFor(t, "six calls to run", 10*time.Second, func() bool { return e.fs.running.Load() == 6 })
 	close(e.fs.release)
 	wait()
 	// The calls waited (WillWait watched the channel of the one that had
@@ -561,7 +561,7 @@ func TestChannelRefusedFallsBackToStream(t *testing.T) {
 	if _, err := getattr(context.Background(), e.fsc, "ok", 0); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return e.chFailures.Load() == 1 })
+	testutil.WaitFor(t, "a call-channel failure", 10*time.Second, func() bool { return e.chFailures.Load() == 1 })
 	for i := range 20 {
 		if _, err := getattr(context.Background(), e.fsc, "ok", uint64(i)); err != nil {
 			t.Fatal(err)
@@ -581,7 +581,7 @@ func TestChannelRefusedFallsBackToStream(t *testing.T) {
 	if e.binds.Load() != 1 {
 		t.Fatalf("%d channels bound after the new token, want 1", e.binds.Load())
 	}
-	waitFor(t, func() bool { return e.fs.ended.Load() >= 1 })
+	testutil.WaitFor(t, "a call to end", 10*time.Second, func() bool { return e.fs.ended.Load() >= 1 })
 }
 
 func TestChannelBreakFailsCallsInFlight(t *testing.T) {
@@ -628,7 +628,7 @@ func (e *env) startBlocked(t *testing.T, ctx context.Context) <-chan error {
 		_, err := getattr(ctx, e.fsc, "block", 0)
 		done <- err
 	}()
-	waitFor(t, func() bool { return e.fs.running.Load() == 1 })
+	testutil.WaitFor(t, "a call to run", 10*time.Second, func() bool { return e.fs.running.Load() == 1 })
 	return done
 }
 
@@ -654,17 +654,6 @@ func (e *env) waitServerCancel(t *testing.T) {
 	case <-e.fs.canceled:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the server's call was not cancelled within 5 s")
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal(errors.New("condition not met within 10 s"))
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

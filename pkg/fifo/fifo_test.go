@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/qtfs/qtfs/pkg/internal/buftest"
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -59,7 +60,7 @@ func newRig(t *testing.T) *rig {
 	r.b = b
 	t.Cleanup(func() {
 		b.Close()
-		waitFor(t, "the server's bridges to end", func() bool { return srv.active.Load() == 0 })
+		testutil.WaitFor(t, "the server's bridges to end", 10*time.Second, func() bool { return srv.active.Load() == 0 })
 	})
 	return r
 }
@@ -76,15 +77,6 @@ func (r *rig) dpuFifo(rel string) string {
 		r.t.Fatal(err)
 	}
 	return p
-}
-
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
 }
 
 // async runs f in a goroutine and returns its result channel.
@@ -208,7 +200,7 @@ func TestOpensWaitForThePeerAcross(t *testing.T) {
 		t.Fatal(err)
 	}
 	var fd int
-	waitFor(t, "a non-blocking writer open on the DPU to succeed", func() bool {
+	testutil.WaitFor(t, "a non-blocking writer open on the DPU to succeed", 10*time.Second, func() bool {
 		var err error
 		fd, err = unix.Open(r.root+in, unix.O_WRONLY|unix.O_NONBLOCK, 0)
 		return err == nil
@@ -237,10 +229,10 @@ func TestNothingLeftBehind(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "both host ends to wait", func() bool { return r.srv.active.Load() == 2 })
+		testutil.WaitFor(t, "both host ends to wait", 10*time.Second, func() bool { return r.srv.active.Load() == 2 })
 		br.Close()
 		bin.Close()
-		waitFor(t, "the host ends to be released", func() bool { return r.srv.active.Load() == 0 })
+		testutil.WaitFor(t, "the host ends to be released", 10*time.Second, func() bool { return r.srv.active.Load() == 0 })
 		if r.b.Active() != 0 {
 			t.Fatalf("%d bridges live", r.b.Active())
 		}
@@ -277,7 +269,7 @@ func TestNothingLeftBehind(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("the bridge outlived its DPU reader")
 		}
-		waitFor(t, "the host end to close", func() bool { return r.srv.active.Load() == 0 })
+		testutil.WaitFor(t, "the host end to close", 10*time.Second, func() bool { return r.srv.active.Load() == 0 })
 	})
 	t.Run("host writer dies mid-stream", func(t *testing.T) {
 		p := r.dpuFifo("crash/init-stdout")
@@ -346,7 +338,7 @@ func TestManyAtOnce(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	waitFor(t, "every bridge to end", func() bool { return r.b.Active() == 0 })
+	testutil.WaitFor(t, "every bridge to end", 10*time.Second, func() bool { return r.b.Active() == 0 })
 }
 
 // TestExitsAtOnce: the host process opens and closes its end without a

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,25 +18,16 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
 	"github.com/qtfs/qtfs/pkg/transport"
 )
-
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // TestRunServesAndStops starts the daemon as qtfs-server would, checks the
 // health service, a session, the metrics listener, then stops it.
 func TestRunServesAndStops(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "qtfs.sock")
-	metrics := freePort(t)
+	metrics := testutil.FreeAddr(t)
 	s := Settings{
 		Listen:        []string{"unix://" + sock},
 		Export:        []string{dir + ":ro"},

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -178,7 +179,7 @@ func TestEchoManyConnections(t *testing.T) {
 	if got := value(r.srv.m.bytes.WithLabelValues("to_host")); got != conns*size {
 		t.Errorf("host to_host bytes = %v, want %d", got, conns*size)
 	}
-	waitFor(t, "connections to end", func() bool { return p.Stats().Active == 0 && r.srv.Active() == 0 })
+	testutil.WaitFor(t, "connections to end", 10*time.Second, func() bool { return p.Stats().Active == 0 && r.srv.Active() == 0 })
 	if st := p.Stats(); st.Total != conns || st.Failed != 0 {
 		t.Errorf("proxy stats %+v", st)
 	}
@@ -322,7 +323,7 @@ func TestRefusedConnectionsAreClosed(t *testing.T) {
 			}).Len(); n == 0 {
 				t.Errorf("no DPU log line with reason %q; logs: %v", tc.log, r.logs.All())
 			}
-			waitFor(t, "the failure to be counted", func() bool { return p.Stats().Failed == 1 })
+			testutil.WaitFor(t, "the failure to be counted", 10*time.Second, func() bool { return p.Stats().Failed == 1 })
 		})
 	}
 }
@@ -415,7 +416,7 @@ func TestServerLimitAndList(t *testing.T) {
 	p := r.proxy("slow.sock", r.dir+"/slow.sock")
 	c1, c2 := dial(t, p), dial(t, p)
 	_, _ = c1, c2
-	waitFor(t, "two host connections", func() bool { return r.srv.Active() == 2 })
+	testutil.WaitFor(t, "two host connections", 10*time.Second, func() bool { return r.srv.Active() == 2 })
 	c3 := dial(t, p)
 	if b, err := io.ReadAll(c3); err != nil || len(b) != 0 {
 		t.Fatalf("third connection read %q, %v; want closed", b, err)
@@ -496,7 +497,7 @@ func TestListenAndClose(t *testing.T) {
 		if _, err := os.Lstat(path); !errors.Is(err, os.ErrNotExist) {
 			t.Fatalf("socket file left: %v", err)
 		}
-		waitFor(t, "the host connection to close", func() bool { return r.srv.Active() == 0 })
+		testutil.WaitFor(t, "the host connection to close", 10*time.Second, func() bool { return r.srv.Active() == 0 })
 	})
 }
 
@@ -519,15 +520,6 @@ func TestValidPath(t *testing.T) {
 				t.Fatalf("validPath(%q) = %v, want ok=%v", tc.path, err, tc.ok)
 			}
 		})
-	}
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
 	}
 }
 

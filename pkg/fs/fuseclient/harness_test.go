@@ -33,6 +33,7 @@ import (
 
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
 )
 
 const (
@@ -300,23 +301,10 @@ type testMount struct {
 	exited bool
 }
 
-// requireFUSE skips the test when it cannot mount.
-func requireFUSE(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: FUSE mount tests mount directly and need root (run the tests as root, e.g. sudo go test)")
-	}
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("skipped: /dev/fuse cannot be opened (%v): load the fuse module (modprobe fuse) or give the container /dev/fuse", err)
-	}
-	f.Close()
-}
-
 // startMount starts a child serving a mount and waits until it answers.
 func startMount(t *testing.T, cfg mountCfg) *testMount {
 	t.Helper()
-	requireFUSE(t)
+	testutil.RequireFUSE(t)
 	export := cfg.export
 	if export == "" {
 		export = t.TempDir()

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -107,19 +108,6 @@ func (c *reconnectClient) getlk(h uint64, typ uint32, start, end uint64) (*qtfsv
 	return resp.GetLock(), e
 }
 
-// waitFor polls cond until it holds; it fails the test when it does not
-// within d.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, d)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // hostLock tries to take a lock on the host file path without waiting, as
 // a host process would: an OFD record lock, or flock(2). It returns the
 // open file, which holds the lock when err is nil.
@@ -187,7 +175,7 @@ func TestReconnectLocksRetaken(t *testing.T) {
 
 	fs.restart()
 	ok := c.s.metrics.reopens.WithLabelValues("ok")
-	waitFor(t, "the locked file opened again after the restart", 10*time.Second, func() bool { return metricValue(ok) >= 1 })
+	testutil.WaitFor(t, "the locked file opened again after the restart", 10*time.Second, func() bool { return metricValue(ok) >= 1 })
 
 	c2 := newReconnectClient(t, fs, 10*time.Second)
 	h2 := c2.open(t, "f", syscall.O_RDWR)
@@ -298,7 +286,7 @@ func TestReconnectLockLost(t *testing.T) {
 			}
 			fs.restart()
 			lost := c.s.metrics.reopens.WithLabelValues("lock_lost")
-			waitFor(t, "the lost lock noticed after the restart", 10*time.Second, func() bool { return metricValue(lost) >= 1 })
+			testutil.WaitFor(t, "the lost lock noticed after the restart", 10*time.Second, func() bool { return metricValue(lost) >= 1 })
 
 			ops := []struct {
 				name string
@@ -367,12 +355,12 @@ func TestReconnectLockWaiter(t *testing.T) {
 		})
 		got <- e
 	}()
-	waitFor(t, "the waiter's call on the server", 5*time.Second, func() bool {
+	testutil.WaitFor(t, "the waiter's call on the server", 5*time.Second, func() bool {
 		return metricValue(c.s.metrics.ops.WithLabelValues("Setlk", "OK")) >= 1 && c.s.rc.inflight.Load() == 1
 	})
 	fs.restart()
 	// The waiter's handle is opened again when its call is sent again.
-	waitFor(t, "the waiter's call sent again", 10*time.Second, func() bool {
+	testutil.WaitFor(t, "the waiter's call sent again", 10*time.Second, func() bool {
 		_, gen := c.s.rc.state()
 		return gen == 2 && handleGen(c, waiter) == 2
 	})

@@ -15,23 +15,9 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
-)
 
-// skipWithoutFUSE skips a test that mounts when it cannot.
-func skipWithoutFUSE(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("skipped: FUSE mount tests mount directly and need root (run the tests as root, e.g. sudo go test)")
-	}
-	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
-	if err != nil {
-		t.Skipf("skipped: /dev/fuse cannot be opened (%v): load the fuse module (modprobe fuse) or give the container /dev/fuse", err)
-	}
-	f.Close()
-	if _, err := exec.LookPath("dd"); err != nil {
-		t.Skip("skipped: dd(1) is needed to make reads and writes through the mount (install coreutils)")
-	}
-}
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
+)
 
 // mountFlaky mounts fs's export, served by this process through session
 // c, with an operation timeout of opTimeout.
@@ -69,7 +55,7 @@ func mountFlaky(t *testing.T, fs *flakyServer, c *reconnectClient, opTimeout tim
 // as CallerKilled) long before the operation timeout, the process is
 // gone, and the mount still works.
 func TestKilledCallerCancelsParts(t *testing.T) {
-	skipWithoutFUSE(t)
+	testutil.RequireFUSE(t, "dd")
 	const size = 4 << 20
 	const opTimeout = time.Minute
 	// The kernel sends at most max_write (1 MiB) per request; the client
@@ -111,7 +97,7 @@ func TestKilledCallerCancelsParts(t *testing.T) {
 					t.Errorf("dd %d never exited", dd.Process.Pid)
 				}
 			})
-			waitFor(t, "the parts waiting on the server", 20*time.Second, func() bool {
+			testutil.WaitFor(t, "the parts waiting on the server", 20*time.Second, func() bool {
 				select {
 				case <-exited:
 					t.Fatalf("dd ended with the server answering nothing: %s", out.String())
@@ -133,7 +119,7 @@ func TestKilledCallerCancelsParts(t *testing.T) {
 				t.Fatalf("the killed dd still waits for the server %v after SIGKILL", bound)
 			}
 			callerKilled := c.s.metrics.rpcErrors.WithLabelValues(tc.op, "CallerKilled")
-			waitFor(t, "every part cancelled", bound-time.Since(killed), func() bool {
+			testutil.WaitFor(t, "every part cancelled", bound-time.Since(killed), func() bool {
 				return fs.stalled.Load() == 0 && fs.cancelled.Load() == parts && metricValue(callerKilled) == parts
 			})
 			t.Logf("dd killed: %d parts cancelled within %v", parts, time.Since(killed).Round(time.Millisecond))

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/hanwen/go-fuse/v2/posixtest"
+
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
 )
 
 // TestPosix runs every test of go-fuse's posixtest suite on a qtfs mount,
@@ -15,7 +17,7 @@ import (
 // itself when the host filesystem refuses 8 KiB values (ext4 without
 // ea_inode).
 func TestPosix(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t)
 	names := make([]string, 0, len(posixtest.All))
 	for name := range posixtest.All {
 		names = append(names, name)

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
 )
 
 const (
@@ -258,7 +259,7 @@ func probe() probeReport {
 // host's filesystem types: proc for /proc, and for /sys/fs/cgroup the
 // host's mount and every one beneath it (cgroup v1 controllers, cgroup2).
 func TestProcChroot(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t)
 	var st unix.Statfs_t
 	if err := unix.Statfs("/proc", &st); err != nil || uint64(st.Type) != unix.PROC_SUPER_MAGIC {
 		t.Skip("skipped: /proc is not a proc filesystem here")

@@ -19,6 +19,7 @@ import (
 
 	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
 	"github.com/qtfs/qtfs/pkg/internal/proctest"
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
 )
 
 // requireProcMount mounts the host's proc root with the given proc
@@ -827,7 +828,7 @@ func writeOnce(p, data string) syscall.Errno {
 // hierarchy: mkdir, limits, moving a process, errors as the host gives
 // them, each write(2) one Write RPC, rmdir.
 func TestCgroupThroughMount(t *testing.T) {
-	requireFUSE(t)
+	testutil.RequireFUSE(t)
 	dir, h := testCgroup(t)
 	tm := startMount(t, mountCfg{export: dir})
 	if err := os.Mkdir(tm.path("c"), 0o755); err != nil {
