@@ -29,9 +29,10 @@
 //
 // Invariants:
 //   - Host paths are confined like every other path of the server: the
-//     FIFO must lie beneath an export; the walk opens one component at a
-//     time beneath the export's root with O_NOFOLLOW, never following a
-//     symlink, and refuses "", ".", ".." and names with "/" or NUL. Only
+//     FIFO must lie beneath an export, and its directory is walked (and
+//     made) with hostfs's walk beneath the export's root, which never
+//     follows a symlink (ELOOP); "", ".", ".." and names with "/" or NUL
+//     are refused before. Only
 //     FIFOs are made, opened or removed; a FIFO is made only on a
 //     writable export.
 //   - No goroutine or descriptor outlives its bridge: a blocking open

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 
 	qfs "github.com/qtfs/qtfs/pkg/fs"
+	"github.com/qtfs/qtfs/pkg/fs/hostfs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -102,35 +103,29 @@ func (s *Server) locate(p []byte) (Export, []string, *bridgeError) {
 	return best, strings.Split(rel, "/"), nil
 }
 
-// openDir opens the directory of the components dirs beneath root, one
-// component at a time, never following a symlink, making the missing
-// ones when create is set. It returns an O_PATH descriptor and the
-// directories it made.
+// openDir opens the directory of the components dirs beneath root with
+// hostfs's walk (never through a symlink), making the missing ones when
+// create is set, as Mount's create does. It returns an O_PATH descriptor
+// and the directories it made.
 func openDir(root string, dirs []string, create bool) (int, []string, error) {
-	fd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, nil, err
+	rfd, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil || len(dirs) == 0 {
+		return rfd, nil, err
 	}
+	defer unix.Close(rfd)
+	rel := path.Join(dirs...)
 	var made []string
-	at := root
-	for _, d := range dirs {
-		at = path.Join(at, d)
-		next, err := unix.Openat(fd, d, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if errors.Is(err, unix.ENOENT) && create {
-			if err = unix.Mkdirat(fd, d, 0o755); err == nil {
-				made = append(made, at)
-			}
-			if err == nil || errors.Is(err, unix.EEXIST) {
-				next, err = unix.Openat(fd, d, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			}
+	if create {
+		rels, err := hostfs.MkdirBeneath(rfd, rel)
+		for _, m := range rels {
+			made = append(made, path.Join(root, m))
 		}
-		unix.Close(fd)
 		if err != nil {
 			return -1, made, err
 		}
-		fd = next
 	}
-	return fd, made, nil
+	fd, err := hostfs.OpenDirBeneath(rfd, rel)
+	return fd, made, err
 }
 
 // Bridge implements Fifo.Bridge.

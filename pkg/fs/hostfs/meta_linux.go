@@ -20,7 +20,7 @@ import (
 
 // Mount opens a directory inside an export as the root of a new mount.
 // With create it first makes the directories of the path that are missing
-// beneath the export (mkdirBeneath), with the caller's identity, and
+// beneath the export (MkdirBeneath), with the caller's identity, and
 // reports them in created. Where it may not make one, the missing
 // directory is refused: EROFS on a read-only export, EPERM on one whose
 // operations do not include Mkdir. A path that exists needs nothing made,
@@ -58,7 +58,7 @@ func (s *Server) Mount(ctx context.Context, req *qtfsv1.MountRequest) (*qtfsv1.M
 	m := &mount{fd: -1, readOnly: ex.readOnly, ops: ex.ops}
 	e := s.creds.run(req.GetCaller(), func() syscall.Errno {
 		if create && mayCreate {
-			made, err := mkdirBeneath(ex.fd, rel)
+			made, err := MkdirBeneath(ex.fd, rel)
 			for i, d := range made {
 				made[i] = path.Join(ex.path, d)
 				resp.Created = append(resp.Created, []byte(made[i]))
@@ -115,7 +115,7 @@ func (s *Server) Mount(ctx context.Context, req *qtfsv1.MountRequest) (*qtfsv1.M
 // mkdirCreate is the mode of the directories Mount makes with create.
 const mkdirCreate = 0o755
 
-// mkdirBeneath makes the directories of rel (a checked path relative to
+// MkdirBeneath makes the directories of rel (a checked path relative to
 // the export root dirfd) that are missing, as mkdir -p would, one
 // component at a time: each is opened beneath its parent (openat2,
 // RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS: a symlink on the way is ELOOP, as
@@ -123,7 +123,10 @@ const mkdirCreate = 0o755
 // mode mkdirCreate whatever the umask, owned by the identity of the
 // calling thread (the caller's). It returns the paths it made, relative
 // to dirfd, parents first, also when it fails on the way.
-func mkdirBeneath(dirfd int, rel string) ([]string, error) {
+//
+// It is exported for the Fifo service, which makes the directories of its
+// FIFOs by the same rules.
+func MkdirBeneath(dirfd int, rel string) ([]string, error) {
 	var made []string
 	fd, own := dirfd, false
 	defer func() {

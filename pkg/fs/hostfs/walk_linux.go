@@ -43,6 +43,13 @@ func openDirPath(root int, path []byte) (int, error) {
 	return openBeneath(root, string(path), unix.O_PATH|unix.O_DIRECTORY, 0)
 }
 
+// OpenDirBeneath opens the directory rel beneath the directory dirfd as
+// an O_PATH fd, as every walk of the server does (a symlink on the way is
+// ELOOP, ".." never leaves dirfd): for the Fifo service.
+func OpenDirBeneath(dirfd int, rel string) (int, error) {
+	return openDirPath(dirfd, []byte(rel))
+}
+
 // openDir opens the directory path beneath the mount's root as an O_PATH
 // fd; for the root itself ("") it returns the mount's own fd, which
 // closeDir leaves open. Most requests name a file at the top of a mount
