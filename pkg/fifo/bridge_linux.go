@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -19,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	qfs "github.com/qtfs/qtfs/pkg/fs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -161,11 +161,8 @@ func (b *Bridger) Resolve(p string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("fifo %s: %w", p, err)
 	}
-	if b.root == "/" {
-		return real, nil
-	}
-	rel, ok := strings.CutPrefix(real, b.root)
-	if !ok || (rel != "" && rel[0] != '/') {
+	rel, ok := qfs.InRoot(real, b.root)
+	if !ok {
 		return "", fmt.Errorf("fifo %s: resolves to %s, outside the root %s", p, real, b.root)
 	}
 	return rel, nil

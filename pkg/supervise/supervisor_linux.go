@@ -13,6 +13,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	qfs "github.com/qtfs/qtfs/pkg/fs"
 )
 
 // StatfsFunc answers statfs for a file the supervisor opened (O_PATH) as
@@ -182,7 +184,8 @@ func (s *Supervisor) statfs(n *notif, resp *notifResp) bool {
 		return false
 	}
 	if err != nil {
-		resp.Error = -int32(errnoOf(err))
+		e, _ := qfs.ToErrno(err)
+		resp.Error = -int32(e)
 		return true
 	}
 	buf := unsafe.Slice((*byte)(unsafe.Pointer(&st)), unsafe.Sizeof(st))
@@ -211,14 +214,11 @@ func openInCaller(tid int, p string) (*os.File, error) {
 		if err != nil {
 			return nil, err
 		}
-		rel, in := strings.CutPrefix(cwd, root)
-		if root == "/" {
-			rel, in = cwd, true
-		}
-		if !in || (rel != "" && rel[0] != '/') {
+		wd, in := qfs.InRoot(cwd, root)
+		if !in {
 			return nil, fmt.Errorf("supervise: the working directory %s of %d is outside its root %s", cwd, tid, root)
 		}
-		p = path.Join("/", rel, p)
+		p = path.Join(wd, p)
 	}
 	rootFd, err := unix.Open(proc+"/root", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -253,13 +253,4 @@ func callerIDs(tid int) (uid, gid uint32) {
 		}
 	}
 	return uid, gid
-}
-
-// errnoOf is err's errno, EIO when it has none.
-func errnoOf(err error) unix.Errno {
-	var e unix.Errno
-	if errors.As(err, &e) {
-		return e
-	}
-	return unix.EIO
 }

@@ -7,6 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	qfs "github.com/qtfs/qtfs/pkg/fs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -29,8 +30,8 @@ func HostStatfs(f *os.File, uid, gid uint32) (st unix.Statfs_t, ok bool, err err
 	if err != nil {
 		return st, false, err
 	}
-	rel, in := strings.CutPrefix(p, m.mountpoint)
-	if !in || (rel != "" && rel[0] != '/') {
+	rel, in := qfs.InRoot(p, m.mountpoint)
+	if !in {
 		return st, false, nil
 	}
 	resp, e := call(m.sess, m.timeout, "Statfs", m.sess.client.Statfs,
