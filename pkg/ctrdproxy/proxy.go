@@ -517,9 +517,7 @@ func (p *Proxy) getTask(ctx context.Context, req []byte, call func([]byte) ([]by
 	need := pio == nil
 	if pio != nil {
 		for _, br := range pio.bridges {
-			// A bridge that carried EOF is done for good; one that was
-			// cut (its DPU reader went away) is made again.
-			if br != nil && !br.EOF() && isDone(br) {
+			if br != nil && !serves(br) {
 				need = true
 			}
 		}
@@ -534,7 +532,7 @@ func (p *Proxy) getTask(ctx context.Context, req []byte, call func([]byte) ([]by
 		fresh.made = pio.made
 	}
 	for stream, num := range [3]protowire.Number{processStdin, processStdout, processStderr} {
-		if pio != nil && pio.bridges[stream] != nil && (!isDone(pio.bridges[stream]) || pio.bridges[stream].EOF()) {
+		if pio != nil && pio.bridges[stream] != nil && serves(pio.bridges[stream]) {
 			fresh.bridges[stream] = pio.bridges[stream]
 			continue
 		}
@@ -561,12 +559,15 @@ func (p *Proxy) getTask(ctx context.Context, req []byte, call func([]byte) ([]by
 	return resp, nil
 }
 
-func isDone(br *fifo.Bridge) bool {
+// serves reports whether br needs no making again: it still runs, or it
+// carried EOF (done for good); one that was cut (its DPU reader went away)
+// is made again.
+func serves(br *fifo.Bridge) bool {
 	select {
 	case <-br.Done():
-		return true
+		return br.EOF()
 	default:
-		return false
+		return true
 	}
 }
 
