@@ -110,6 +110,9 @@ var fileSystemMethods = []method{
 	{name: "Readdir", handles: []string{"handle"}, retry: replayAlways},
 	{name: "Statfs", mount: "mount", retry: replayAlways},
 	{name: "Mounts", mount: "mount", retry: replayAlways},
+	// A mount made twice stacks: never replayed.
+	{name: "MountOnHost", mount: "mount", retry: replayNever},
+	{name: "UnmountOnHost", mount: "mount", retry: replayNever},
 	{name: "Getxattr", mount: "mount", retry: replayAlways},
 	{name: "Setxattr", mount: "mount", retry: replayUnlessFlagged},
 	{name: "Listxattr", mount: "mount", retry: replayAlways},

@@ -165,6 +165,16 @@ func (c *DirectClient) Statfs(ctx context.Context, in *qtfsv1.StatfsRequest, _ .
 	return call(c, ctx, qtfsv1.FileSystem_Statfs_FullMethodName, in, c.s.Statfs)
 }
 
+// MountOnHost calls Server.MountOnHost.
+func (c *DirectClient) MountOnHost(ctx context.Context, in *qtfsv1.MountOnHostRequest, _ ...grpc.CallOption) (*qtfsv1.ErrnoResponse, error) {
+	return call(c, ctx, qtfsv1.FileSystem_MountOnHost_FullMethodName, in, c.s.MountOnHost)
+}
+
+// UnmountOnHost calls Server.UnmountOnHost.
+func (c *DirectClient) UnmountOnHost(ctx context.Context, in *qtfsv1.UnmountOnHostRequest, _ ...grpc.CallOption) (*qtfsv1.ErrnoResponse, error) {
+	return call(c, ctx, qtfsv1.FileSystem_UnmountOnHost_FullMethodName, in, c.s.UnmountOnHost)
+}
+
 // Getxattr calls Server.Getxattr.
 func (c *DirectClient) Getxattr(ctx context.Context, in *qtfsv1.GetxattrRequest, _ ...grpc.CallOption) (*qtfsv1.GetxattrResponse, error) {
 	return call(c, ctx, qtfsv1.FileSystem_Getxattr_FullMethodName, in, c.s.Getxattr)

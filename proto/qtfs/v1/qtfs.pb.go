@@ -3752,6 +3752,216 @@ func (x *StatfsResponse) GetFlags() uint64 {
 	return 0
 }
 
+// MountOnHostRequest is mount(2) with its paths made relative to a mount:
+// each is a path beneath the mount's root as the header of this file
+// defines it, walked on the host without following symlinks (the DPU
+// resolved them already), confined beneath the mount's export.
+type MountOnHostRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mount uint64                 `protobuf:"varint,1,opt,name=mount,proto3" json:"mount,omitempty"`
+	// The caller; it must be root.
+	Caller *Caller `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
+	// Where the mount goes; never the root of an export.
+	Target []byte `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	// The filesystem type of a new mount ("overlay", "tmpfs"); empty for a
+	// bind, a remount or a change of propagation.
+	FsType string `protobuf:"bytes,4,opt,name=fs_type,json=fsType,proto3" json:"fs_type,omitempty"`
+	// mount(2)'s flags (MS_*).
+	Flags uint64 `protobuf:"varint,5,opt,name=flags,proto3" json:"flags,omitempty"`
+	// The name a new mount shows as its source ("overlay", "tmpfs").
+	Source string `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	// MS_BIND: the directory or file bound onto target.
+	Bind []byte `protobuf:"bytes,7,opt,name=bind,proto3" json:"bind,omitempty"`
+	// overlay: the layers, uppermost lower first; upper and work are empty
+	// for a read-only overlay.
+	Lower [][]byte `protobuf:"bytes,8,rep,name=lower,proto3" json:"lower,omitempty"`
+	Upper []byte   `protobuf:"bytes,9,opt,name=upper,proto3" json:"upper,omitempty"`
+	Work  []byte   `protobuf:"bytes,10,opt,name=work,proto3" json:"work,omitempty"`
+	// The comma-separated options other than the layers ("index=off",
+	// "size=64m,mode=1777"), as mount(2)'s data.
+	Options       string `protobuf:"bytes,11,opt,name=options,proto3" json:"options,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountOnHostRequest) Reset() {
+	*x = MountOnHostRequest{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountOnHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountOnHostRequest) ProtoMessage() {}
+
+func (x *MountOnHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountOnHostRequest.ProtoReflect.Descriptor instead.
+func (*MountOnHostRequest) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *MountOnHostRequest) GetMount() uint64 {
+	if x != nil {
+		return x.Mount
+	}
+	return 0
+}
+
+func (x *MountOnHostRequest) GetCaller() *Caller {
+	if x != nil {
+		return x.Caller
+	}
+	return nil
+}
+
+func (x *MountOnHostRequest) GetTarget() []byte {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *MountOnHostRequest) GetFsType() string {
+	if x != nil {
+		return x.FsType
+	}
+	return ""
+}
+
+func (x *MountOnHostRequest) GetFlags() uint64 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
+func (x *MountOnHostRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *MountOnHostRequest) GetBind() []byte {
+	if x != nil {
+		return x.Bind
+	}
+	return nil
+}
+
+func (x *MountOnHostRequest) GetLower() [][]byte {
+	if x != nil {
+		return x.Lower
+	}
+	return nil
+}
+
+func (x *MountOnHostRequest) GetUpper() []byte {
+	if x != nil {
+		return x.Upper
+	}
+	return nil
+}
+
+func (x *MountOnHostRequest) GetWork() []byte {
+	if x != nil {
+		return x.Work
+	}
+	return nil
+}
+
+func (x *MountOnHostRequest) GetOptions() string {
+	if x != nil {
+		return x.Options
+	}
+	return ""
+}
+
+// UnmountOnHostRequest is umount2(2) of a mount a MountOnHost made (an
+// overlay, a tmpfs or a bind beneath an export).
+type UnmountOnHostRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Mount  uint64                 `protobuf:"varint,1,opt,name=mount,proto3" json:"mount,omitempty"`
+	Caller *Caller                `protobuf:"bytes,2,opt,name=caller,proto3" json:"caller,omitempty"`
+	Target []byte                 `protobuf:"bytes,3,opt,name=target,proto3" json:"target,omitempty"`
+	// umount2(2)'s flags: MNT_DETACH, MNT_FORCE, UMOUNT_NOFOLLOW.
+	Flags         uint32 `protobuf:"varint,4,opt,name=flags,proto3" json:"flags,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnmountOnHostRequest) Reset() {
+	*x = UnmountOnHostRequest{}
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnmountOnHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnmountOnHostRequest) ProtoMessage() {}
+
+func (x *UnmountOnHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnmountOnHostRequest.ProtoReflect.Descriptor instead.
+func (*UnmountOnHostRequest) Descriptor() ([]byte, []int) {
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *UnmountOnHostRequest) GetMount() uint64 {
+	if x != nil {
+		return x.Mount
+	}
+	return 0
+}
+
+func (x *UnmountOnHostRequest) GetCaller() *Caller {
+	if x != nil {
+		return x.Caller
+	}
+	return nil
+}
+
+func (x *UnmountOnHostRequest) GetTarget() []byte {
+	if x != nil {
+		return x.Target
+	}
+	return nil
+}
+
+func (x *UnmountOnHostRequest) GetFlags() uint32 {
+	if x != nil {
+		return x.Flags
+	}
+	return 0
+}
+
 type GetxattrRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Mount  uint64                 `protobuf:"varint,1,opt,name=mount,proto3" json:"mount,omitempty"`
@@ -3766,7 +3976,7 @@ type GetxattrRequest struct {
 
 func (x *GetxattrRequest) Reset() {
 	*x = GetxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3778,7 +3988,7 @@ func (x *GetxattrRequest) String() string {
 func (*GetxattrRequest) ProtoMessage() {}
 
 func (x *GetxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[45]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3791,7 +4001,7 @@ func (x *GetxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetxattrRequest.ProtoReflect.Descriptor instead.
 func (*GetxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{45}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetxattrRequest) GetMount() uint64 {
@@ -3841,7 +4051,7 @@ type GetxattrResponse struct {
 
 func (x *GetxattrResponse) Reset() {
 	*x = GetxattrResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3853,7 +4063,7 @@ func (x *GetxattrResponse) String() string {
 func (*GetxattrResponse) ProtoMessage() {}
 
 func (x *GetxattrResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[46]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3866,7 +4076,7 @@ func (x *GetxattrResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetxattrResponse.ProtoReflect.Descriptor instead.
 func (*GetxattrResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{46}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetxattrResponse) GetErrno() int32 {
@@ -3905,7 +4115,7 @@ type SetxattrRequest struct {
 
 func (x *SetxattrRequest) Reset() {
 	*x = SetxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3917,7 +4127,7 @@ func (x *SetxattrRequest) String() string {
 func (*SetxattrRequest) ProtoMessage() {}
 
 func (x *SetxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[47]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3930,7 +4140,7 @@ func (x *SetxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetxattrRequest.ProtoReflect.Descriptor instead.
 func (*SetxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{47}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SetxattrRequest) GetMount() uint64 {
@@ -3988,7 +4198,7 @@ type ListxattrRequest struct {
 
 func (x *ListxattrRequest) Reset() {
 	*x = ListxattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4000,7 +4210,7 @@ func (x *ListxattrRequest) String() string {
 func (*ListxattrRequest) ProtoMessage() {}
 
 func (x *ListxattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[48]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4013,7 +4223,7 @@ func (x *ListxattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListxattrRequest.ProtoReflect.Descriptor instead.
 func (*ListxattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{48}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListxattrRequest) GetMount() uint64 {
@@ -4056,7 +4266,7 @@ type ListxattrResponse struct {
 
 func (x *ListxattrResponse) Reset() {
 	*x = ListxattrResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4068,7 +4278,7 @@ func (x *ListxattrResponse) String() string {
 func (*ListxattrResponse) ProtoMessage() {}
 
 func (x *ListxattrResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[49]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4081,7 +4291,7 @@ func (x *ListxattrResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListxattrResponse.ProtoReflect.Descriptor instead.
 func (*ListxattrResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{49}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListxattrResponse) GetErrno() int32 {
@@ -4117,7 +4327,7 @@ type RemovexattrRequest struct {
 
 func (x *RemovexattrRequest) Reset() {
 	*x = RemovexattrRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4129,7 +4339,7 @@ func (x *RemovexattrRequest) String() string {
 func (*RemovexattrRequest) ProtoMessage() {}
 
 func (x *RemovexattrRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[50]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4142,7 +4352,7 @@ func (x *RemovexattrRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemovexattrRequest.ProtoReflect.Descriptor instead.
 func (*RemovexattrRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{50}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RemovexattrRequest) GetMount() uint64 {
@@ -4185,7 +4395,7 @@ type FallocateRequest struct {
 
 func (x *FallocateRequest) Reset() {
 	*x = FallocateRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4197,7 +4407,7 @@ func (x *FallocateRequest) String() string {
 func (*FallocateRequest) ProtoMessage() {}
 
 func (x *FallocateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[51]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4210,7 +4420,7 @@ func (x *FallocateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FallocateRequest.ProtoReflect.Descriptor instead.
 func (*FallocateRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{51}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *FallocateRequest) GetHandle() uint64 {
@@ -4253,7 +4463,7 @@ type LseekRequest struct {
 
 func (x *LseekRequest) Reset() {
 	*x = LseekRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4265,7 +4475,7 @@ func (x *LseekRequest) String() string {
 func (*LseekRequest) ProtoMessage() {}
 
 func (x *LseekRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[52]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4278,7 +4488,7 @@ func (x *LseekRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LseekRequest.ProtoReflect.Descriptor instead.
 func (*LseekRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{52}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *LseekRequest) GetHandle() uint64 {
@@ -4312,7 +4522,7 @@ type LseekResponse struct {
 
 func (x *LseekResponse) Reset() {
 	*x = LseekResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4324,7 +4534,7 @@ func (x *LseekResponse) String() string {
 func (*LseekResponse) ProtoMessage() {}
 
 func (x *LseekResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[53]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4337,7 +4547,7 @@ func (x *LseekResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LseekResponse.ProtoReflect.Descriptor instead.
 func (*LseekResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{53}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *LseekResponse) GetErrno() int32 {
@@ -4368,7 +4578,7 @@ type CopyFileRangeRequest struct {
 
 func (x *CopyFileRangeRequest) Reset() {
 	*x = CopyFileRangeRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4380,7 +4590,7 @@ func (x *CopyFileRangeRequest) String() string {
 func (*CopyFileRangeRequest) ProtoMessage() {}
 
 func (x *CopyFileRangeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[54]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4393,7 +4603,7 @@ func (x *CopyFileRangeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyFileRangeRequest.ProtoReflect.Descriptor instead.
 func (*CopyFileRangeRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{54}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *CopyFileRangeRequest) GetHandleIn() uint64 {
@@ -4448,7 +4658,7 @@ type CopyFileRangeResponse struct {
 
 func (x *CopyFileRangeResponse) Reset() {
 	*x = CopyFileRangeResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4460,7 +4670,7 @@ func (x *CopyFileRangeResponse) String() string {
 func (*CopyFileRangeResponse) ProtoMessage() {}
 
 func (x *CopyFileRangeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[55]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4473,7 +4683,7 @@ func (x *CopyFileRangeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyFileRangeResponse.ProtoReflect.Descriptor instead.
 func (*CopyFileRangeResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{55}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *CopyFileRangeResponse) GetErrno() int32 {
@@ -4505,7 +4715,7 @@ type Lock struct {
 
 func (x *Lock) Reset() {
 	*x = Lock{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4517,7 +4727,7 @@ func (x *Lock) String() string {
 func (*Lock) ProtoMessage() {}
 
 func (x *Lock) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[56]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4530,7 +4740,7 @@ func (x *Lock) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Lock.ProtoReflect.Descriptor instead.
 func (*Lock) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{56}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *Lock) GetStart() uint64 {
@@ -4573,7 +4783,7 @@ type GetlkRequest struct {
 
 func (x *GetlkRequest) Reset() {
 	*x = GetlkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4585,7 +4795,7 @@ func (x *GetlkRequest) String() string {
 func (*GetlkRequest) ProtoMessage() {}
 
 func (x *GetlkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[57]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4598,7 +4808,7 @@ func (x *GetlkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetlkRequest.ProtoReflect.Descriptor instead.
 func (*GetlkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{57}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *GetlkRequest) GetHandle() uint64 {
@@ -4633,7 +4843,7 @@ type GetlkResponse struct {
 
 func (x *GetlkResponse) Reset() {
 	*x = GetlkResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4645,7 +4855,7 @@ func (x *GetlkResponse) String() string {
 func (*GetlkResponse) ProtoMessage() {}
 
 func (x *GetlkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[58]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4658,7 +4868,7 @@ func (x *GetlkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetlkResponse.ProtoReflect.Descriptor instead.
 func (*GetlkResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{58}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *GetlkResponse) GetErrno() int32 {
@@ -4690,7 +4900,7 @@ type SetlkRequest struct {
 
 func (x *SetlkRequest) Reset() {
 	*x = SetlkRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4702,7 +4912,7 @@ func (x *SetlkRequest) String() string {
 func (*SetlkRequest) ProtoMessage() {}
 
 func (x *SetlkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[59]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4715,7 +4925,7 @@ func (x *SetlkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetlkRequest.ProtoReflect.Descriptor instead.
 func (*SetlkRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{59}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *SetlkRequest) GetHandle() uint64 {
@@ -4769,7 +4979,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4781,7 +4991,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[60]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4794,7 +5004,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{60}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *ExecRequest) GetMsg() isExecRequest_Msg {
@@ -4910,7 +5120,7 @@ type ExecStart struct {
 
 func (x *ExecStart) Reset() {
 	*x = ExecStart{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4922,7 +5132,7 @@ func (x *ExecStart) String() string {
 func (*ExecStart) ProtoMessage() {}
 
 func (x *ExecStart) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[61]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4935,7 +5145,7 @@ func (x *ExecStart) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStart.ProtoReflect.Descriptor instead.
 func (*ExecStart) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{61}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *ExecStart) GetBinary() []byte {
@@ -5006,7 +5216,7 @@ type WindowSize struct {
 
 func (x *WindowSize) Reset() {
 	*x = WindowSize{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5018,7 +5228,7 @@ func (x *WindowSize) String() string {
 func (*WindowSize) ProtoMessage() {}
 
 func (x *WindowSize) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[62]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5031,7 +5241,7 @@ func (x *WindowSize) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WindowSize.ProtoReflect.Descriptor instead.
 func (*WindowSize) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{62}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *WindowSize) GetRows() uint32 {
@@ -5079,7 +5289,7 @@ type ExecFile struct {
 
 func (x *ExecFile) Reset() {
 	*x = ExecFile{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5091,7 +5301,7 @@ func (x *ExecFile) String() string {
 func (*ExecFile) ProtoMessage() {}
 
 func (x *ExecFile) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[63]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5104,7 +5314,7 @@ func (x *ExecFile) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecFile.ProtoReflect.Descriptor instead.
 func (*ExecFile) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{63}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ExecFile) GetFd() uint32 {
@@ -5150,7 +5360,7 @@ type ExecResponse struct {
 
 func (x *ExecResponse) Reset() {
 	*x = ExecResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5162,7 +5372,7 @@ func (x *ExecResponse) String() string {
 func (*ExecResponse) ProtoMessage() {}
 
 func (x *ExecResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[64]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5175,7 +5385,7 @@ func (x *ExecResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResponse.ProtoReflect.Descriptor instead.
 func (*ExecResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{64}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ExecResponse) GetMsg() isExecResponse_Msg {
@@ -5261,7 +5471,7 @@ type ExecStarted struct {
 
 func (x *ExecStarted) Reset() {
 	*x = ExecStarted{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5273,7 +5483,7 @@ func (x *ExecStarted) String() string {
 func (*ExecStarted) ProtoMessage() {}
 
 func (x *ExecStarted) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[65]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5286,7 +5496,7 @@ func (x *ExecStarted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecStarted.ProtoReflect.Descriptor instead.
 func (*ExecStarted) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{65}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *ExecStarted) GetPid() uint32 {
@@ -5318,7 +5528,7 @@ type ExecExit struct {
 
 func (x *ExecExit) Reset() {
 	*x = ExecExit{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5330,7 +5540,7 @@ func (x *ExecExit) String() string {
 func (*ExecExit) ProtoMessage() {}
 
 func (x *ExecExit) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[66]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5343,7 +5553,7 @@ func (x *ExecExit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecExit.ProtoReflect.Descriptor instead.
 func (*ExecExit) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{66}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *ExecExit) GetCode() int32 {
@@ -5381,7 +5591,7 @@ type FifoRequest struct {
 
 func (x *FifoRequest) Reset() {
 	*x = FifoRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5393,7 +5603,7 @@ func (x *FifoRequest) String() string {
 func (*FifoRequest) ProtoMessage() {}
 
 func (x *FifoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[67]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5406,7 +5616,7 @@ func (x *FifoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FifoRequest.ProtoReflect.Descriptor instead.
 func (*FifoRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{67}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *FifoRequest) GetMsg() isFifoRequest_Msg {
@@ -5481,7 +5691,7 @@ type FifoOpen struct {
 
 func (x *FifoOpen) Reset() {
 	*x = FifoOpen{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5493,7 +5703,7 @@ func (x *FifoOpen) String() string {
 func (*FifoOpen) ProtoMessage() {}
 
 func (x *FifoOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[68]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5506,7 +5716,7 @@ func (x *FifoOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FifoOpen.ProtoReflect.Descriptor instead.
 func (*FifoOpen) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{68}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *FifoOpen) GetPath() []byte {
@@ -5545,7 +5755,7 @@ type FifoResponse struct {
 
 func (x *FifoResponse) Reset() {
 	*x = FifoResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5557,7 +5767,7 @@ func (x *FifoResponse) String() string {
 func (*FifoResponse) ProtoMessage() {}
 
 func (x *FifoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[69]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5570,7 +5780,7 @@ func (x *FifoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FifoResponse.ProtoReflect.Descriptor instead.
 func (*FifoResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{69}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *FifoResponse) GetMsg() isFifoResponse_Msg {
@@ -5658,7 +5868,7 @@ type FifoReady struct {
 
 func (x *FifoReady) Reset() {
 	*x = FifoReady{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[70]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5670,7 +5880,7 @@ func (x *FifoReady) String() string {
 func (*FifoReady) ProtoMessage() {}
 
 func (x *FifoReady) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[70]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5683,7 +5893,7 @@ func (x *FifoReady) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FifoReady.ProtoReflect.Descriptor instead.
 func (*FifoReady) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{70}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *FifoReady) GetCreated() bool {
@@ -5704,7 +5914,7 @@ type FifoRemoveRequest struct {
 
 func (x *FifoRemoveRequest) Reset() {
 	*x = FifoRemoveRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[71]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5716,7 +5926,7 @@ func (x *FifoRemoveRequest) String() string {
 func (*FifoRemoveRequest) ProtoMessage() {}
 
 func (x *FifoRemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[71]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5729,7 +5939,7 @@ func (x *FifoRemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FifoRemoveRequest.ProtoReflect.Descriptor instead.
 func (*FifoRemoveRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{71}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *FifoRemoveRequest) GetPaths() [][]byte {
@@ -5753,7 +5963,7 @@ type SocketRequest struct {
 
 func (x *SocketRequest) Reset() {
 	*x = SocketRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[72]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5765,7 +5975,7 @@ func (x *SocketRequest) String() string {
 func (*SocketRequest) ProtoMessage() {}
 
 func (x *SocketRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[72]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5778,7 +5988,7 @@ func (x *SocketRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketRequest.ProtoReflect.Descriptor instead.
 func (*SocketRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{72}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *SocketRequest) GetMsg() isSocketRequest_Msg {
@@ -5851,7 +6061,7 @@ type SocketOpen struct {
 
 func (x *SocketOpen) Reset() {
 	*x = SocketOpen{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[73]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5863,7 +6073,7 @@ func (x *SocketOpen) String() string {
 func (*SocketOpen) ProtoMessage() {}
 
 func (x *SocketOpen) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[73]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5876,7 +6086,7 @@ func (x *SocketOpen) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketOpen.ProtoReflect.Descriptor instead.
 func (*SocketOpen) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{73}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *SocketOpen) GetPath() []byte {
@@ -5901,7 +6111,7 @@ type SocketResponse struct {
 
 func (x *SocketResponse) Reset() {
 	*x = SocketResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[74]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5913,7 +6123,7 @@ func (x *SocketResponse) String() string {
 func (*SocketResponse) ProtoMessage() {}
 
 func (x *SocketResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[74]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5926,7 +6136,7 @@ func (x *SocketResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketResponse.ProtoReflect.Descriptor instead.
 func (*SocketResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{74}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *SocketResponse) GetMsg() isSocketResponse_Msg {
@@ -6014,7 +6224,7 @@ type SocketConnected struct {
 
 func (x *SocketConnected) Reset() {
 	*x = SocketConnected{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[75]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6026,7 +6236,7 @@ func (x *SocketConnected) String() string {
 func (*SocketConnected) ProtoMessage() {}
 
 func (x *SocketConnected) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[75]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6039,7 +6249,7 @@ func (x *SocketConnected) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketConnected.ProtoReflect.Descriptor instead.
 func (*SocketConnected) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{75}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *SocketConnected) GetPath() []byte {
@@ -6063,7 +6273,7 @@ type SocketError struct {
 
 func (x *SocketError) Reset() {
 	*x = SocketError{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[76]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6075,7 +6285,7 @@ func (x *SocketError) String() string {
 func (*SocketError) ProtoMessage() {}
 
 func (x *SocketError) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[76]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6088,7 +6298,7 @@ func (x *SocketError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketError.ProtoReflect.Descriptor instead.
 func (*SocketError) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{76}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *SocketError) GetErrno() int32 {
@@ -6113,7 +6323,7 @@ type SocketListRequest struct {
 
 func (x *SocketListRequest) Reset() {
 	*x = SocketListRequest{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[77]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6125,7 +6335,7 @@ func (x *SocketListRequest) String() string {
 func (*SocketListRequest) ProtoMessage() {}
 
 func (x *SocketListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[77]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6138,7 +6348,7 @@ func (x *SocketListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketListRequest.ProtoReflect.Descriptor instead.
 func (*SocketListRequest) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{77}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{79}
 }
 
 type SocketListResponse struct {
@@ -6151,7 +6361,7 @@ type SocketListResponse struct {
 
 func (x *SocketListResponse) Reset() {
 	*x = SocketListResponse{}
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[78]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6163,7 +6373,7 @@ func (x *SocketListResponse) String() string {
 func (*SocketListResponse) ProtoMessage() {}
 
 func (x *SocketListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_qtfs_v1_qtfs_proto_msgTypes[78]
+	mi := &file_qtfs_v1_qtfs_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6176,7 +6386,7 @@ func (x *SocketListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SocketListResponse.ProtoReflect.Descriptor instead.
 func (*SocketListResponse) Descriptor() ([]byte, []int) {
-	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{78}
+	return file_qtfs_v1_qtfs_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *SocketListResponse) GetPaths() [][]byte {
@@ -6464,7 +6674,25 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\x06frsize\x18\t \x01(\rR\x06frsize\x12\x12\n" +
 	"\x04type\x18\n" +
 	" \x01(\x03R\x04type\x12\x14\n" +
-	"\x05flags\x18\v \x01(\x04R\x05flags\"\x8c\x01\n" +
+	"\x05flags\x18\v \x01(\x04R\x05flags\"\xa0\x02\n" +
+	"\x12MountOnHostRequest\x12\x14\n" +
+	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
+	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\fR\x06target\x12\x17\n" +
+	"\afs_type\x18\x04 \x01(\tR\x06fsType\x12\x14\n" +
+	"\x05flags\x18\x05 \x01(\x04R\x05flags\x12\x16\n" +
+	"\x06source\x18\x06 \x01(\tR\x06source\x12\x12\n" +
+	"\x04bind\x18\a \x01(\fR\x04bind\x12\x14\n" +
+	"\x05lower\x18\b \x03(\fR\x05lower\x12\x14\n" +
+	"\x05upper\x18\t \x01(\fR\x05upper\x12\x12\n" +
+	"\x04work\x18\n" +
+	" \x01(\fR\x04work\x12\x18\n" +
+	"\aoptions\x18\v \x01(\tR\aoptions\"\x83\x01\n" +
+	"\x14UnmountOnHostRequest\x12\x14\n" +
+	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
+	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x16\n" +
+	"\x06target\x18\x03 \x01(\fR\x06target\x12\x14\n" +
+	"\x05flags\x18\x04 \x01(\rR\x05flags\"\x8c\x01\n" +
 	"\x0fGetxattrRequest\x12\x14\n" +
 	"\x05mount\x18\x01 \x01(\x04R\x05mount\x12'\n" +
 	"\x06caller\x18\x02 \x01(\v2\x0f.qtfs.v1.CallerR\x06caller\x12\x12\n" +
@@ -6649,7 +6877,7 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\rFifoDirection\x12\x1e\n" +
 	"\x1aFIFO_DIRECTION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15FIFO_DIRECTION_TO_DPU\x10\x01\x12\x1b\n" +
-	"\x17FIFO_DIRECTION_FROM_DPU\x10\x022\xb8\x0f\n" +
+	"\x17FIFO_DIRECTION_FROM_DPU\x10\x022\xc4\x10\n" +
 	"\n" +
 	"FileSystem\x12B\n" +
 	"\tHandshake\x12\x19.qtfs.v1.HandshakeRequest\x1a\x1a.qtfs.v1.HandshakeResponse\x126\n" +
@@ -6674,7 +6902,9 @@ const file_qtfs_v1_qtfs_proto_rawDesc = "" +
 	"\aRelease\x12\x17.qtfs.v1.ReleaseRequest\x1a\x16.qtfs.v1.ErrnoResponse\x12<\n" +
 	"\aReaddir\x12\x17.qtfs.v1.ReaddirRequest\x1a\x18.qtfs.v1.ReaddirResponse\x129\n" +
 	"\x06Statfs\x12\x16.qtfs.v1.StatfsRequest\x1a\x17.qtfs.v1.StatfsResponse\x129\n" +
-	"\x06Mounts\x12\x16.qtfs.v1.MountsRequest\x1a\x17.qtfs.v1.MountsResponse\x12?\n" +
+	"\x06Mounts\x12\x16.qtfs.v1.MountsRequest\x1a\x17.qtfs.v1.MountsResponse\x12B\n" +
+	"\vMountOnHost\x12\x1b.qtfs.v1.MountOnHostRequest\x1a\x16.qtfs.v1.ErrnoResponse\x12F\n" +
+	"\rUnmountOnHost\x12\x1d.qtfs.v1.UnmountOnHostRequest\x1a\x16.qtfs.v1.ErrnoResponse\x12?\n" +
 	"\bGetxattr\x12\x18.qtfs.v1.GetxattrRequest\x1a\x19.qtfs.v1.GetxattrResponse\x12<\n" +
 	"\bSetxattr\x12\x18.qtfs.v1.SetxattrRequest\x1a\x16.qtfs.v1.ErrnoResponse\x12B\n" +
 	"\tListxattr\x12\x19.qtfs.v1.ListxattrRequest\x1a\x1a.qtfs.v1.ListxattrResponse\x12B\n" +
@@ -6707,7 +6937,7 @@ func file_qtfs_v1_qtfs_proto_rawDescGZIP() []byte {
 }
 
 var file_qtfs_v1_qtfs_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_qtfs_v1_qtfs_proto_msgTypes = make([]protoimpl.MessageInfo, 81)
 var file_qtfs_v1_qtfs_proto_goTypes = []any{
 	(Feature)(0),                  // 0: qtfs.v1.Feature
 	(FsKind)(0),                   // 1: qtfs.v1.FsKind
@@ -6758,40 +6988,42 @@ var file_qtfs_v1_qtfs_proto_goTypes = []any{
 	(*HostMount)(nil),             // 46: qtfs.v1.HostMount
 	(*StatfsRequest)(nil),         // 47: qtfs.v1.StatfsRequest
 	(*StatfsResponse)(nil),        // 48: qtfs.v1.StatfsResponse
-	(*GetxattrRequest)(nil),       // 49: qtfs.v1.GetxattrRequest
-	(*GetxattrResponse)(nil),      // 50: qtfs.v1.GetxattrResponse
-	(*SetxattrRequest)(nil),       // 51: qtfs.v1.SetxattrRequest
-	(*ListxattrRequest)(nil),      // 52: qtfs.v1.ListxattrRequest
-	(*ListxattrResponse)(nil),     // 53: qtfs.v1.ListxattrResponse
-	(*RemovexattrRequest)(nil),    // 54: qtfs.v1.RemovexattrRequest
-	(*FallocateRequest)(nil),      // 55: qtfs.v1.FallocateRequest
-	(*LseekRequest)(nil),          // 56: qtfs.v1.LseekRequest
-	(*LseekResponse)(nil),         // 57: qtfs.v1.LseekResponse
-	(*CopyFileRangeRequest)(nil),  // 58: qtfs.v1.CopyFileRangeRequest
-	(*CopyFileRangeResponse)(nil), // 59: qtfs.v1.CopyFileRangeResponse
-	(*Lock)(nil),                  // 60: qtfs.v1.Lock
-	(*GetlkRequest)(nil),          // 61: qtfs.v1.GetlkRequest
-	(*GetlkResponse)(nil),         // 62: qtfs.v1.GetlkResponse
-	(*SetlkRequest)(nil),          // 63: qtfs.v1.SetlkRequest
-	(*ExecRequest)(nil),           // 64: qtfs.v1.ExecRequest
-	(*ExecStart)(nil),             // 65: qtfs.v1.ExecStart
-	(*WindowSize)(nil),            // 66: qtfs.v1.WindowSize
-	(*ExecFile)(nil),              // 67: qtfs.v1.ExecFile
-	(*ExecResponse)(nil),          // 68: qtfs.v1.ExecResponse
-	(*ExecStarted)(nil),           // 69: qtfs.v1.ExecStarted
-	(*ExecExit)(nil),              // 70: qtfs.v1.ExecExit
-	(*FifoRequest)(nil),           // 71: qtfs.v1.FifoRequest
-	(*FifoOpen)(nil),              // 72: qtfs.v1.FifoOpen
-	(*FifoResponse)(nil),          // 73: qtfs.v1.FifoResponse
-	(*FifoReady)(nil),             // 74: qtfs.v1.FifoReady
-	(*FifoRemoveRequest)(nil),     // 75: qtfs.v1.FifoRemoveRequest
-	(*SocketRequest)(nil),         // 76: qtfs.v1.SocketRequest
-	(*SocketOpen)(nil),            // 77: qtfs.v1.SocketOpen
-	(*SocketResponse)(nil),        // 78: qtfs.v1.SocketResponse
-	(*SocketConnected)(nil),       // 79: qtfs.v1.SocketConnected
-	(*SocketError)(nil),           // 80: qtfs.v1.SocketError
-	(*SocketListRequest)(nil),     // 81: qtfs.v1.SocketListRequest
-	(*SocketListResponse)(nil),    // 82: qtfs.v1.SocketListResponse
+	(*MountOnHostRequest)(nil),    // 49: qtfs.v1.MountOnHostRequest
+	(*UnmountOnHostRequest)(nil),  // 50: qtfs.v1.UnmountOnHostRequest
+	(*GetxattrRequest)(nil),       // 51: qtfs.v1.GetxattrRequest
+	(*GetxattrResponse)(nil),      // 52: qtfs.v1.GetxattrResponse
+	(*SetxattrRequest)(nil),       // 53: qtfs.v1.SetxattrRequest
+	(*ListxattrRequest)(nil),      // 54: qtfs.v1.ListxattrRequest
+	(*ListxattrResponse)(nil),     // 55: qtfs.v1.ListxattrResponse
+	(*RemovexattrRequest)(nil),    // 56: qtfs.v1.RemovexattrRequest
+	(*FallocateRequest)(nil),      // 57: qtfs.v1.FallocateRequest
+	(*LseekRequest)(nil),          // 58: qtfs.v1.LseekRequest
+	(*LseekResponse)(nil),         // 59: qtfs.v1.LseekResponse
+	(*CopyFileRangeRequest)(nil),  // 60: qtfs.v1.CopyFileRangeRequest
+	(*CopyFileRangeResponse)(nil), // 61: qtfs.v1.CopyFileRangeResponse
+	(*Lock)(nil),                  // 62: qtfs.v1.Lock
+	(*GetlkRequest)(nil),          // 63: qtfs.v1.GetlkRequest
+	(*GetlkResponse)(nil),         // 64: qtfs.v1.GetlkResponse
+	(*SetlkRequest)(nil),          // 65: qtfs.v1.SetlkRequest
+	(*ExecRequest)(nil),           // 66: qtfs.v1.ExecRequest
+	(*ExecStart)(nil),             // 67: qtfs.v1.ExecStart
+	(*WindowSize)(nil),            // 68: qtfs.v1.WindowSize
+	(*ExecFile)(nil),              // 69: qtfs.v1.ExecFile
+	(*ExecResponse)(nil),          // 70: qtfs.v1.ExecResponse
+	(*ExecStarted)(nil),           // 71: qtfs.v1.ExecStarted
+	(*ExecExit)(nil),              // 72: qtfs.v1.ExecExit
+	(*FifoRequest)(nil),           // 73: qtfs.v1.FifoRequest
+	(*FifoOpen)(nil),              // 74: qtfs.v1.FifoOpen
+	(*FifoResponse)(nil),          // 75: qtfs.v1.FifoResponse
+	(*FifoReady)(nil),             // 76: qtfs.v1.FifoReady
+	(*FifoRemoveRequest)(nil),     // 77: qtfs.v1.FifoRemoveRequest
+	(*SocketRequest)(nil),         // 78: qtfs.v1.SocketRequest
+	(*SocketOpen)(nil),            // 79: qtfs.v1.SocketOpen
+	(*SocketResponse)(nil),        // 80: qtfs.v1.SocketResponse
+	(*SocketConnected)(nil),       // 81: qtfs.v1.SocketConnected
+	(*SocketError)(nil),           // 82: qtfs.v1.SocketError
+	(*SocketListRequest)(nil),     // 83: qtfs.v1.SocketListRequest
+	(*SocketListResponse)(nil),    // 84: qtfs.v1.SocketListResponse
 }
 var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	0,  // 0: qtfs.v1.HandshakeRequest.features:type_name -> qtfs.v1.Feature
@@ -6828,107 +7060,113 @@ var file_qtfs_v1_qtfs_proto_depIdxs = []int32{
 	42, // 31: qtfs.v1.ReaddirResponse.entries:type_name -> qtfs.v1.DirEntry
 	46, // 32: qtfs.v1.MountsResponse.mounts:type_name -> qtfs.v1.HostMount
 	12, // 33: qtfs.v1.StatfsRequest.caller:type_name -> qtfs.v1.Caller
-	12, // 34: qtfs.v1.GetxattrRequest.caller:type_name -> qtfs.v1.Caller
-	12, // 35: qtfs.v1.SetxattrRequest.caller:type_name -> qtfs.v1.Caller
-	12, // 36: qtfs.v1.ListxattrRequest.caller:type_name -> qtfs.v1.Caller
-	12, // 37: qtfs.v1.RemovexattrRequest.caller:type_name -> qtfs.v1.Caller
-	60, // 38: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
-	60, // 39: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
-	60, // 40: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
-	65, // 41: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
-	66, // 42: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
-	66, // 43: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
-	67, // 44: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
-	69, // 45: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
-	70, // 46: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
-	72, // 47: qtfs.v1.FifoRequest.open:type_name -> qtfs.v1.FifoOpen
-	3,  // 48: qtfs.v1.FifoOpen.direction:type_name -> qtfs.v1.FifoDirection
-	74, // 49: qtfs.v1.FifoResponse.ready:type_name -> qtfs.v1.FifoReady
-	80, // 50: qtfs.v1.FifoResponse.error:type_name -> qtfs.v1.SocketError
-	77, // 51: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
-	79, // 52: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
-	80, // 53: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
-	7,  // 54: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
-	10, // 55: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
-	17, // 56: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
-	18, // 57: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
-	19, // 58: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
-	20, // 59: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
-	22, // 60: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
-	23, // 61: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
-	24, // 62: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
-	25, // 63: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
-	26, // 64: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
-	27, // 65: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
-	28, // 66: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
-	29, // 67: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
-	32, // 68: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
-	34, // 69: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
-	36, // 70: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
-	38, // 71: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
-	39, // 72: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
-	40, // 73: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
-	41, // 74: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
-	47, // 75: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
-	44, // 76: qtfs.v1.FileSystem.Mounts:input_type -> qtfs.v1.MountsRequest
-	49, // 77: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
-	51, // 78: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
-	52, // 79: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
-	54, // 80: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
-	55, // 81: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
-	56, // 82: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
-	58, // 83: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
-	61, // 84: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
-	63, // 85: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
-	4,  // 86: qtfs.v1.FileSystem.Calls:input_type -> qtfs.v1.CallFrame
-	64, // 87: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
-	71, // 88: qtfs.v1.Fifo.Bridge:input_type -> qtfs.v1.FifoRequest
-	75, // 89: qtfs.v1.Fifo.Remove:input_type -> qtfs.v1.FifoRemoveRequest
-	76, // 90: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
-	81, // 91: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
-	8,  // 92: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
-	11, // 93: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
-	15, // 94: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
-	16, // 95: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
-	16, // 96: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
-	21, // 97: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
-	15, // 98: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
-	15, // 99: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
-	15, // 100: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
-	14, // 101: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
-	14, // 102: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
-	14, // 103: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
-	15, // 104: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
-	30, // 105: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
-	33, // 106: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
-	35, // 107: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
-	37, // 108: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
-	14, // 109: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
-	14, // 110: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
-	14, // 111: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
-	43, // 112: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
-	48, // 113: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
-	45, // 114: qtfs.v1.FileSystem.Mounts:output_type -> qtfs.v1.MountsResponse
-	50, // 115: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
-	14, // 116: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
-	53, // 117: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
-	14, // 118: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
-	14, // 119: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
-	57, // 120: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
-	59, // 121: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
-	62, // 122: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
-	14, // 123: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
-	4,  // 124: qtfs.v1.FileSystem.Calls:output_type -> qtfs.v1.CallFrame
-	68, // 125: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
-	73, // 126: qtfs.v1.Fifo.Bridge:output_type -> qtfs.v1.FifoResponse
-	14, // 127: qtfs.v1.Fifo.Remove:output_type -> qtfs.v1.ErrnoResponse
-	78, // 128: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
-	82, // 129: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
-	92, // [92:130] is the sub-list for method output_type
-	54, // [54:92] is the sub-list for method input_type
-	54, // [54:54] is the sub-list for extension type_name
-	54, // [54:54] is the sub-list for extension extendee
-	0,  // [0:54] is the sub-list for field type_name
+	12, // 34: qtfs.v1.MountOnHostRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 35: qtfs.v1.UnmountOnHostRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 36: qtfs.v1.GetxattrRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 37: qtfs.v1.SetxattrRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 38: qtfs.v1.ListxattrRequest.caller:type_name -> qtfs.v1.Caller
+	12, // 39: qtfs.v1.RemovexattrRequest.caller:type_name -> qtfs.v1.Caller
+	62, // 40: qtfs.v1.GetlkRequest.lock:type_name -> qtfs.v1.Lock
+	62, // 41: qtfs.v1.GetlkResponse.lock:type_name -> qtfs.v1.Lock
+	62, // 42: qtfs.v1.SetlkRequest.lock:type_name -> qtfs.v1.Lock
+	67, // 43: qtfs.v1.ExecRequest.start:type_name -> qtfs.v1.ExecStart
+	68, // 44: qtfs.v1.ExecRequest.resize:type_name -> qtfs.v1.WindowSize
+	68, // 45: qtfs.v1.ExecStart.window:type_name -> qtfs.v1.WindowSize
+	69, // 46: qtfs.v1.ExecStart.files:type_name -> qtfs.v1.ExecFile
+	71, // 47: qtfs.v1.ExecResponse.started:type_name -> qtfs.v1.ExecStarted
+	72, // 48: qtfs.v1.ExecResponse.exit:type_name -> qtfs.v1.ExecExit
+	74, // 49: qtfs.v1.FifoRequest.open:type_name -> qtfs.v1.FifoOpen
+	3,  // 50: qtfs.v1.FifoOpen.direction:type_name -> qtfs.v1.FifoDirection
+	76, // 51: qtfs.v1.FifoResponse.ready:type_name -> qtfs.v1.FifoReady
+	82, // 52: qtfs.v1.FifoResponse.error:type_name -> qtfs.v1.SocketError
+	79, // 53: qtfs.v1.SocketRequest.open:type_name -> qtfs.v1.SocketOpen
+	81, // 54: qtfs.v1.SocketResponse.connected:type_name -> qtfs.v1.SocketConnected
+	82, // 55: qtfs.v1.SocketResponse.error:type_name -> qtfs.v1.SocketError
+	7,  // 56: qtfs.v1.FileSystem.Handshake:input_type -> qtfs.v1.HandshakeRequest
+	10, // 57: qtfs.v1.FileSystem.Mount:input_type -> qtfs.v1.MountRequest
+	17, // 58: qtfs.v1.FileSystem.Lookup:input_type -> qtfs.v1.LookupRequest
+	18, // 59: qtfs.v1.FileSystem.Getattr:input_type -> qtfs.v1.GetattrRequest
+	19, // 60: qtfs.v1.FileSystem.Setattr:input_type -> qtfs.v1.SetattrRequest
+	20, // 61: qtfs.v1.FileSystem.Readlink:input_type -> qtfs.v1.ReadlinkRequest
+	22, // 62: qtfs.v1.FileSystem.Symlink:input_type -> qtfs.v1.SymlinkRequest
+	23, // 63: qtfs.v1.FileSystem.Mknod:input_type -> qtfs.v1.MknodRequest
+	24, // 64: qtfs.v1.FileSystem.Mkdir:input_type -> qtfs.v1.MkdirRequest
+	25, // 65: qtfs.v1.FileSystem.Unlink:input_type -> qtfs.v1.UnlinkRequest
+	26, // 66: qtfs.v1.FileSystem.Rmdir:input_type -> qtfs.v1.RmdirRequest
+	27, // 67: qtfs.v1.FileSystem.Rename:input_type -> qtfs.v1.RenameRequest
+	28, // 68: qtfs.v1.FileSystem.Link:input_type -> qtfs.v1.LinkRequest
+	29, // 69: qtfs.v1.FileSystem.Open:input_type -> qtfs.v1.OpenRequest
+	32, // 70: qtfs.v1.FileSystem.Create:input_type -> qtfs.v1.CreateRequest
+	34, // 71: qtfs.v1.FileSystem.Read:input_type -> qtfs.v1.ReadRequest
+	36, // 72: qtfs.v1.FileSystem.Write:input_type -> qtfs.v1.WriteRequest
+	38, // 73: qtfs.v1.FileSystem.Flush:input_type -> qtfs.v1.FlushRequest
+	39, // 74: qtfs.v1.FileSystem.Fsync:input_type -> qtfs.v1.FsyncRequest
+	40, // 75: qtfs.v1.FileSystem.Release:input_type -> qtfs.v1.ReleaseRequest
+	41, // 76: qtfs.v1.FileSystem.Readdir:input_type -> qtfs.v1.ReaddirRequest
+	47, // 77: qtfs.v1.FileSystem.Statfs:input_type -> qtfs.v1.StatfsRequest
+	44, // 78: qtfs.v1.FileSystem.Mounts:input_type -> qtfs.v1.MountsRequest
+	49, // 79: qtfs.v1.FileSystem.MountOnHost:input_type -> qtfs.v1.MountOnHostRequest
+	50, // 80: qtfs.v1.FileSystem.UnmountOnHost:input_type -> qtfs.v1.UnmountOnHostRequest
+	51, // 81: qtfs.v1.FileSystem.Getxattr:input_type -> qtfs.v1.GetxattrRequest
+	53, // 82: qtfs.v1.FileSystem.Setxattr:input_type -> qtfs.v1.SetxattrRequest
+	54, // 83: qtfs.v1.FileSystem.Listxattr:input_type -> qtfs.v1.ListxattrRequest
+	56, // 84: qtfs.v1.FileSystem.Removexattr:input_type -> qtfs.v1.RemovexattrRequest
+	57, // 85: qtfs.v1.FileSystem.Fallocate:input_type -> qtfs.v1.FallocateRequest
+	58, // 86: qtfs.v1.FileSystem.Lseek:input_type -> qtfs.v1.LseekRequest
+	60, // 87: qtfs.v1.FileSystem.CopyFileRange:input_type -> qtfs.v1.CopyFileRangeRequest
+	63, // 88: qtfs.v1.FileSystem.Getlk:input_type -> qtfs.v1.GetlkRequest
+	65, // 89: qtfs.v1.FileSystem.Setlk:input_type -> qtfs.v1.SetlkRequest
+	4,  // 90: qtfs.v1.FileSystem.Calls:input_type -> qtfs.v1.CallFrame
+	66, // 91: qtfs.v1.Exec.Run:input_type -> qtfs.v1.ExecRequest
+	73, // 92: qtfs.v1.Fifo.Bridge:input_type -> qtfs.v1.FifoRequest
+	77, // 93: qtfs.v1.Fifo.Remove:input_type -> qtfs.v1.FifoRemoveRequest
+	78, // 94: qtfs.v1.SocketProxy.Connect:input_type -> qtfs.v1.SocketRequest
+	83, // 95: qtfs.v1.SocketProxy.List:input_type -> qtfs.v1.SocketListRequest
+	8,  // 96: qtfs.v1.FileSystem.Handshake:output_type -> qtfs.v1.HandshakeResponse
+	11, // 97: qtfs.v1.FileSystem.Mount:output_type -> qtfs.v1.MountResponse
+	15, // 98: qtfs.v1.FileSystem.Lookup:output_type -> qtfs.v1.EntryResponse
+	16, // 99: qtfs.v1.FileSystem.Getattr:output_type -> qtfs.v1.AttrResponse
+	16, // 100: qtfs.v1.FileSystem.Setattr:output_type -> qtfs.v1.AttrResponse
+	21, // 101: qtfs.v1.FileSystem.Readlink:output_type -> qtfs.v1.ReadlinkResponse
+	15, // 102: qtfs.v1.FileSystem.Symlink:output_type -> qtfs.v1.EntryResponse
+	15, // 103: qtfs.v1.FileSystem.Mknod:output_type -> qtfs.v1.EntryResponse
+	15, // 104: qtfs.v1.FileSystem.Mkdir:output_type -> qtfs.v1.EntryResponse
+	14, // 105: qtfs.v1.FileSystem.Unlink:output_type -> qtfs.v1.ErrnoResponse
+	14, // 106: qtfs.v1.FileSystem.Rmdir:output_type -> qtfs.v1.ErrnoResponse
+	14, // 107: qtfs.v1.FileSystem.Rename:output_type -> qtfs.v1.ErrnoResponse
+	15, // 108: qtfs.v1.FileSystem.Link:output_type -> qtfs.v1.EntryResponse
+	30, // 109: qtfs.v1.FileSystem.Open:output_type -> qtfs.v1.OpenResponse
+	33, // 110: qtfs.v1.FileSystem.Create:output_type -> qtfs.v1.CreateResponse
+	35, // 111: qtfs.v1.FileSystem.Read:output_type -> qtfs.v1.ReadResponse
+	37, // 112: qtfs.v1.FileSystem.Write:output_type -> qtfs.v1.WriteResponse
+	14, // 113: qtfs.v1.FileSystem.Flush:output_type -> qtfs.v1.ErrnoResponse
+	14, // 114: qtfs.v1.FileSystem.Fsync:output_type -> qtfs.v1.ErrnoResponse
+	14, // 115: qtfs.v1.FileSystem.Release:output_type -> qtfs.v1.ErrnoResponse
+	43, // 116: qtfs.v1.FileSystem.Readdir:output_type -> qtfs.v1.ReaddirResponse
+	48, // 117: qtfs.v1.FileSystem.Statfs:output_type -> qtfs.v1.StatfsResponse
+	45, // 118: qtfs.v1.FileSystem.Mounts:output_type -> qtfs.v1.MountsResponse
+	14, // 119: qtfs.v1.FileSystem.MountOnHost:output_type -> qtfs.v1.ErrnoResponse
+	14, // 120: qtfs.v1.FileSystem.UnmountOnHost:output_type -> qtfs.v1.ErrnoResponse
+	52, // 121: qtfs.v1.FileSystem.Getxattr:output_type -> qtfs.v1.GetxattrResponse
+	14, // 122: qtfs.v1.FileSystem.Setxattr:output_type -> qtfs.v1.ErrnoResponse
+	55, // 123: qtfs.v1.FileSystem.Listxattr:output_type -> qtfs.v1.ListxattrResponse
+	14, // 124: qtfs.v1.FileSystem.Removexattr:output_type -> qtfs.v1.ErrnoResponse
+	14, // 125: qtfs.v1.FileSystem.Fallocate:output_type -> qtfs.v1.ErrnoResponse
+	59, // 126: qtfs.v1.FileSystem.Lseek:output_type -> qtfs.v1.LseekResponse
+	61, // 127: qtfs.v1.FileSystem.CopyFileRange:output_type -> qtfs.v1.CopyFileRangeResponse
+	64, // 128: qtfs.v1.FileSystem.Getlk:output_type -> qtfs.v1.GetlkResponse
+	14, // 129: qtfs.v1.FileSystem.Setlk:output_type -> qtfs.v1.ErrnoResponse
+	4,  // 130: qtfs.v1.FileSystem.Calls:output_type -> qtfs.v1.CallFrame
+	70, // 131: qtfs.v1.Exec.Run:output_type -> qtfs.v1.ExecResponse
+	75, // 132: qtfs.v1.Fifo.Bridge:output_type -> qtfs.v1.FifoResponse
+	14, // 133: qtfs.v1.Fifo.Remove:output_type -> qtfs.v1.ErrnoResponse
+	80, // 134: qtfs.v1.SocketProxy.Connect:output_type -> qtfs.v1.SocketResponse
+	84, // 135: qtfs.v1.SocketProxy.List:output_type -> qtfs.v1.SocketListResponse
+	96, // [96:136] is the sub-list for method output_type
+	56, // [56:96] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_qtfs_v1_qtfs_proto_init() }
@@ -6936,36 +7174,36 @@ func file_qtfs_v1_qtfs_proto_init() {
 	if File_qtfs_v1_qtfs_proto != nil {
 		return
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[60].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[62].OneofWrappers = []any{
 		(*ExecRequest_Start)(nil),
 		(*ExecRequest_Stdin)(nil),
 		(*ExecRequest_StdinEof)(nil),
 		(*ExecRequest_Signal)(nil),
 		(*ExecRequest_Resize)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[64].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[66].OneofWrappers = []any{
 		(*ExecResponse_Started)(nil),
 		(*ExecResponse_Stdout)(nil),
 		(*ExecResponse_Stderr)(nil),
 		(*ExecResponse_Exit)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[67].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[69].OneofWrappers = []any{
 		(*FifoRequest_Open)(nil),
 		(*FifoRequest_Data)(nil),
 		(*FifoRequest_CloseWrite)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[69].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[71].OneofWrappers = []any{
 		(*FifoResponse_Ready)(nil),
 		(*FifoResponse_Data)(nil),
 		(*FifoResponse_Eof)(nil),
 		(*FifoResponse_Error)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[72].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[74].OneofWrappers = []any{
 		(*SocketRequest_Open)(nil),
 		(*SocketRequest_Data)(nil),
 		(*SocketRequest_CloseWrite)(nil),
 	}
-	file_qtfs_v1_qtfs_proto_msgTypes[74].OneofWrappers = []any{
+	file_qtfs_v1_qtfs_proto_msgTypes[76].OneofWrappers = []any{
 		(*SocketResponse_Connected)(nil),
 		(*SocketResponse_Data)(nil),
 		(*SocketResponse_CloseWrite)(nil),
@@ -6977,7 +7215,7 @@ func file_qtfs_v1_qtfs_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_qtfs_v1_qtfs_proto_rawDesc), len(file_qtfs_v1_qtfs_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   79,
+			NumMessages:   81,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -67,6 +67,8 @@ const (
 	FileSystem_Readdir_FullMethodName       = "/qtfs.v1.FileSystem/Readdir"
 	FileSystem_Statfs_FullMethodName        = "/qtfs.v1.FileSystem/Statfs"
 	FileSystem_Mounts_FullMethodName        = "/qtfs.v1.FileSystem/Mounts"
+	FileSystem_MountOnHost_FullMethodName   = "/qtfs.v1.FileSystem/MountOnHost"
+	FileSystem_UnmountOnHost_FullMethodName = "/qtfs.v1.FileSystem/UnmountOnHost"
 	FileSystem_Getxattr_FullMethodName      = "/qtfs.v1.FileSystem/Getxattr"
 	FileSystem_Setxattr_FullMethodName      = "/qtfs.v1.FileSystem/Setxattr"
 	FileSystem_Listxattr_FullMethodName     = "/qtfs.v1.FileSystem/Listxattr"
@@ -139,6 +141,13 @@ type FileSystemClient interface {
 	// DPU shows them to its programs in /proc/<pid>/mountinfo in place of
 	// the FUSE mount, so that mounts are classified by the host's types.
 	Mounts(ctx context.Context, in *MountsRequest, opts ...grpc.CallOption) (*MountsResponse, error)
+	// MountOnHost and UnmountOnHost carry out, on the host, a mount(2) or
+	// umount2(2) a supervised program of the DPU made on a path of a mount
+	// (pkg/supervise): an overlay, a tmpfs, a bind, a remount or a change of
+	// propagation, as far as the server's mount allow-list permits. Every
+	// path is beneath the one mount the request names. Refused: EPERM.
+	MountOnHost(ctx context.Context, in *MountOnHostRequest, opts ...grpc.CallOption) (*ErrnoResponse, error)
+	UnmountOnHost(ctx context.Context, in *UnmountOnHostRequest, opts ...grpc.CallOption) (*ErrnoResponse, error)
 	// Getxattr, Setxattr, Listxattr and Removexattr act on extended
 	// attributes (user.*, trusted.*, security.*, system.posix_acl_*).
 	Getxattr(ctx context.Context, in *GetxattrRequest, opts ...grpc.CallOption) (*GetxattrResponse, error)
@@ -405,6 +414,26 @@ func (c *fileSystemClient) Mounts(ctx context.Context, in *MountsRequest, opts .
 	return out, nil
 }
 
+func (c *fileSystemClient) MountOnHost(ctx context.Context, in *MountOnHostRequest, opts ...grpc.CallOption) (*ErrnoResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ErrnoResponse)
+	err := c.cc.Invoke(ctx, FileSystem_MountOnHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *fileSystemClient) UnmountOnHost(ctx context.Context, in *UnmountOnHostRequest, opts ...grpc.CallOption) (*ErrnoResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ErrnoResponse)
+	err := c.cc.Invoke(ctx, FileSystem_UnmountOnHost_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *fileSystemClient) Getxattr(ctx context.Context, in *GetxattrRequest, opts ...grpc.CallOption) (*GetxattrResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetxattrResponse)
@@ -568,6 +597,13 @@ type FileSystemServer interface {
 	// DPU shows them to its programs in /proc/<pid>/mountinfo in place of
 	// the FUSE mount, so that mounts are classified by the host's types.
 	Mounts(context.Context, *MountsRequest) (*MountsResponse, error)
+	// MountOnHost and UnmountOnHost carry out, on the host, a mount(2) or
+	// umount2(2) a supervised program of the DPU made on a path of a mount
+	// (pkg/supervise): an overlay, a tmpfs, a bind, a remount or a change of
+	// propagation, as far as the server's mount allow-list permits. Every
+	// path is beneath the one mount the request names. Refused: EPERM.
+	MountOnHost(context.Context, *MountOnHostRequest) (*ErrnoResponse, error)
+	UnmountOnHost(context.Context, *UnmountOnHostRequest) (*ErrnoResponse, error)
 	// Getxattr, Setxattr, Listxattr and Removexattr act on extended
 	// attributes (user.*, trusted.*, security.*, system.posix_acl_*).
 	Getxattr(context.Context, *GetxattrRequest) (*GetxattrResponse, error)
@@ -672,6 +708,12 @@ func (UnimplementedFileSystemServer) Statfs(context.Context, *StatfsRequest) (*S
 }
 func (UnimplementedFileSystemServer) Mounts(context.Context, *MountsRequest) (*MountsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Mounts not implemented")
+}
+func (UnimplementedFileSystemServer) MountOnHost(context.Context, *MountOnHostRequest) (*ErrnoResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MountOnHost not implemented")
+}
+func (UnimplementedFileSystemServer) UnmountOnHost(context.Context, *UnmountOnHostRequest) (*ErrnoResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UnmountOnHost not implemented")
 }
 func (UnimplementedFileSystemServer) Getxattr(context.Context, *GetxattrRequest) (*GetxattrResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Getxattr not implemented")
@@ -1138,6 +1180,42 @@ func _FileSystem_Mounts_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _FileSystem_MountOnHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MountOnHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FileSystemServer).MountOnHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FileSystem_MountOnHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FileSystemServer).MountOnHost(ctx, req.(*MountOnHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FileSystem_UnmountOnHost_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UnmountOnHostRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FileSystemServer).UnmountOnHost(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FileSystem_UnmountOnHost_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FileSystemServer).UnmountOnHost(ctx, req.(*UnmountOnHostRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _FileSystem_Getxattr_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetxattrRequest)
 	if err := dec(in); err != nil {
@@ -1405,6 +1483,14 @@ var FileSystem_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Mounts",
 			Handler:    _FileSystem_Mounts_Handler,
+		},
+		{
+			MethodName: "MountOnHost",
+			Handler:    _FileSystem_MountOnHost_Handler,
+		},
+		{
+			MethodName: "UnmountOnHost",
+			Handler:    _FileSystem_UnmountOnHost_Handler,
 		},
 		{
 			MethodName: "Getxattr",
