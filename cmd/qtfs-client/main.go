@@ -208,7 +208,12 @@ const execHelp = `Usage: qtfs-client exec [--config /etc/qtfs/client.yaml] -- PR
 Runs PROGRAM in the chroot that qtfs-client run keeps for this config (chroot to its
 root, working directory /, this environment), under run's syscall supervisor:
 statfs(2) and fstatfs(2) of the qtfs mounts answer with the host's filesystem (cgroup2fs
-for a cgroup v2 /sys/fs/cgroup, not FUSE's type); every other call runs as it is.
+for a cgroup v2 /sys/fs/cgroup, not FUSE's type); mount(2) and umount2(2) beneath a
+qtfs mount (dockerd's overlay2 layers, kubelet's tmpfs volumes) are made on the host,
+at the same path, as far as the server's mount_allow permits, so that the host's runc
+sees them; the new mount API (fsopen, open_tree, ...) fails with ENOSYS, and programs
+fall back to mount(2). Mounts made in a mount namespace of the program's own stay on
+the DPU. Every other call runs as it is.
 Use it as ExecStart= of an offloaded service instead of RootDirectory=. It fails
 when no qtfs-client run serves the root.
 `

@@ -92,7 +92,11 @@ func (s *supervisors) take(c *net.UnixConn) error {
 	if rerr != nil {
 		return rerr
 	}
-	sv := supervise.Serve(fd, supervise.Options{Statfs: fuseclient.HostStatfs, Logger: s.log})
+	sv := supervise.Serve(fd, supervise.Options{
+		Statfs:  fuseclient.HostStatfs,
+		Mounter: fuseclient.HostMounter{Log: s.log},
+		Logger:  s.log,
+	})
 	s.mu.Lock()
 	s.live[sv] = struct{}{}
 	s.mu.Unlock()
@@ -103,7 +107,7 @@ func (s *supervisors) take(c *net.UnixConn) error {
 	delete(s.live, sv)
 	s.mu.Unlock()
 	st := sv.Stats()
-	s.log.Info("a supervised program is gone", zap.Uint64("answered", st.Answered), zap.Uint64("continued", st.Continued))
+	s.log.Info("a supervised program is gone", zap.Uint64("answered", st.Answered), zap.Uint64("continued", st.Continued), zap.Uint64("mounts", st.Mounts))
 	return nil
 }
 
@@ -124,7 +128,9 @@ func (s *supervisors) Close() {
 // Exec is `qtfs-client exec`: it runs argv in the chroot of rc's run
 // daemon, as RootDirectory= would (chroot, working directory /), under
 // that daemon's supervisor: statfs of the qtfs mounts answers with the
-// host's filesystem. It returns only when it fails.
+// host's filesystem, and mount(2)/umount2(2) beneath them are carried out
+// on the host (as far as the server allows). It returns only when it
+// fails.
 func Exec(rc *RunConfig, argv []string) error {
 	if len(argv) == 0 {
 		return errors.New("exec: no program (qtfs-client exec [--config FILE] -- PROGRAM [ARG...])")

@@ -12,7 +12,19 @@
 // statfs of that path, type and flags included, and lets every other call
 // run as it is.
 //
-// The filter notifies only the calls it names (statfs, fstatfs); every
+// mount(2) and umount2(2) whose target the Mounter serves (beneath a
+// qtfs mount's root) are carried out by the Mounter (on the host: a
+// mount on the DPU would hide nothing from the host's runc), with every
+// path the call names (target, bind source, overlay layers) opened in the
+// caller's view; the caller gets the Mounter's answer. Only callers in
+// the supervisor's own mount namespace and with CAP_SYS_ADMIN are taken:
+// a program that unshared its namespace to mount privately (dockerd's
+// chrootarchive children) mounts locally. The new mount API (fsopen,
+// open_tree, move_mount, ...) fails with ENOSYS without a notification:
+// its programs fall back to mount(2), as on kernels before 5.2.
+//
+// The filter notifies only the calls it names (statfs, fstatfs, mount,
+// umount2); every
 // other syscall runs at full speed, decided by a few BPF instructions
 // (openat and the like are never notified). A call of another
 // architecture than the supervisor's runs as it is.
@@ -28,7 +40,9 @@
 //   - Only statfs's answer is written into the caller's memory, after a
 //     second ID check, and only at the buffer it passed.
 //   - Answering is idempotent: a call that a signal restarted is notified
-//     again and answered again. The filter asks for
+//     again and answered again; a mount the Mounter made whose answer did
+//     not reach its caller is kept (same thread, same arguments, 30 s) and
+//     given to the restarted call instead of a second mount. The filter asks for
 //     SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19), so a Go
 //     program's preemption signals do not restart a call the supervisor
 //     holds; on older kernels the filter is installed without it.

@@ -28,30 +28,48 @@ func nativeArch() (uint32, error) {
 }
 
 // notified are the syscalls the filter sends to the supervisor.
-var notified = []uint32{unix.SYS_STATFS, unix.SYS_FSTATFS}
+var notified = []uint32{unix.SYS_STATFS, unix.SYS_FSTATFS, unix.SYS_MOUNT, unix.SYS_UMOUNT2}
 
-// program assembles the filter: notify the calls in notified made with the
-// native architecture, allow everything else.
+// noNewMountAPI are the calls of the new mount API (Linux 5.2), which
+// fail with ENOSYS under the filter without a notification: a mount made
+// with them could not be carried to the host, and every program that
+// uses them (libmount, runc) falls back to mount(2) on ENOSYS, as it does
+// on a kernel without them.
+var noNewMountAPI = []uint32{
+	unix.SYS_FSOPEN, unix.SYS_FSCONFIG, unix.SYS_FSMOUNT, unix.SYS_FSPICK,
+	unix.SYS_MOVE_MOUNT, unix.SYS_OPEN_TREE, unix.SYS_MOUNT_SETATTR,
+}
+
+// program assembles the filter: for the native architecture, notify the
+// calls in notified and fail those in noNewMountAPI with ENOSYS; allow
+// everything else.
 func program() ([]unix.SockFilter, error) {
 	arch, err := nativeArch()
 	if err != nil {
 		return nil, err
 	}
-	n := len(notified)
+	checks := len(notified) + len(noNewMountAPI)
 	insns := []bpf.Instruction{
 		bpf.LoadAbsolute{Off: offArch, Size: 4},
 		// Another architecture: to the allow return, past the load and
-		// the n checks.
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: arch, SkipTrue: uint8(n + 1)},
+		// the checks.
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: arch, SkipTrue: uint8(checks + 1)},
 		bpf.LoadAbsolute{Off: offNr, Size: 4},
 	}
+	// The returns follow the checks: allow, notify, ENOSYS. The check at
+	// index i (counting from 0) jumps over the checks after it, and then
+	// the returns before its own.
 	for i, nr := range notified {
-		// Jump to the notify return, n-i instructions ahead.
-		insns = append(insns, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(n - i)})
+		insns = append(insns, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(checks - i - 1 + 1)})
+	}
+	for j, nr := range noNewMountAPI {
+		i := len(notified) + j
+		insns = append(insns, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(checks - i - 1 + 2)})
 	}
 	insns = append(insns,
 		bpf.RetConstant{Val: unix.SECCOMP_RET_ALLOW},
 		bpf.RetConstant{Val: unix.SECCOMP_RET_USER_NOTIF},
+		bpf.RetConstant{Val: unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
 	)
 	raw, err := bpf.Assemble(insns)
 	if err != nil {

@@ -25,6 +25,8 @@ func TestMain(m *testing.M) {
 	switch {
 	case os.Getenv("SUPERVISE_PROG") == "loop":
 		os.Exit(syscallLoop())
+	case os.Getenv("SUPERVISE_PROG") == "mount":
+		os.Exit(mountProg())
 	case os.Getenv("SUPERVISE_PROG") != "":
 		os.Exit(prog())
 	case os.Getenv("SUPERVISE_LAUNCH") != "":
@@ -91,6 +93,13 @@ func prog() int {
 // and returns its results.
 func supervised(t *testing.T, cwd string, statfs StatfsFunc, paths ...string) (map[string]result, Stats) {
 	t.Helper()
+	return supervisedAs(t, "1", cwd, Options{Statfs: statfs}, paths...)
+}
+
+// supervisedAs runs the program of mode (SUPERVISE_LAUNCH) under a
+// supervisor of opts and returns its results.
+func supervisedAs(t *testing.T, mode, cwd string, opts Options, paths ...string) (map[string]result, Stats) {
+	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +108,7 @@ func supervised(t *testing.T, cwd string, statfs StatfsFunc, paths ...string) (m
 	child := os.NewFile(uintptr(fds[1]), "listener-socket")
 	cmd := exec.Command(os.Args[0])
 	cmd.Dir = cwd
-	cmd.Env = append(os.Environ(), "SUPERVISE_LAUNCH=1", "SUPERVISE_PATHS="+strings.Join(paths, ":"))
+	cmd.Env = append(os.Environ(), "SUPERVISE_LAUNCH="+mode, "SUPERVISE_PATHS="+strings.Join(paths, ":"))
 	cmd.ExtraFiles = []*os.File{child}
 	var out, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &stderr
@@ -112,7 +121,8 @@ func supervised(t *testing.T, cwd string, statfs StatfsFunc, paths ...string) (m
 		cmd.Wait()
 		t.Fatalf("%v; the launcher said: %s", err, stderr.String())
 	}
-	s := Serve(l, Options{Statfs: statfs, Logger: zaptest.NewLogger(t)})
+	opts.Logger = zaptest.NewLogger(t)
+	s := Serve(l, opts)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("the supervised program: %v\n%s", err, stderr.String())
 	}
@@ -202,6 +212,12 @@ func TestFilterNotifiesOnlyItsCalls(t *testing.T) {
 	}{
 		{"statfs", unix.SYS_STATFS, arch, unix.SECCOMP_RET_USER_NOTIF},
 		{"fstatfs", unix.SYS_FSTATFS, arch, unix.SECCOMP_RET_USER_NOTIF},
+		{"mount", unix.SYS_MOUNT, arch, unix.SECCOMP_RET_USER_NOTIF},
+		{"umount2", unix.SYS_UMOUNT2, arch, unix.SECCOMP_RET_USER_NOTIF},
+		{"fsopen", unix.SYS_FSOPEN, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
+		{"open_tree", unix.SYS_OPEN_TREE, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
+		{"move_mount", unix.SYS_MOVE_MOUNT, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
+		{"mount_setattr", unix.SYS_MOUNT_SETATTR, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
 		{"openat", unix.SYS_OPENAT, arch, unix.SECCOMP_RET_ALLOW},
 		{"read", unix.SYS_READ, arch, unix.SECCOMP_RET_ALLOW},
 		{"statfs of another architecture", unix.SYS_STATFS, arch ^ 1, unix.SECCOMP_RET_ALLOW},

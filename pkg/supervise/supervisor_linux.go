@@ -27,6 +27,9 @@ type Options struct {
 	// Statfs answers statfs and fstatfs; nil lets every call run as it
 	// is.
 	Statfs StatfsFunc
+	// Mounter carries out mount(2) and umount2(2) of the targets it
+	// serves; nil lets every such call run as it is.
+	Mounter Mounter
 	// Logger receives the supervisor's logs; nil logs nothing.
 	Logger *zap.Logger
 }
@@ -36,6 +39,7 @@ type Stats struct {
 	Answered  uint64 // calls answered by the supervisor
 	Continued uint64 // calls let run as they are
 	Gone      uint64 // calls whose caller went away before the answer
+	Mounts    uint64 // mount and umount2 calls the Mounter carried out or refused
 }
 
 // Supervisor answers the notifications of one filter's listener.
@@ -46,7 +50,12 @@ type Supervisor struct {
 	done chan struct{}
 	wg   sync.WaitGroup
 
-	answered, continued, gone atomic.Uint64
+	answered, continued, gone, mounts atomic.Uint64
+
+	// mountNS is the supervisor's mount namespace: only calls made in it
+	// go to the Mounter.
+	mountNS  unix.Stat_t
+	restarts restarts
 
 	mu      sync.Mutex
 	closing bool
@@ -59,6 +68,11 @@ func Serve(listener int, opts Options) *Supervisor {
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
+	if err := unix.Stat("/proc/self/ns/mnt", &s.mountNS); err != nil {
+		// Without it no caller is taken for one of this namespace.
+		s.log.Warn("supervise: no mount namespace of its own: mounts run as they are", zap.Error(err))
+		s.opts.Mounter = nil
+	}
 	go s.loop()
 	return s
 }
@@ -68,7 +82,7 @@ func (s *Supervisor) Done() <-chan struct{} { return s.done }
 
 // Stats returns the counters.
 func (s *Supervisor) Stats() Stats {
-	return Stats{Answered: s.answered.Load(), Continued: s.continued.Load(), Gone: s.gone.Load()}
+	return Stats{Answered: s.answered.Load(), Continued: s.continued.Load(), Gone: s.gone.Load(), Mounts: s.mounts.Load()}
 }
 
 // Close stops answering: the supervised programs' notified calls fail
@@ -129,6 +143,10 @@ func (s *Supervisor) answer(n *notif) {
 		if !s.statfs(n, &resp) {
 			resp.Flags = unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE
 		}
+	case unix.SYS_MOUNT, unix.SYS_UMOUNT2:
+		if !s.mount(n, &resp) {
+			resp.Flags = unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE
+		}
 	default:
 		resp.Flags = unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE
 	}
@@ -139,6 +157,10 @@ func (s *Supervisor) answer(n *notif) {
 		// ENOENT: the caller was killed, or a signal interrupted the call
 		// (it is notified again, and answered again).
 		s.gone.Add(1)
+		if resp.Flags == 0 && (n.Data.Nr == unix.SYS_MOUNT || n.Data.Nr == unix.SYS_UMOUNT2) {
+			// Carried out: a restart of the call must not do it twice.
+			s.restarts.keep(n, resp.Error)
+		}
 		if !errors.Is(err, unix.ENOENT) {
 			s.log.Warn("supervise: answer a call", zap.Error(err))
 		}

@@ -2,12 +2,9 @@ package fuseclient
 
 import (
 	"os"
-	"strconv"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
-	qfs "github.com/qtfs/qtfs/pkg/fs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -18,24 +15,12 @@ import (
 // host runs as uid/gid. ok is false for a file of any other filesystem,
 // or one reached through a bind of a mount elsewhere.
 func HostStatfs(f *os.File, uid, gid uint32) (st unix.Statfs_t, ok bool, err error) {
-	var s unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &s); err != nil {
-		return st, false, err
-	}
-	m := served.lookup(s.Dev)
-	if m == nil {
-		return st, false, nil
-	}
-	p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
-	if err != nil {
-		return st, false, err
-	}
-	rel, in := qfs.InRoot(p, m.mountpoint)
-	if !in {
+	m, rel, ok := servedPath(f)
+	if !ok {
 		return st, false, nil
 	}
 	resp, e := call(m.sess, m.timeout, "Statfs", m.sess.client.Statfs,
-		&qtfsv1.StatfsRequest{Mount: m.id, Caller: &qtfsv1.Caller{Uid: uid, Gid: gid}, Path: []byte(strings.Trim(rel, "/"))})
+		&qtfsv1.StatfsRequest{Mount: m.id, Caller: &qtfsv1.Caller{Uid: uid, Gid: gid}, Path: []byte(rel)})
 	if e != 0 {
 		return st, true, e
 	}

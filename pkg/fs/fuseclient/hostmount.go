@@ -1,0 +1,158 @@
+package fuseclient
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	qfs "github.com/qtfs/qtfs/pkg/fs"
+	"github.com/qtfs/qtfs/pkg/supervise"
+	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
+)
+
+// HostMounter carries out, on the host, the mount(2) and umount2(2) calls
+// of supervised programs (pkg/supervise) whose target lies beneath the
+// root of a mount this process serves: the server makes the mount at the
+// host path (MountOnHost), where the host's programs (runc) see it, and
+// the DPU sees it through the mount. Every path of a call must lie on the
+// target's mount (EXDEV otherwise: a layer or bind source of the DPU
+// cannot be mounted on the host). A mount's own root is not served: a
+// mount over it, or a change of its propagation, is the DPU's own.
+type HostMounter struct {
+	Log *zap.Logger
+}
+
+var _ supervise.Mounter = HostMounter{}
+
+// Serves reports whether target lies beneath the root of a served mount.
+func (HostMounter) Serves(target *os.File) bool {
+	_, rel, ok := servedPath(target)
+	return ok && rel != ""
+}
+
+// Mount carries out c on the host.
+func (h HostMounter) Mount(c *supervise.MountCall) error {
+	m, target, ok := servedPath(c.Target)
+	if !ok || target == "" {
+		return unix.EINVAL
+	}
+	req := &qtfsv1.MountOnHostRequest{
+		Mount:   m.id,
+		Caller:  &qtfsv1.Caller{Uid: c.UID, Gid: c.GID},
+		Target:  []byte(target),
+		FsType:  c.FsType,
+		Flags:   c.Flags,
+		Source:  c.Source,
+		Options: c.Options,
+	}
+	var bad []string // paths not on the target's mount
+	on := func(f *os.File) []byte {
+		fm, rel, ok := servedPath(f)
+		if !ok || fm != m {
+			p, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+			bad = append(bad, p)
+		}
+		return []byte(rel)
+	}
+	if c.Bind != nil {
+		req.Bind = on(c.Bind)
+	}
+	for _, l := range c.Lower {
+		req.Lower = append(req.Lower, on(l))
+	}
+	if c.Upper != nil {
+		req.Upper = on(c.Upper)
+	}
+	if c.Work != nil {
+		req.Work = on(c.Work)
+	}
+	if len(bad) > 0 {
+		h.log().Warn("a mount on the host names paths that are not on its target's qtfs mount: refused",
+			zap.String("target", m.mountpoint+"/"+target), zap.Strings("paths", bad))
+		return unix.EXDEV
+	}
+	_, e := call(m.sess, m.timeout, "MountOnHost", m.sess.client.MountOnHost, req)
+	if e == 0 {
+		m.hostMountChanged(target)
+	}
+	return errnoOrNil(e)
+}
+
+// Unmount carries out c on the host.
+func (h HostMounter) Unmount(c *supervise.UnmountCall) error {
+	m, target, ok := servedPath(c.Target)
+	if !ok || target == "" {
+		return unix.EINVAL
+	}
+	_, e := call(m.sess, m.timeout, "UnmountOnHost", m.sess.client.UnmountOnHost, &qtfsv1.UnmountOnHostRequest{
+		Mount: m.id, Caller: &qtfsv1.Caller{Uid: c.UID, Gid: c.GID}, Target: []byte(target), Flags: uint32(c.Flags)})
+	if e == 0 {
+		m.hostMountChanged(target)
+	}
+	return errnoOrNil(e)
+}
+
+func (h HostMounter) log() *zap.Logger {
+	if h.Log == nil {
+		return zap.NewNop()
+	}
+	return h.Log
+}
+
+func errnoOrNil(e syscall.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}
+
+// servedPath returns the served mount f lies on and f's path beneath its
+// root (no leading slash; "" for the root). ok is false for a file of any
+// other filesystem, or one reached through a bind of a mount elsewhere.
+func servedPath(f *os.File) (m *mountFS, rel string, ok bool) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return nil, "", false
+	}
+	if m = served.lookup(st.Dev); m == nil {
+		return nil, "", false
+	}
+	p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd())))
+	if err != nil {
+		return nil, "", false
+	}
+	rel, in := qfs.InRoot(p, m.mountpoint)
+	if !in {
+		return nil, "", false
+	}
+	return m, strings.Trim(rel, "/"), true
+}
+
+// hostMountChanged forgets what the kernel and this mount keep of the
+// directory at rel, where a host mount was made or removed: the entry in
+// its parent (the next lookup crosses into the new mount, or finds the
+// directory beneath it again) and the mount list of the mountinfo view.
+func (m *mountFS) hostMountChanged(rel string) {
+	m.hostMounts.forget()
+	parent := &m.root.Inode
+	names := strings.Split(rel, "/")
+	for _, name := range names[:len(names)-1] {
+		if parent = parent.GetChild(name); parent == nil {
+			return // the kernel holds nothing of the path
+		}
+	}
+	if e := parent.NotifyEntry(names[len(names)-1]); e != 0 && e != syscall.ENOENT {
+		m.log.Debug("forget the entry of a host mount's target", zap.String("path", rel), zap.Error(e))
+	}
+}
+
+// forget drops the kept list: the next get fetches it.
+func (c *hostMountsCache) forget() {
+	c.mu.Lock()
+	c.valid = false
+	c.mu.Unlock()
+}
