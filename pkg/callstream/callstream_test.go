@@ -25,6 +25,9 @@ type onChannel struct{}
 
 // fakeFS serves Getattr (the path says what to do), Read (unary
 // accounting) and Calls.
+//
+// A Getattr of "block" waits for release or its context's end; it is
+// the one call declared blocking (blocking).
 type fakeFS struct {
 	qtfsv1.UnimplementedFileSystemServer
 	calls *callstream.Server
@@ -35,6 +38,7 @@ type fakeFS struct {
 	streams   atomic.Int32 // Calls streams opened
 	ended     atomic.Int32 // Calls streams that ended
 	noReplies atomic.Int32 // "noreply" calls run
+	watched   atomic.Int32 // "block" calls whose channel was watched
 	canceled  chan string  // paths of blocked calls whose context ended
 	release   chan struct{}
 }
@@ -68,8 +72,19 @@ func (f *fakeFS) Getattr(ctx context.Context, req *qtfsv1.GetattrRequest) (*qtfs
 			return &qtfsv1.AttrResponse{Attr: &qtfsv1.Attr{Ino: 1}}, nil
 		}
 		return &qtfsv1.AttrResponse{}, nil
+	case p == "watched":
+		a := &qtfsv1.Attr{}
+		if callstream.Watched(ctx) {
+			a.Ino = 1
+		}
+		if ctx.Value(onChannel{}) != nil {
+			a.Size = 1
+		}
+		return &qtfsv1.AttrResponse{Attr: a}, nil
 	case p == "block":
-		callstream.WillWait(ctx)
+		if callstream.Watched(ctx) {
+			f.watched.Add(1)
+		}
 		select {
 		case <-ctx.Done():
 			f.canceled <- p
@@ -81,14 +96,26 @@ func (f *fakeFS) Getattr(ctx context.Context, req *qtfsv1.GetattrRequest) (*qtfs
 	return &qtfsv1.AttrResponse{Attr: &qtfsv1.Attr{Ino: req.GetHandle()}}, nil
 }
 
-func (f *fakeFS) Read(_ context.Context, req *qtfsv1.ReadRequest) (*qtfsv1.ReadResponse, error) {
-	return &qtfsv1.ReadResponse{Data: make([]byte, req.GetSize())}, nil
+func (f *fakeFS) Read(ctx context.Context, req *qtfsv1.ReadRequest) (*qtfsv1.ReadResponse, error) {
+	r := &qtfsv1.ReadResponse{Data: make([]byte, req.GetSize())}
+	if callstream.Watched(ctx) {
+		r.Errno = -1
+	}
+	return r, nil
 }
 
 func (f *fakeFS) Calls(st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.CallFrame]) error {
 	f.streams.Add(1)
 	defer f.ended.Add(1)
 	return f.calls.Serve(st)
+}
+
+// blocking declares the fakeFS calls that wait: a Getattr of "block".
+var blocking = map[string]func(context.Context, any) bool{
+	qtfsv1.FileSystem_Getattr_FullMethodName: func(_ context.Context, req any) bool {
+		r, _ := req.(*qtfsv1.GetattrRequest)
+		return string(r.GetPath()) == "block"
+	},
 }
 
 // env is a gRPC server with a fakeFS on a unix socket and a Client to it;
@@ -152,6 +179,7 @@ func newEnvToken(t testing.TB, maxInflight int, token string) *env {
 	e.fs = &fakeFS{canceled: make(chan string, 16), release: make(chan struct{})}
 	e.fs.calls = callstream.NewServer(&qtfsv1.FileSystem_ServiceDesc, e.fs, callstream.ServerOptions{
 		MaxInflight: maxInflight,
+		Blocking:    blocking,
 		Interceptor: func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
 			e.intc.Add(1)
 			defer func() {
@@ -387,6 +415,42 @@ func TestCallerGivingUpCancelsTheServerCall(t *testing.T) {
 	})
 }
 
+// TestBlockingDeclared: on a call channel, a call that ServerOptions.Blocking
+// says may wait runs with the channel watched, and its caller giving up
+// ends it on the server; a call it does not declare (another method, or
+// the declared method with a request its function turns down) runs
+// without the watch.
+func TestBlockingDeclared(t *testing.T) {
+	e := newEnv(t, 0, true)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := e.startBlocked(t, ctx)
+	if got := e.fs.watched.Load(); got != 1 {
+		t.Fatalf("%d watched calls of \"block\", want the one", got)
+	}
+	cancel()
+	waitCode(t, done, codes.Canceled, "its context ended")
+	e.waitServerCancel(t)
+	e.waitChannel(t) // the cancel closed the channel: a call on a new one
+	r, err := getattr(context.Background(), e.fsc, "watched", 0)
+	if err != nil || r.GetAttr().GetSize() != 1 {
+		t.Fatalf("a call after: %v, on a channel: %v", err, r.GetAttr().GetSize() == 1)
+	}
+	if r.GetAttr().GetIno() != 0 {
+		t.Fatal("a call Blocking turns down ran with its channel watched")
+	}
+	if r, err := e.fsc.Read(context.Background(), &qtfsv1.ReadRequest{Size: 8}); err != nil || r.GetErrno() != 0 {
+		t.Fatalf("a read: %v, watched: %v; want a call of a method Blocking does not name unwatched", err, r.GetErrno() != 0)
+	}
+	defer func() {
+		if r := recover(); r == nil {
+			t.Fatal("NewServer took a Blocking name that is no method of the service")
+		}
+	}()
+	callstream.NewServer(&qtfsv1.FileSystem_ServiceDesc, e.fs, callstream.ServerOptions{
+		Blocking: map[string]func(context.Context, any) bool{"/qtfs.v1.FileSystem/NoSuch": nil},
+	})
+}
+
 // TestInflightBound: a stream runs at most MaxInflight calls at once (a
 // channel runs one).
 func TestInflightBound(t *testing.T) {
@@ -440,8 +504,8 @@ func TestChannelPool(t *testing.T) {
 	testutil.WaitFor(t, "six calls to run", 10*time.Second, func() bool { return e.fs.running.Load() == 6 })
 	close(e.fs.release)
 	wait()
-	// The calls waited (WillWait watched the channel of the one that had
-	// it) and were answered; the pool grows to 4 as calls at once keep
+	// The calls waited (the server watched the channel of the one that
+	// had it) and were answered; the pool grows to 4 as calls at once keep
 	// finding none idle, and no further.
 	for range 50 {
 		e.callsAtOnce(t, 6, "ok")()

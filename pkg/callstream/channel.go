@@ -340,7 +340,8 @@ func (s *Server) serveChannel(ctx context.Context, ch *channel) {
 // deadline: it reports the client's deadline but arms no timer for it (a
 // runtime timer per call wakes an idle thread to watch it). The client
 // enforces the deadline by closing the channel, which ends a call that
-// waits (see WillWait); a call that does not wait ends soon on its own.
+// waits (see ServerOptions.Blocking); a call that does not wait ends soon
+// on its own.
 type clientDeadline struct {
 	context.Context
 	deadline time.Time
@@ -352,7 +353,7 @@ func (c clientDeadline) Deadline() (time.Time, bool) { return c.deadline, true }
 type watchKey struct{}
 
 // watch lets a call that runs on a channel's serving goroutine be
-// cancelled while it waits: WillWait starts a goroutine that reads the
+// cancelled while it waits: start starts a goroutine that reads the
 // channel (the serving goroutine is busy with the call) until the
 // client's cancel of the call, the channel's end, or the call's end.
 type watch struct {
@@ -360,21 +361,23 @@ type watch struct {
 	id     uint64
 	cancel context.CancelFunc
 
-	// Set and read by the call's goroutine (WillWait, then stop).
+	// Set and read by the call's goroutine (start, then stop).
 	started bool
 	done    chan struct{}
 	broken  bool // set by the watching goroutine before done closes
 }
 
-// WillWait says that the call of ctx is about to wait for something
-// outside the server (data in a pipe, a lock), for as long as it takes
-// or until ctx ends. A call that runs on a call channel's serving
-// goroutine must say so, so that the client's cancel, or the closing of
-// the channel when the client gives up, still ends ctx. Elsewhere, and
-// when said again, it does nothing.
-func WillWait(ctx context.Context) {
+// watchOf returns the watch of the call of ctx, nil when the call does not
+// run on a call channel.
+func watchOf(ctx context.Context) *watch {
 	w, _ := ctx.Value(watchKey{}).(*watch)
-	if w == nil || w.started {
+	return w
+}
+
+// start starts watching the channel while the call runs; once started,
+// it does nothing.
+func (w *watch) start() {
+	if w.started {
 		return
 	}
 	w.started = true

@@ -40,9 +40,11 @@
 // and the unary interceptor the server uses for plain calls, under the
 // connection's context (so the session, peer and tags are the same as
 // for a unary call) with the call's own deadline and cancellation.
-// Replies on a stream are sent in completion order. A call on a channel
-// that is about to wait for something outside the server says so with
-// WillWait, so that the client giving up still ends it.
+// Replies on a stream are sent in completion order. The methods whose
+// calls may wait for something outside the server are declared to the
+// Server (ServerOptions.Blocking): while such a call runs on a channel,
+// the server watches the channel, so that the client giving up still
+// ends it; every other call on a channel runs without the watch.
 //
 // Lock order: Client.mu before stream.mu; stream.sendMu and Client.poolMu
 // are taken alone.

@@ -17,7 +17,7 @@ import (
 // handlers.
 type Server struct {
 	impl        any
-	methods     map[string]grpc.MethodHandler
+	methods     map[string]method
 	intercept   grpc.UnaryServerInterceptor
 	maxInflight int
 	maxFrame    int
@@ -32,14 +32,37 @@ type ServerOptions struct {
 	MaxInflight int
 	// MaxFrameBytes bounds a frame read from a call channel; 0: 4 MiB.
 	MaxFrameBytes int
+	// Blocking declares, by full method name ("/qtfs.v1.FileSystem/Setlk"),
+	// the methods whose calls may wait for something outside the server (a
+	// lock, data in a pipe) for as long as it takes; the function says,
+	// from the call's context and decoded request, whether this call may
+	// (nil: every call of the method may). A call on a call channel runs on
+	// the goroutine that reads the channel, so while a call declared here
+	// runs the server watches the channel for the client's cancel; other
+	// calls run without the watch (a goroutine and two deadline changes).
+	// The function runs for every call of its method on a channel, before
+	// the interceptor: it must be cheap. A name that is not a unary method
+	// of the service panics NewServer.
+	Blocking map[string]func(ctx context.Context, req any) bool
 }
+
+// method is one unary method of the service.
+type method struct {
+	handler grpc.MethodHandler
+	// blocks, set for the methods ServerOptions.Blocking declares, says
+	// whether a call may wait.
+	blocks func(ctx context.Context, req any) bool
+}
+
+// everyCallWaits is the blocks of a method whose every call may wait.
+func everyCallWaits(context.Context, any) bool { return true }
 
 // NewServer returns a Server for the unary methods of desc, implemented by
 // impl (what desc.HandlerType requires).
 func NewServer(desc *grpc.ServiceDesc, impl any, opts ServerOptions) *Server {
 	s := &Server{
 		impl:        impl,
-		methods:     make(map[string]grpc.MethodHandler, len(desc.Methods)),
+		methods:     make(map[string]method, len(desc.Methods)),
 		intercept:   opts.Interceptor,
 		maxInflight: opts.MaxInflight,
 		maxFrame:    opts.MaxFrameBytes,
@@ -51,7 +74,18 @@ func NewServer(desc *grpc.ServiceDesc, impl any, opts ServerOptions) *Server {
 		s.maxFrame = defaultMaxFrame
 	}
 	for _, m := range desc.Methods {
-		s.methods["/"+desc.ServiceName+"/"+m.MethodName] = m.Handler
+		s.methods["/"+desc.ServiceName+"/"+m.MethodName] = method{handler: m.Handler}
+	}
+	for name, blocks := range opts.Blocking {
+		m, ok := s.methods[name]
+		if !ok {
+			panic("callstream: Blocking names " + name + ", not a unary method of " + desc.ServiceName)
+		}
+		if blocks == nil {
+			blocks = everyCallWaits
+		}
+		m.blocks = blocks
+		s.methods[name] = m
 	}
 	return s
 }
@@ -185,9 +219,11 @@ func (s *Server) call(ctx context.Context, f *qtfsv1.CallFrame) *qtfsv1.CallFram
 }
 
 // handle runs the method handler of f; a panic outside the interceptor
-// (which recovers those of the handler) becomes INTERNAL.
+// (which recovers those of the handler) becomes INTERNAL. On a call
+// channel, a call its method's blocks says may wait has the channel
+// watched from the moment its request is decoded.
 func (s *Server) handle(ctx context.Context, f *qtfsv1.CallFrame) (resp any, err error) {
-	h, ok := s.methods[f.GetMethod()]
+	m, ok := s.methods[f.GetMethod()]
 	if !ok {
 		return nil, status.Errorf(codes.Unimplemented, "callstream: unknown method %q", f.GetMethod())
 	}
@@ -196,17 +232,22 @@ func (s *Server) handle(ctx context.Context, f *qtfsv1.CallFrame) (resp any, err
 			resp, err = nil, status.Errorf(codes.Internal, "callstream: %s: internal error", f.GetMethod())
 		}
 	}()
-	dec := func(m any) error {
-		msg, ok := m.(proto.Message)
+	dec := func(req any) error {
+		msg, ok := req.(proto.Message)
 		if !ok {
-			return status.Errorf(codes.Internal, "callstream: %s: request %T is not a protobuf message", f.GetMethod(), m)
+			return status.Errorf(codes.Internal, "callstream: %s: request %T is not a protobuf message", f.GetMethod(), req)
 		}
 		if err := proto.Unmarshal(f.GetBody(), msg); err != nil {
 			return status.Errorf(codes.InvalidArgument, "callstream: %s: bad request: %v", f.GetMethod(), err)
 		}
+		if m.blocks != nil {
+			if w := watchOf(ctx); w != nil && m.blocks(ctx, req) {
+				w.start()
+			}
+		}
 		return nil
 	}
-	return h(s.impl, ctx, dec, s.intercept)
+	return m.handler(s.impl, ctx, dec, s.intercept)
 }
 
 // reply sends one reply; when the stream has failed the reply is dropped

@@ -21,6 +21,7 @@ import (
 
 	"github.com/qtfs/qtfs/pkg/callstream"
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/internal/testutil"
 	"github.com/qtfs/qtfs/pkg/transport"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
@@ -272,5 +273,92 @@ func TestCallChannelWaitOverTLS(t *testing.T) {
 	}
 	if n := dials.Load(); n != 1 || client.OpenChannels() != 1 {
 		t.Fatalf("%d channels dialled, %d open: want the first one kept through the waits", n, client.OpenChannels())
+	}
+}
+
+// TestCallChannelBlockingCallsCancelled: on a call channel, whose reading
+// goroutine runs the call, a Setlk that waits for a lock and a read of an
+// empty fifo still end on the server, with EINTR, once their caller gives
+// up: the server declares them blocking and watches the channel while
+// they run.
+func TestCallChannelBlockingCallsCancelled(t *testing.T) {
+	cs := startChannelServer(t, false)
+	cc, token := cs.handshake(t)
+	client := callstream.NewClient(cc, callstream.ClientOptions{
+		Channel: func(ctx context.Context) (net.Conn, error) {
+			return transport.DialChannel(ctx, cs.u, cs.sec)
+		},
+	})
+	defer client.Close()
+	client.SetChannelToken(token)
+	fsc := qtfsv1.NewFileSystemClient(client)
+	m, err := fsc.Mount(t.Context(), &qtfsv1.MountRequest{Path: []byte(cs.dir), Caller: root})
+	if err != nil || m.GetErrno() != 0 {
+		t.Fatalf("mount: %v errno %d", err, m.GetErrno())
+	}
+	// An idle channel: the next call goes on it.
+	idleChannel := func() {
+		testutil.WaitFor(t, "an open call channel", 10*time.Second, func() bool {
+			_, err := fsc.Getattr(t.Context(), &qtfsv1.GetattrRequest{Mount: m.GetMount(), Caller: root})
+			return err == nil && client.OpenChannels() == 1
+		})
+	}
+	if err := os.WriteFile(filepath.Join(cs.dir, "f"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(cs.dir, "fifo")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	peer, err := os.OpenFile(fifo, os.O_RDWR, 0) // holds the fifo open, never writes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	open := func(name string, flags uint32) uint64 {
+		o, err := fsc.Open(t.Context(), &qtfsv1.OpenRequest{Mount: m.GetMount(), Caller: root, Path: []byte(name), Flags: flags})
+		if err != nil || o.GetErrno() != 0 {
+			t.Fatalf("open %s: %v errno %d", name, err, o.GetErrno())
+		}
+		return o.GetHandle()
+	}
+	holder, waiter, rh := open("f", unix.O_RDWR), open("f", unix.O_RDWR), open("fifo", unix.O_RDONLY)
+	lock := &qtfsv1.Lock{Type: unix.F_WRLCK, End: ^uint64(0)}
+	if r, err := fsc.Setlk(t.Context(), &qtfsv1.SetlkRequest{Handle: holder, Lock: lock}); err != nil || r.GetErrno() != 0 {
+		t.Fatalf("lock: %v errno %d", err, r.GetErrno())
+	}
+	for _, tc := range []struct {
+		op   string
+		call func(ctx context.Context) error
+	}{
+		{"Setlk", func(ctx context.Context) error {
+			_, err := fsc.Setlk(ctx, &qtfsv1.SetlkRequest{Handle: waiter, Lock: lock, Wait: true})
+			return err
+		}},
+		{"Read", func(ctx context.Context) error {
+			_, err := fsc.Read(ctx, &qtfsv1.ReadRequest{Handle: rh, Size: 16})
+			return err
+		}},
+	} {
+		t.Run(tc.op, func(t *testing.T) {
+			idleChannel()
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan error, 1)
+			go func() { done <- tc.call(ctx) }()
+			time.Sleep(100 * time.Millisecond) // the call waits on the server
+			select {
+			case err := <-done:
+				t.Fatalf("ended before the cancel: %v", err)
+			default:
+			}
+			cancel()
+			if err := <-done; status.Code(err) != codes.Canceled {
+				t.Fatalf("cancelled call: %v, want Canceled", err)
+			}
+			labels := map[string]string{"op": tc.op, "errno": "EINTR"}
+			testutil.WaitFor(t, "the server's call to end with EINTR", 10*time.Second, func() bool {
+				return gather(t, cs.reg, "qtfs_server_ops_total", labels) == 1
+			})
+		})
 	}
 }

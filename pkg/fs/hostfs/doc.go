@@ -69,7 +69,11 @@
 //     second per reason), and the server goes on.
 //   - A read or write of a file without positions (a pipe) that must wait
 //     waits in slices and ends with EINTR once its call is cancelled (the
-//     DPU caller was killed): no goroutine waits on a pipe for nobody.
+//     DPU caller was killed): no goroutine waits on a pipe for nobody. The
+//     calls that may wait (a Setlk that waits, a Read or Write of a handle
+//     without positions) are declared to the call stream server
+//     (blockingCalls), which then watches a call channel for the client's
+//     cancel while they run.
 //
 // Lock order (a lock may be taken while holding the ones before it):
 //

@@ -61,6 +61,48 @@ func (s *Server) Calls(st grpc.BidiStreamingServer[qtfsv1.CallFrame, qtfsv1.Call
 	return s.calls.Serve(st)
 }
 
+// blockingCalls declares the calls that may wait for something outside
+// the server for as long as it takes (callstream.ServerOptions.Blocking):
+// a Setlk that waits for the lock, and a Read or Write of a handle
+// without positions, which waits for data or room.
+func (s *Server) blockingCalls() map[string]func(context.Context, any) bool {
+	return map[string]func(context.Context, any) bool{
+		qtfsv1.FileSystem_Setlk_FullMethodName: func(_ context.Context, req any) bool {
+			r, _ := req.(*qtfsv1.SetlkRequest)
+			return r.GetWait()
+		},
+		qtfsv1.FileSystem_Read_FullMethodName: func(ctx context.Context, req any) bool {
+			r, _ := req.(*qtfsv1.ReadRequest)
+			return s.withoutPositions(ctx, r.GetHandle())
+		},
+		qtfsv1.FileSystem_Write_FullMethodName: func(ctx context.Context, req any) bool {
+			r, _ := req.(*qtfsv1.WriteRequest)
+			return s.withoutPositions(ctx, r.GetHandle())
+		},
+	}
+}
+
+// withoutPositions reports whether handle id of the session of ctx refuses
+// positions; false when there is no such handle (the call itself refuses).
+func (s *Server) withoutPositions(ctx context.Context, id uint64) bool {
+	cs := connFrom(ctx)
+	if cs == nil {
+		return false
+	}
+	cs.mu.Lock()
+	ss := cs.sess
+	cs.mu.Unlock()
+	if ss == nil {
+		return false
+	}
+	h, e := ss.handle(id)
+	if e != 0 {
+		return false
+	}
+	defer h.put()
+	return h.noPositions
+}
+
 // connBinder is the stats.Handler that ties sessions to connections.
 type connBinder struct{ s *Server }
 

@@ -8,7 +8,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/qtfs/qtfs/pkg/callstream"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -112,7 +111,6 @@ func (s *Server) Setlk(ctx context.Context, req *qtfsv1.SetlkRequest) (*qtfsv1.E
 			if !req.GetWait() {
 				return syscall.EAGAIN
 			}
-			callstream.WillWait(ctx) // on a call channel, watch for the client's cancel
 			t := time.NewTimer(delay)
 			select {
 			case <-ctx.Done():

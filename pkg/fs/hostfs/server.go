@@ -199,6 +199,7 @@ func New(opts Options) (*Server, error) {
 		Interceptor:   s.interceptAll,
 		MaxInflight:   limits.MaxInflightPerSession,
 		MaxFrameBytes: maxData + messageMargin,
+		Blocking:      s.blockingCalls(),
 	})
 	for _, ex := range s.exports {
 		log.Info("export", zap.String("path", ex.path), zap.Bool("read_only", ex.readOnly),
@@ -449,6 +450,10 @@ type handle struct {
 	ops      opSet          // the export's allowed operations
 	caller   *qtfsv1.Caller // who opened it; Readdir stats entries as them
 
+	// noPositions: the file refuses pread(2), so its reads and writes
+	// may wait (stream_linux.go).
+	noPositions bool
+
 	ra readahead // sequential reads (data_linux.go)
 
 	dirMu  sync.Mutex // serialises Readdir
@@ -467,6 +472,7 @@ func (h *handle) put() {
 // id. On failure the fd is closed.
 func (ss *session) addHandle(fd, flags int, dir bool, m *mount, caller *qtfsv1.Caller) (uint64, syscall.Errno) {
 	h := &handle{srv: ss.srv, fd: fd, flags: flags, dir: dir, readOnly: m.readOnly, ops: m.ops, caller: copyCaller(caller)}
+	h.noPositions = !dir && noPositions(fd)
 	h.refs.Store(1)
 	ss.srv.openHandles.Add(1)
 	ss.mu.Lock()

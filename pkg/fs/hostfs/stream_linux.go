@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/qtfs/qtfs/pkg/callstream"
 )
 
 // pollSlice is how long one wait on a file without positions lasts
@@ -16,7 +14,8 @@ const pollSlice = 100 * time.Millisecond
 // waitReady waits until fd is ready for events (or has an error or a
 // hang-up, which the following read or write reports), or ctx ends: then
 // EINTR. A caller on the DPU that was killed cancels its request, and the
-// server stops waiting for it.
+// server stops waiting for it (on a call channel, because the call is
+// declared blocking: see blockingCalls).
 func waitReady(ctx context.Context, fd int, events int16) error {
 	for slice := 0; ; slice = int(pollSlice / time.Millisecond) {
 		if ctx.Err() != nil {
@@ -24,11 +23,6 @@ func waitReady(ctx context.Context, fd int, events int16) error {
 		}
 		fds := []unix.PollFd{{Fd: int32(fd), Events: events}}
 		n, err := unix.Poll(fds, slice)
-		if n == 0 && err == nil && slice == 0 {
-			// Not ready: this call waits. On a call channel, have the
-			// client's cancel watched meanwhile.
-			callstream.WillWait(ctx)
-		}
 		switch {
 		case err == unix.EINTR:
 		case err != nil:
@@ -57,4 +51,13 @@ func writeStream(ctx context.Context, fd int, data []byte) (int, error) {
 		return 0, err
 	}
 	return unix.Write(fd, data)
+}
+
+// noPositions reports whether fd refuses positions (pread(2) gives ESPIPE:
+// a pipe, a fifo, a socket, a terminal, some proc and sysfs files), so
+// that a Read or Write of it is a read(2) or write(2) that may wait. The
+// zero-length pread reads nothing.
+func noPositions(fd int) bool {
+	_, err := unix.Pread(fd, nil, 0)
+	return err == unix.ESPIPE
 }
