@@ -107,6 +107,18 @@ const strictTimeout = time.Hour
 // each call.
 const specialTimeout = time.Second
 
+// cacheTiming is how long a mount keeps what it learnt of a special
+// filesystem; tests change it (MountOptions.timing), as they do the
+// reconnect pacing.
+type cacheTiming struct {
+	// special is specialTTL under the default policy.
+	special time.Duration
+	// hostMounts is how long the host's mount list is kept (mountview.go).
+	hostMounts time.Duration
+}
+
+var defaultCacheTiming = cacheTiming{special: specialTimeout, hostMounts: hostMountsTTL}
+
 func (c CachePolicy) params() cacheParams {
 	switch c {
 	case CacheNone:

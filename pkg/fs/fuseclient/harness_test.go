@@ -49,6 +49,9 @@ const (
 	envLogLevel = "QTFS_TEST_LOGLEVEL"
 	envLocal    = "QTFS_TEST_LOCAL_PROC"
 	envOffload  = "QTFS_TEST_OFFLOAD_ROOT"
+	// envSpecialTTL is how long the kernel keeps the entries and
+	// attributes of a special mount (fuseclient.WithSpecialTTL).
+	envSpecialTTL = "QTFS_TEST_SPECIAL_TTL"
 	// envExtra lists more mounts of the same session, as JSON
 	// [[remote, mountpoint]...], exported too.
 	envExtra = "QTFS_TEST_EXTRA"
@@ -167,7 +170,7 @@ func serve() error {
 		}
 	}
 	mnt := os.Getenv(envMount)
-	server, err := fuseclient.Mount(ctx, sess, mnt, fuseclient.MountOptions{
+	opts := fuseclient.MountOptions{
 		RemotePath:  remote,
 		Cache:       policy,
 		ReadOnly:    os.Getenv(envReadOnly) == "1",
@@ -178,7 +181,15 @@ func serve() error {
 		Logger:      log.Named("mount"),
 		LocalProc:   os.Getenv(envLocal),
 		OffloadRoot: os.Getenv(envOffload),
-	})
+	}
+	if v := os.Getenv(envSpecialTTL); v != "" {
+		ttl, err := time.ParseDuration(v)
+		if err != nil {
+			return err
+		}
+		opts = fuseclient.WithSpecialTTL(opts, ttl)
+	}
+	server, err := fuseclient.Mount(ctx, sess, mnt, opts)
 	if err != nil {
 		return err
 	}
@@ -277,6 +288,9 @@ type mountCfg struct {
 	stall string
 	// localProc and offloadRoot are the proc options of the mount.
 	localProc, offloadRoot string
+	// specialTTL, when set, is how long the kernel keeps the entries and
+	// attributes of a special mount ("1h"; a second when "").
+	specialTTL string
 	// mountpoint, when set, is where the mount goes (a new temporary
 	// directory otherwise).
 	mountpoint string
@@ -347,7 +361,7 @@ func startMount(t *testing.T, cfg mountCfg) *testMount {
 		cmd.Env = append(cmd.Env, envAllow+"=1")
 	}
 	cmd.Env = append(cmd.Env, envTimeout+"="+cfg.opTimeout, envStall+"="+cfg.stall,
-		envLocal+"="+cfg.localProc, envOffload+"="+cfg.offloadRoot)
+		envLocal+"="+cfg.localProc, envOffload+"="+cfg.offloadRoot, envSpecialTTL+"="+cfg.specialTTL)
 	if len(cfg.extra) > 0 {
 		b, _ := json.Marshal(cfg.extra)
 		cmd.Env = append(cmd.Env, envExtra+"="+string(b))

@@ -73,6 +73,10 @@ type MountOptions struct {
 	// missing beneath its export (MountRequest.create) before it mounts
 	// it; what the server made is logged.
 	Create bool
+
+	// timing is how long the mount keeps what it learnt of a special
+	// filesystem; tests change it. nil means defaultCacheTiming.
+	timing *cacheTiming
 }
 
 // DefaultLocalProc is MountOptions.LocalProc when it is empty: where the
@@ -188,9 +192,13 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		directIO:   policy == CacheNone || qfs.SpecialKind(resp.GetFsKind()),
 		special:    qfs.SpecialKind(resp.GetFsKind()),
 	}
-	m.hostMounts.ttl = hostMountsTTL
+	ct := defaultCacheTiming
+	if opts.timing != nil {
+		ct = *opts.timing
+	}
+	m.hostMounts.ttl = ct.hostMounts
 	if m.special && opts.Cache == CacheDefault {
-		m.specialTTL = specialTimeout
+		m.specialTTL = ct.special
 	}
 	if isProcRoot(m.kind, rootAttr) {
 		m.proc = newProcRoot(m, localProc, offloadRoot)

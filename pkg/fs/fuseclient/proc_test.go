@@ -27,11 +27,19 @@ import (
 // proc, which is the same pid namespace.
 func requireProcMount(t *testing.T, localProc, offloadRoot string) *testMount {
 	t.Helper()
+	return requireProcMountCfg(t, mountCfg{localProc: localProc, offloadRoot: offloadRoot})
+}
+
+// requireProcMountCfg is requireProcMount with the options of cfg (its
+// export is /proc).
+func requireProcMountCfg(t *testing.T, cfg mountCfg) *testMount {
+	t.Helper()
 	var st unix.Statfs_t
 	if err := unix.Statfs("/proc", &st); err != nil || uint64(st.Type) != unix.PROC_SUPER_MAGIC {
 		t.Skip("skipped: /proc is not a proc filesystem here")
 	}
-	return startMount(t, mountCfg{export: "/proc", localProc: localProc, offloadRoot: offloadRoot})
+	cfg.export = "/proc"
+	return startMount(t, cfg)
 }
 
 // TestProcSelf checks that self and thread-self of a mount of the host's
@@ -226,7 +234,9 @@ func TestProcPidsComeAndGo(t *testing.T) {
 // second time: the names of the processes the listing gave and of their
 // files are kept (specialTTL); only the opens go out.
 func TestProcScanKeepsPidEntries(t *testing.T) {
-	tm := requireProcMount(t, "/proc", "")
+	// What is kept is kept an hour here, not a second: nothing the first
+	// scan fetched runs out during the second, however slow the run.
+	tm := requireProcMountCfg(t, mountCfg{localProc: "/proc", specialTTL: "1h"})
 	pid := strconv.Itoa(os.Getppid()) // lives as long as the test
 	var listed map[string]bool        // what the last listing gave
 	// scan lists the root and reads two files of pid; it reports whether
@@ -258,26 +268,10 @@ func TestProcScanKeepsPidEntries(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	for try := 0; ; try++ {
-		// Let every name and attribute kept so far run out (they are
-		// kept a second), so that the first scan fetches all it uses
-		// afresh and none runs out during the second: the mount root's
-		// attributes, fetched at mount, would otherwise be asked for
-		// again by whichever scan crosses their second.
-		time.Sleep(1100 * time.Millisecond)
-		t0 := time.Now()
 		ended := scan()
 		tm.resetStats()
 		ended = scan() || ended
 		st := tm.stats()
-		if d := time.Since(t0); d > 800*time.Millisecond {
-			// What the first scan fetched may have run out during the
-			// second: this try says nothing (a loaded run under the
-			// race detector).
-			if try == 4 {
-				t.Fatalf("every try took too long to judge (the last %v, RPCs %v)", d, st)
-			}
-			continue
-		}
 		if st["Lookup"] != 0 {
 			t.Fatalf("second scan: RPCs %v, want no Lookup", st)
 		}
@@ -912,41 +906,25 @@ func TestCgroupThroughMount(t *testing.T) {
 // can still be read again from the start (it is opened again), stat'ed,
 // and closed.
 func TestProcOpenReadClose(t *testing.T) {
-	tm := requireProcMount(t, "/proc", "")
+	// The file's name and attributes are kept an hour here, not a
+	// second: none runs out during the reads, however slow the run.
+	tm := requireProcMountCfg(t, mountCfg{localProc: "/proc", specialTTL: "1h"})
 	want, err := os.ReadFile("/proc/sys/kernel/ostype")
 	if err != nil {
 		t.Fatal(err)
 	}
 	const n = 20
-	var st map[string]int
-	for try := 0; ; try++ {
-		if try > 0 {
-			// Let the file's kept name and attributes (a second) run
-			// out, so that the next lookup fetches them afresh.
-			time.Sleep(1100 * time.Millisecond)
-		}
-		if _, err := os.ReadFile(tm.path("sys/kernel/ostype")); err != nil { // looked up
-			t.Fatal(err)
-		}
-		t0 := time.Now()
-		tm.resetStats()
-		for range n {
-			got, err := os.ReadFile(tm.path("sys/kernel/ostype"))
-			if err != nil || !bytes.Equal(got, want) {
-				t.Fatalf("read: %q, %v; want %q", got, err, want)
-			}
-		}
-		st = tm.stats()
-		if d := time.Since(t0); d > 800*time.Millisecond {
-			// The file's attributes may have run out meanwhile (a loaded
-			// run under the race detector): this try says nothing.
-			if try == 4 {
-				t.Fatalf("every try took too long to judge (the last %v, RPCs %v)", d, st)
-			}
-			continue
-		}
-		break
+	if _, err := os.ReadFile(tm.path("sys/kernel/ostype")); err != nil { // looked up
+		t.Fatal(err)
 	}
+	tm.resetStats()
+	for range n {
+		got, err := os.ReadFile(tm.path("sys/kernel/ostype"))
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("read: %q, %v; want %q", got, err, want)
+		}
+	}
+	st := tm.stats()
 	if st["Open"] != n || st["Release"] != 0 || st["Getattr"] != 0 {
 		t.Fatalf("%d whole reads (open, fstat, read, close): %v; want %d Opens, no Getattr (the Open's attributes answer fstat) and no Release", n, st, n)
 	}
