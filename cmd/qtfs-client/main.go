@@ -197,7 +197,7 @@ func status(args []string) int {
 	if len(rest) != 0 {
 		return fail(2, fmt.Errorf("status: unexpected argument %q", rest[0]))
 	}
-	if err := client.PrintStatusAll(context.Background(), os.Stdout, s.RuntimeDir); err != nil {
+	if err := client.PrintStatus(context.Background(), os.Stdout, s.RuntimeDir); err != nil {
 		return fail(1, err)
 	}
 	return 0

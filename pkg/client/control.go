@@ -32,14 +32,20 @@ type Status struct {
 	Error string        `json:"error,omitempty"`
 }
 
+// control is a daemon's control socket: it serves GET /status.
 type control struct {
 	path string
 	srv  *http.Server
 }
 
-// startControl serves GET /status on <dir>/<pid>.sock (mode 0600).
-func startControl(dir string, st Status, sess *fuseclient.Session, log *zap.Logger) (*control, error) {
-	path := filepath.Join(dir, strconv.Itoa(st.PID)+".sock")
+// controlSocket is the path of the control socket of daemon pid in dir.
+func controlSocket(dir string, pid int) string {
+	return filepath.Join(dir, strconv.Itoa(pid)+".sock")
+}
+
+// startControl serves GET /status on path (mode 0600): the JSON of what
+// status returns when asked.
+func startControl(path string, status func(ctx context.Context) any, log *zap.Logger) (*control, error) {
 	_ = os.Remove(path)
 	l, err := net.Listen("unix", path)
 	if err != nil {
@@ -51,16 +57,8 @@ func startControl(dir string, st Status, sess *fuseclient.Session, log *zap.Logg
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		s := st
-		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
-		defer cancel()
-		if rtt, err := sess.Ping(ctx); err != nil {
-			s.Error = err.Error()
-		} else {
-			s.RTT = rtt
-		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(s)
+		_ = json.NewEncoder(w).Encode(status(r.Context()))
 	})
 	c := &control{path: path, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
 	go func() {
@@ -77,9 +75,21 @@ func (c *control) Close() error {
 	return err
 }
 
-// queryStatus asks one mount daemon for its status.
-func queryStatus(ctx context.Context, sock string) (Status, error) {
-	var st Status
+// ping measures one round trip to sess's server, or says why it could
+// not.
+func ping(ctx context.Context, sess *fuseclient.Session) (rtt time.Duration, failed string) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rtt, err := sess.Ping(ctx)
+	if err != nil {
+		return 0, err.Error()
+	}
+	return rtt, ""
+}
+
+// getStatus asks the daemon of control socket sock for its status, into
+// v.
+func getStatus(ctx context.Context, sock string, v any) error {
 	hc := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
@@ -87,16 +97,15 @@ func queryStatus(ctx context.Context, sock string) (Status, error) {
 	}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://qtfs/status", nil)
 	if err != nil {
-		return st, err
+		return err
 	}
 	resp, err := hc.Do(req)
 	if err != nil {
-		return st, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("status %s", resp.Status)
+		return fmt.Errorf("status %s", resp.Status)
 	}
-	err = json.NewDecoder(resp.Body).Decode(&st)
-	return st, err
+	return json.NewDecoder(resp.Body).Decode(v)
 }

@@ -253,7 +253,7 @@ func Foreground(ctx context.Context, req MountRequest, newLog func(w string) (*z
 		return err
 	}
 
-	ctl, err := startControl(ctlDir, Status{
+	st := Status{
 		PID:        os.Getpid(),
 		Mountpoint: mp,
 		Remote:     fsName,
@@ -261,7 +261,12 @@ func Foreground(ctx context.Context, req MountRequest, newLog func(w string) (*z
 		ServerName: sess.ServerName(),
 		Started:    time.Now(),
 		Log:        map[bool]string{true: logDest}[logDest != "stderr"],
-	}, sess, log)
+	}
+	ctl, err := startControl(controlSocket(ctlDir, st.PID), func(ctx context.Context) any {
+		st := st
+		st.RTT, st.Error = ping(ctx, sess)
+		return st
+	}, log)
 	if err != nil {
 		_ = srv.Unmount()
 		return err

@@ -92,11 +92,11 @@ func Run(ctx context.Context, rc *RunConfig, log *zap.Logger) error {
 	d := &runDaemon{rc: rc, plan: plan, log: log, reg: reg, pm: pm, fm: fm}
 	d.st = RunStatus{PID: os.Getpid(), Config: rc.Config, Root: root, Server: plan.uri.String(),
 		State: StateConnecting, Started: time.Now(), Shims: rc.Shims}
-	ctl, err := d.startControl(runDir)
+	ctl, err := startControl(controlSocket(runDir, os.Getpid()), func(ctx context.Context) any { return d.snapshot(ctx) }, log)
 	if err != nil {
-		return err
+		return fmt.Errorf("run: %w", err)
 	}
-	defer ctl.close()
+	defer ctl.Close()
 	if rc.MetricsListen != "" {
 		stop, err := serveMetrics(rc.MetricsListen, reg, log)
 		if err != nil {

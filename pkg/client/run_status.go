@@ -2,21 +2,13 @@ package client
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
-	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
-
-	"go.uber.org/zap"
 
 	"github.com/qtfs/qtfs/pkg/chroot"
 	"github.com/qtfs/qtfs/pkg/sockproxy"
@@ -77,73 +69,9 @@ func (d *runDaemon) snapshot(ctx context.Context) RunStatus {
 		st.Proxies = append(st.Proxies, RunProxy{Listen: p.Listen(), Host: p.Remote(), Stats: p.Stats()})
 	}
 	if sess != nil {
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		if rtt, err := sess.Ping(ctx); err != nil {
-			st.Error = err.Error()
-		} else {
-			st.RTT = rtt
-		}
+		st.RTT, st.Error = ping(ctx, sess)
 	}
 	return st
-}
-
-type runControl struct {
-	path string
-	srv  *http.Server
-}
-
-func (c *runControl) close() {
-	c.srv.Close()
-	os.Remove(c.path)
-}
-
-// startControl serves GET /status on <runDir>/<pid>.sock (mode 0600).
-func (d *runDaemon) startControl(runDir string) (*runControl, error) {
-	path := filepath.Join(runDir, strconv.Itoa(os.Getpid())+".sock")
-	_ = os.Remove(path)
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("run: control socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("run: control socket: %w", err)
-	}
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(d.snapshot(r.Context()))
-	})
-	c := &runControl{path: path, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}}
-	go func() {
-		if err := c.srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Warn("control socket", zap.Error(err))
-		}
-	}()
-	return c, nil
-}
-
-// getJSON asks a control socket for GET /status.
-func getJSON(ctx context.Context, sock string, v any) error {
-	hc := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", sock)
-		},
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://qtfs/status", nil)
-	if err != nil {
-		return err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %s", resp.Status)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
 }
 
 // RunStatuses asks every run daemon of runtimeDir for its status.
@@ -152,7 +80,7 @@ func RunStatuses(ctx context.Context, runtimeDir string) []RunStatus {
 	var out []RunStatus
 	for _, s := range socks {
 		var st RunStatus
-		if err := getJSON(ctx, s, &st); err == nil {
+		if err := getStatus(ctx, s, &st); err == nil {
 			out = append(out, st)
 		}
 	}
@@ -160,18 +88,18 @@ func RunStatuses(ctx context.Context, runtimeDir string) []RunStatus {
 	return out
 }
 
-// PrintStatusAll writes a table of the mounts: those with a live daemon,
+// PrintStatus writes a table of the mounts: those with a live daemon,
 // a mount daemon's or a run daemon's host mount (with the server and
 // round trip), and qtfs mounts whose daemon is gone; then a table of
 // socket proxies and one of run daemons.
-func PrintStatusAll(ctx context.Context, w io.Writer, runtimeDir string) error {
+func PrintStatus(ctx context.Context, w io.Writer, runtimeDir string) error {
 	runs := RunStatuses(ctx, runtimeDir)
 	socks, _ := filepath.Glob(filepath.Join(runtimeDir, "client", "*.sock"))
 	var live []Status
 	claimed := map[string]bool{}
 	for _, s := range socks {
-		st, err := queryStatus(ctx, s)
-		if err != nil {
+		var st Status
+		if err := getStatus(ctx, s, &st); err != nil {
 			continue // a daemon that died leaves its socket; nothing answers
 		}
 		live = append(live, st)
