@@ -47,6 +47,16 @@
 //     root fd lies on (by its mount id), then the mounts beneath the root
 //     that walks from the root fd cross, parents first. A mount elsewhere,
 //     or one made on the root itself after it was opened, is never listed.
+//   - MountOnHost and UnmountOnHost (hostmount_linux.go) make, change and
+//     unmount host mounts beneath a mount for the DPU's supervised
+//     programs, as far as Options.MountAllow permits (nothing by
+//     default): the caller must be root; every path is walked as above
+//     and named to mount(2) and umount2(2) as /proc/self/fd/N of the fd
+//     opened, never as a host path; no target is the mount's root, an
+//     export's root or a directory holding one; and only overlay and
+//     tmpfs mounts, and binds this server made, are changed or unmounted
+//     (never a cgroup, proc or disk mount of the host beneath an export).
+//     Each change is logged at info.
 //   - A filesystem failure is an errno in the reply, never a gRPC status.
 //     gRPC statuses are FAILED_PRECONDITION (no Handshake on this connection,
 //     or the server is closed), INVALID_ARGUMENT (bad Handshake),
@@ -84,7 +94,10 @@
 // handle.dirMu (serialises Readdir on one directory handle) and handle.ra.mu
 // (a handle's sequential-read state) are taken with none of the others
 // held. No lock is held across a blocking wait (Setlk, a pipe).
-// Server.limitLog.mu and Server.tokenMu are leaves.
+// Server.limitLog.mu and Server.tokenMu are leaves. Server.hostMountMu
+// (serialises MountOnHost and UnmountOnHost, guards the host mounts they
+// made) is taken with none of the others held; only leaves are taken
+// under it.
 //
 // The package is Linux only (openat2, Linux 5.6 or later).
 package hostfs

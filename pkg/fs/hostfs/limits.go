@@ -85,6 +85,7 @@ var opGroups = map[string][]string{
 	"write": {"Setattr", "Write", "Create", "Mknod", "Mkdir", "Symlink", "Unlink", "Rmdir", "Rename", "Link", "Fallocate", "CopyFileRange", "Setxattr", "Removexattr"},
 	"xattr": {"Getxattr", "Listxattr", "Setxattr", "Removexattr"},
 	"lock":  {"Getlk", "Setlk"},
+	"mount": {"MountOnHost", "UnmountOnHost"},
 }
 
 // alwaysAllowed are operations no policy refuses: opening the session and

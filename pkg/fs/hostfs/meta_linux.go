@@ -55,7 +55,7 @@ func (s *Server) Mount(ctx context.Context, req *qtfsv1.MountRequest) (*qtfsv1.M
 	}
 	create := req.GetCreate() && rel != ""
 	mayCreate := !ex.readOnly && ex.ops.allows("Mkdir")
-	m := &mount{fd: -1, readOnly: ex.readOnly, ops: ex.ops}
+	m := &mount{fd: -1, readOnly: ex.readOnly, ops: ex.ops, ex: ex, rel: rel}
 	e := s.creds.run(req.GetCaller(), func() syscall.Errno {
 		if create && mayCreate {
 			made, err := MkdirBeneath(ex.fd, rel)

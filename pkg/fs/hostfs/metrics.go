@@ -17,6 +17,8 @@ type metrics struct {
 	refusals *prometheus.CounterVec
 	// created counts the directories Mount made with create.
 	created prometheus.Counter
+	// hostMounts counts MountOnHost and UnmountOnHost requests.
+	hostMounts *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -42,12 +44,16 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "qtfs_server_mount_created_dirs_total",
 			Help: "Host directories made by Mount requests with create (the missing part of the path, as mkdir -p).",
 		}),
+		hostMounts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "qtfs_server_host_mounts_total",
+			Help: "Host mounts made, changed and unmounted for the DPU (MountOnHost, UnmountOnHost), by operation (mount, bind, remount, propagation, move, unmount), type (overlay, tmpfs, bind, other) and result (OK or an errno name).",
+		}, []string{"op", "type", "result"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
 	cs := []prometheus.Collector{
-		m.ops, m.duration, m.bytes, m.refusals, m.created,
+		m.ops, m.duration, m.bytes, m.refusals, m.created, m.hostMounts,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "qtfs_server_open_handles",
 			Help: "File and directory handles open across all sessions.",
@@ -71,6 +77,10 @@ func (m *metrics) op(op, result string, d time.Duration) {
 func (m *metrics) refusal(reason string) { m.refusals.WithLabelValues(reason).Inc() }
 
 func (m *metrics) mountCreated(n int) { m.created.Add(float64(n)) }
+
+func (m *metrics) hostMount(op, typ, result string) {
+	m.hostMounts.WithLabelValues(op, typ, result).Inc()
+}
 
 func (m *metrics) read(n int) {
 	if n > 0 {

@@ -96,6 +96,8 @@ func fuzzSeeds() map[string]proto.Message {
 		"Readdir":       &qtfsv1.ReaddirRequest{Handle: 2, Offset: 1 << 63, MaxEntries: 1 << 31, Plus: true},
 		"Statfs":        &qtfsv1.StatfsRequest{Mount: 1, Caller: c, Path: []byte("d/e")},
 		"Mounts":        &qtfsv1.MountsRequest{Mount: 1},
+		"MountOnHost":   &qtfsv1.MountOnHostRequest{Mount: 1, Caller: c, Target: []byte("d"), FsType: "overlay", Flags: unix.MS_NOSUID, Lower: [][]byte{[]byte("d/e"), []byte("up")}, Upper: []byte("out"), Work: []byte("d"), Options: "index=off,context=x"},
+		"UnmountOnHost": &qtfsv1.UnmountOnHostRequest{Mount: 1, Caller: c, Target: []byte("d"), Flags: unix.MNT_DETACH},
 		"Getxattr":      &qtfsv1.GetxattrRequest{Mount: 1, Caller: c, Path: []byte("f"), Name: []byte("user.x"), Size: 1 << 31},
 		"Setxattr":      &qtfsv1.SetxattrRequest{Mount: 1, Caller: c, Path: []byte("f"), Name: []byte("trusted.overlay.opaque"), Value: []byte("y"), Flags: 3},
 		"Listxattr":     &qtfsv1.ListxattrRequest{Mount: 1, Caller: c, Path: []byte("d"), Size: 1},

@@ -46,8 +46,8 @@ type Export struct {
 	ReadOnly bool
 	// Ops, when not empty, are the only operations allowed beneath Path:
 	// FileSystem rpc names ("Lookup", "Read") and group names ("read",
-	// "write", "xattr", "lock"; see OpNames). Others get EPERM. Handshake,
-	// Mount, Release and Flush are always allowed.
+	// "write", "xattr", "lock", "mount"; see OpNames). Others get EPERM.
+	// Handshake, Mount, Release and Flush are always allowed.
 	Ops []string
 }
 
@@ -75,6 +75,10 @@ type Options struct {
 	// server's listener hands them to ServeChannel
 	// (transport.SplitChannels).
 	CallChannels bool
+	// MountAllow are the kinds of host mount MountOnHost may make and
+	// UnmountOnHost may undo ("overlay", "tmpfs", "bind"; see MountKinds).
+	// Empty refuses both with EPERM.
+	MountAllow []string
 }
 
 // export is an Export with its root directory open.
@@ -84,6 +88,9 @@ type export struct {
 	ops      opSet
 	kind     qtfsv1.FsKind
 	fd       int // O_PATH|O_DIRECTORY; closed by Server.Close
+	// mnt is the id of the host mount fd lies on (hostMountID), 0 when
+	// unknown: MountOnHost never changes that mount.
+	mnt uint64
 }
 
 // Server implements qtfsv1.FileSystemServer over the configured exports.
@@ -123,6 +130,13 @@ type Server struct {
 	sessionSeq  atomic.Uint64
 	sessions    atomic.Int64
 	openHandles atomic.Int64
+
+	// mountAllow is Options.MountAllow as a set.
+	mountAllow map[string]bool
+	// hostMountMu serialises MountOnHost and UnmountOnHost and guards
+	// hostMounts, the host mounts they made (hostmount_linux.go).
+	hostMountMu sync.Mutex
+	hostMounts  map[uint64]hostMountRecord
 }
 
 var _ qtfsv1.FileSystemServer = (*Server)(nil)
@@ -144,6 +158,10 @@ func New(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	mountAllow, err := parseMountAllow(opts.MountAllow)
+	if err != nil {
+		return nil, err
+	}
 	if err := probeOpenat2(); err != nil {
 		return nil, fmt.Errorf("hostfs: openat2 (Linux 5.6 or later) is required: %w", err)
 	}
@@ -156,6 +174,8 @@ func New(opts Options) (*Server, error) {
 		limits:       limits,
 		conns:        make(map[*connState]struct{}),
 		tokens:       make(map[string]*connState),
+		mountAllow:   mountAllow,
+		hostMounts:   make(map[uint64]hostMountRecord),
 	}
 	s.codec = s.newDataCodec()
 	creds, err := newCredSwitcher(log)
@@ -204,6 +224,9 @@ func New(opts Options) (*Server, error) {
 	for _, ex := range s.exports {
 		log.Info("export", zap.String("path", ex.path), zap.Bool("read_only", ex.readOnly),
 			zap.Stringer("fs_kind", ex.kind), zap.Stringer("ops", ex.ops))
+	}
+	if len(mountAllow) > 0 {
+		log.Info("host mounts allowed", zap.Strings("mount_allow", sortedKeys(mountAllow)))
 	}
 	log.Info("limits", zap.Int("max_sessions", limits.MaxSessions), zap.Int("max_handles_per_session", limits.MaxHandlesPerSession),
 		zap.Int("max_inflight_per_session", limits.MaxInflightPerSession),
@@ -404,6 +427,11 @@ type mount struct {
 	readOnly bool
 	ops      opSet // the export's allowed operations
 	kind     qtfsv1.FsKind
+	// ex is the export the mount lies in and rel its path relative to
+	// the export's root ("" for the root): MountOnHost names host paths
+	// with them and tells export roots apart.
+	ex  *export
+	rel string
 }
 
 func (m *mount) put() {

@@ -111,7 +111,8 @@ func openExport(path string, readOnly bool) (*export, error) {
 		closeFd(fd)
 		return nil, fmt.Errorf("hostfs: export %q: statfs: %w", path, err)
 	}
-	return &export{path: path, readOnly: readOnly, kind: kind, fd: fd}, nil
+	mnt, _ := hostMountID(fd) // 0 when unknown
+	return &export{path: path, readOnly: readOnly, kind: kind, fd: fd, mnt: mnt}, nil
 }
 
 // fsKindOf tells which kind of filesystem the directory fd lies on. A
