@@ -25,7 +25,8 @@ const usage = `qtfs-server exports host directories to qtfs clients over vsock, 
 Usage:
   qtfs-server [--config /etc/qtfs/server.yaml] --listen URI... --export PATH[:ro]...
               [--tls-cert F --tls-key F --tls-client-ca F | --insecure]
-              [--exec-allow BINARY]... [--socket-allow PATH]... [--metrics-listen ADDR] [--log-level L]
+              [--exec-allow BINARY]... [--socket-allow PATH]... [--mount-allow overlay|tmpfs|bind]...
+              [--metrics-listen ADDR] [--log-level L]
 
   qtfs-server gen-certs --out DIR [--server-name NAME,...] [--client-name NAME,...]
 

@@ -19,4 +19,9 @@
 // per-export operation allow-lists (--export PATH:ops=read+lock) are
 // hostfs.Limits and hostfs.Export.Ops; 0 or no ops= takes hostfs's
 // default (everything allowed).
+//
+// --mount-allow (mount_allow:) names the kinds of host mount (overlay,
+// tmpfs, bind) the DPU's supervised programs may make beneath read-write
+// exports, carried out by hostfs's MountOnHost; none by default, and an
+// unknown kind is a config error.
 package server

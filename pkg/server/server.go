@@ -74,6 +74,7 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 		Registerer: reg,
 		ServerName: "qtfs-server " + version.Version,
 		Limits:     v.limits,
+		MountAllow: v.mountAllow,
 		// Every listener below hands its call channels to fsrv.
 		CallChannels: true,
 	})
@@ -186,7 +187,8 @@ func Run(ctx context.Context, s Settings, log *zap.Logger) error {
 		zap.Strings("listen", where),
 		zap.Strings("exports", exports),
 		zap.Strings("exec_allow", s.ExecAllow),
-		zap.Strings("socket_allow", s.SocketAllow))
+		zap.Strings("socket_allow", s.SocketAllow),
+		zap.Strings("mount_allow", v.mountAllow))
 	_ = sdnotify.Ready(fmt.Sprintf("serving %d exports on %s", len(exports), strings.Join(where, " ")))
 
 	select {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -35,6 +36,7 @@ type Settings struct {
 	ExecAllow           []string `yaml:"exec_allow"`
 	ExecEnvDeny         []string `yaml:"exec_env_deny"`
 	SocketAllow         []string `yaml:"socket_allow"`
+	MountAllow          []string `yaml:"mount_allow"`
 	MetricsListen       string   `yaml:"metrics_listen"`
 	// Limits (0: the default of hostfs.Limits).
 	MaxSessions                int    `yaml:"max_sessions"`
@@ -49,7 +51,7 @@ type Settings struct {
 func (s *Settings) Flags(set *flag.FlagSet) {
 	set.StringVar(&s.Config, "config", DefaultConfigPath, "YAML config `file` (keys are the flag names with _ for -)")
 	set.Var(config.NewStringList(&s.Listen), "listen", "serve on `URI`: tcp://HOST:PORT, unix:///PATH or vsock://CID:PORT (repeatable)")
-	set.Var(config.NewStringList(&s.Export), "export", "export host directory `PATH[:ro|:rw][:ops=OP+OP...]` (repeatable); ops names the only operations allowed: read, write, xattr, lock, or rpc names such as Lookup")
+	set.Var(config.NewStringList(&s.Export), "export", "export host directory `PATH[:ro|:rw][:ops=OP+OP...]` (repeatable); ops names the only operations allowed: read, write, xattr, lock, mount, or rpc names such as Lookup")
 	set.StringVar(&s.TLSCert, "tls-cert", "", "server certificate `file` (PEM) for tcp://")
 	set.StringVar(&s.TLSKey, "tls-key", "", "server private key `file` (PEM)")
 	set.StringVar(&s.TLSClientCA, "tls-client-ca", "", "CA `file` client certificates must chain to (mutual TLS)")
@@ -63,6 +65,7 @@ func (s *Settings) Flags(set *flag.FlagSet) {
 	}
 	set.Var(config.NewStringList(&s.ExecEnvDeny), "exec-env-deny", "rexec: drop the environment variable `NAME` (or NAME* for a prefix) from callers' environments (repeatable; replaces the default; '' drops none)")
 	set.Var(config.NewStringList(&s.SocketAllow), "socket-allow", "socket proxy: allow DPU clients to connect to this host unix socket `PATH` (repeatable; the SocketProxy service is off without it)")
+	set.Var(config.NewStringList(&s.MountAllow), "mount-allow", "host mounts: let the DPU's supervised programs mount this `KIND` beneath rw exports on the host: overlay, tmpfs or bind (repeatable; refused without it)")
 	set.IntVar(&s.MaxSessions, "max-sessions", 0, fmt.Sprintf("refuse sessions (connections) past `N` (default %d)", hostfs.DefaultMaxSessions))
 	set.IntVar(&s.MaxHandlesPerSession, "max-handles-per-session", 0, fmt.Sprintf("open files and directories one session may hold, `N` (default %d; past it EMFILE)", hostfs.DefaultMaxHandlesPerSession))
 	set.IntVar(&s.MaxInflightPerSession, "max-inflight-per-session", 0, fmt.Sprintf("requests of one session served at once, `N` (default %d; past it EAGAIN)", hostfs.DefaultMaxInflightPerSession))
@@ -73,7 +76,8 @@ func (s *Settings) Flags(set *flag.FlagSet) {
 
 // ParseExport parses "PATH", "PATH:ro" (also ":rw") and, after either or
 // alone, ":ops=NAME+NAME..." naming the only operations allowed beneath
-// PATH: the groups read, write, xattr and lock, or FileSystem rpc names.
+// PATH: the groups read, write, xattr, lock and mount, or FileSystem rpc
+// names.
 func ParseExport(s string) (hostfs.Export, error) {
 	path, rest, hasOpt := strings.Cut(s, ":")
 	e := hostfs.Export{Path: path}
@@ -141,6 +145,8 @@ type validated struct {
 	// setting was never given (then hostexec uses its default).
 	execEnvDeny []string
 	limits      hostfs.Limits
+	// mountAllow is MountAllow, checked.
+	mountAllow []string
 }
 
 func (s *Settings) validate() (*validated, error) {
@@ -203,6 +209,14 @@ func (s *Settings) validate() (*validated, error) {
 			return nil, fmt.Errorf("allow-cid %q: not a number", c)
 		}
 		v.security.AllowedCIDs = append(v.security.AllowedCIDs, id)
+	}
+	for _, k := range s.MountAllow {
+		if !slices.Contains(hostfs.MountKinds(), k) {
+			return nil, fmt.Errorf("mount-allow %q: unknown kind (want %s)", k, strings.Join(hostfs.MountKinds(), ", "))
+		}
+		if !slices.Contains(v.mountAllow, k) {
+			v.mountAllow = append(v.mountAllow, k)
+		}
 	}
 	if s.ExecEnvDeny != nil {
 		v.execEnvDeny = []string{}
