@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-// nativeDocker is Debian's dockerd run on the host itself, with a data
+// nativeDocker is Debian's dockerd run on the host itself (overlay2), with a data
 // root, exec root, socket and containerd namespace of its own, beside the
 // offloaded one, against the same containerd.
 type nativeDocker struct {
@@ -32,7 +32,7 @@ func startNativeDocker(tb testing.TB) *nativeDocker {
 	nd.p = start(tb, "/usr/sbin/dockerd", "--data-root", dir+"/data", "--exec-root", dir+"/exec", "--pidfile", dir+"/docker.pid",
 		"-H", "unix://"+nd.sock, "--containerd", "/run/containerd/containerd.sock",
 		"--containerd-namespace", "qtfs-bench-native", "--containerd-plugins-namespace", "qtfs-bench-native-plugins",
-		"--storage-driver", "vfs", "--iptables=false", "--bridge", "none")
+		"--storage-driver", "overlay2", "--iptables=false", "--bridge", "none")
 	for i := 0; ; i++ {
 		if _, err := nd.docker("version"); err == nil {
 			return nd
@@ -51,18 +51,9 @@ func (nd *nativeDocker) docker(args ...string) (string, error) {
 	return string(out), err
 }
 
-// serverOps is the number of FileSystem calls the server has answered,
-// and of FIFO bridges it has ended, from its metrics.
-func serverOps(tb testing.TB, hostNS string) (ops, bridges float64) {
-	tb.Helper()
-	byOp, bridges := serverOpsByName(tb, hostNS)
-	for _, v := range byOp {
-		ops += v
-	}
-	return ops, bridges
-}
-
-// serverOpsByName is serverOps by FileSystem call.
+// serverOpsByName is the number of FileSystem calls the server has
+// answered, by call (with the errno when it is not 0), and of FIFO bridges
+// it has ended, from its metrics.
 func serverOpsByName(tb testing.TB, hostNS string) (map[string]float64, float64) {
 	tb.Helper()
 	byOp := map[string]float64{}
@@ -94,97 +85,129 @@ func serverOpsByName(tb testing.TB, hostNS string) (map[string]float64, float64)
 	return byOp, bridges
 }
 
+// startVfsDockerd starts a second offloaded dockerd beside od's, the
+// unit's but with the vfs driver (the fallback that needs no mount on the
+// host), with a data root, exec root, socket and containerd namespace of
+// its own.
+func startVfsDockerd(b *testing.B, o *dockerOffload) *offloadedDocker {
+	b.Helper()
+	const sock = "/run/docker-vfs.sock"
+	return startDockerdArgv(b, b, o.d, o.root, sock, func(argv []string) []string {
+		var out []string
+		for _, a := range argv {
+			switch {
+			case strings.HasPrefix(a, "--storage-driver="):
+				a = "--storage-driver=vfs"
+			case a == "unix:///run/docker.sock":
+				a = "unix://" + sock
+			}
+			out = append(out, a)
+		}
+		return append(out, "--data-root=/var/lib/docker/qtfs-bench-vfs", "--exec-root=/run/docker-vfs",
+			"--pidfile=/run/docker-vfs.pid", "--containerd-namespace=qtfs-bench-vfs",
+			"--containerd-plugins-namespace=qtfs-bench-vfs-plugins")
+	})
+}
+
 // BenchmarkDockerRunOffloadVsNative runs `docker run --rm` of a trivial
-// command through the offload (dockerd on the DPU, the container on the
-// host) and through a dockerd on the host itself, one of each per
-// iteration, alternating which goes first, against the same containerd.
-// It reports each side's median and p90 in milliseconds, the
-// offloaded/native ratio of the medians (the target is at most 1.5), and
-// the server's FileSystem calls and FIFO bridges per offloaded run.
+// command through the offload with the unit's overlay2 driver (dockerd on
+// the DPU, its overlays made on the host, the container on the host),
+// through the offload with the vfs driver, and through a dockerd with
+// overlay2 on the host itself, one of each per iteration, rotating which
+// goes first, against the same containerd. It reports each side's median
+// and p90 in milliseconds, the offloaded/native ratios of the medians
+// (the target is at most 1.5), and the server's FileSystem calls and FIFO
+// bridges per offloaded run of each driver.
 //
 //	go test -run '^$' -bench DockerRunOffloadVsNative -benchtime 20x ./test/e2e/
 func BenchmarkDockerRunOffloadVsNative(b *testing.B) {
 	o := newDockerOffload(b)
+	vfs := startVfsDockerd(b, o)
 	nd := startNativeDocker(b)
 	const img = "qtfs-bench/busybox:latest"
-	if out, err := o.od.docker("import", o.image, img); err != nil {
-		b.Fatalf("offloaded docker import: %v\n%s", err, out)
+	type side struct {
+		name    string
+		docker  func(...string) (string, error)
+		offload bool
+		runs    []time.Duration
+		ops     map[string]float64 // FileSystem calls by name, summed over the runs
+		bridges float64
 	}
-	if out, err := nd.docker("import", o.image, img); err != nil {
-		b.Fatalf("native docker import: %v\n%s", err, out)
+	sides := []*side{
+		{name: "offload-overlay2", docker: o.od.docker, offload: true, ops: map[string]float64{}},
+		{name: "offload-vfs", docker: vfs.docker, offload: true, ops: map[string]float64{}},
+		{name: "native", docker: nd.docker},
+	}
+	for _, sd := range sides {
+		if out, err := sd.docker("import", o.image, img); err != nil {
+			b.Fatalf("%s: docker import: %v\n%s", sd.name, err, out)
+		}
 	}
 	runArgs := []string{"run", "--rm", "--network", "none", img, "true"}
-	timed := func(f func(...string) (string, error)) (time.Duration, error) {
+	timed := func(sd *side) time.Duration {
 		t0 := time.Now()
-		out, err := f(runArgs...)
+		out, err := sd.docker(runArgs...)
 		if err != nil {
-			return 0, fmt.Errorf("%v: %s", err, out)
+			b.Fatalf("%s: %v: %s", sd.name, err, out)
 		}
-		return time.Since(t0), nil
+		return time.Since(t0)
 	}
 	// One of each before measuring: the first run of a dockerd pays for
 	// things the others do not.
-	for _, f := range []func(...string) (string, error){o.od.docker, nd.docker} {
-		if _, err := timed(f); err != nil {
-			b.Fatal(err)
-		}
+	for _, sd := range sides {
+		timed(sd)
 	}
-	var off, nat []time.Duration
-	var ops, bridges float64
-	before, _ := serverOpsByName(b, o.net.Host)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		var first, second func(...string) (string, error)
-		var firstOff bool
-		if i%2 == 0 {
-			first, second, firstOff = o.od.docker, nd.docker, true
-		} else {
-			first, second = nd.docker, o.od.docker
-		}
-		for j, f := range []func(...string) (string, error){first, second} {
-			isOff := (j == 0) == firstOff
-			var ops0, br0 float64
-			if isOff {
+		for j := range sides {
+			sd := sides[(i+j)%len(sides)]
+			var before map[string]float64
+			var br0 float64
+			if sd.offload {
 				b.StopTimer()
-				ops0, br0 = serverOps(b, o.net.Host)
+				before, br0 = serverOpsByName(b, o.net.Host)
 				b.StartTimer()
 			}
-			d, err := timed(f)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if isOff {
+			d := timed(sd)
+			sd.runs = append(sd.runs, d)
+			if sd.offload {
 				b.StopTimer()
-				ops1, br1 := serverOps(b, o.net.Host)
+				after, br1 := serverOpsByName(b, o.net.Host)
 				b.StartTimer()
-				ops += ops1 - ops0
-				bridges += br1 - br0
-				off = append(off, d)
-			} else {
-				nat = append(nat, d)
+				for op, v := range after {
+					sd.ops[op] += v - before[op]
+				}
+				sd.bridges += br1 - br0
 			}
 		}
 	}
 	b.StopTimer()
-	after, _ := serverOpsByName(b, o.net.Host)
-	var calls []string
-	for op, v := range after {
-		if n := (v - before[op]) / float64(b.N); n >= 1 {
-			calls = append(calls, fmt.Sprintf("%s %.0f", op, n))
-		}
-	}
-	sort.Strings(calls)
-	b.Logf("FileSystem calls per offloaded run, by call: %s", strings.Join(calls, ", "))
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	o50, n50 := percentile(off, 50), percentile(nat, 50)
-	b.ReportMetric(ms(o50), "offload-p50-ms")
-	b.ReportMetric(ms(percentile(off, 90)), "offload-p90-ms")
-	b.ReportMetric(ms(n50), "native-p50-ms")
-	b.ReportMetric(ms(percentile(nat, 90)), "native-p90-ms")
-	b.ReportMetric(float64(o50)/float64(n50), "offload/native-p50")
-	b.ReportMetric(ops/float64(b.N), "fs-calls/run")
-	b.ReportMetric(bridges/float64(b.N), "fifo-bridges/run")
+	native := percentile(sides[2].runs, 50)
+	for _, sd := range sides {
+		p50 := percentile(sd.runs, 50)
+		b.ReportMetric(ms(p50), sd.name+"-p50-ms")
+		b.ReportMetric(ms(percentile(sd.runs, 90)), sd.name+"-p90-ms")
+		if !sd.offload {
+			continue
+		}
+		b.ReportMetric(float64(p50)/float64(native), sd.name+"/native-p50")
+		var total float64
+		var calls []string
+		for op, v := range sd.ops {
+			total += v
+			if n := v / float64(b.N); n >= 1 {
+				calls = append(calls, fmt.Sprintf("%s %.0f", op, n))
+			}
+		}
+		sort.Strings(calls)
+		b.Logf("%s: FileSystem calls per run, by call: %s", sd.name, strings.Join(calls, ", "))
+		b.ReportMetric(total/float64(b.N), sd.name+"-fs-calls/run")
+		b.ReportMetric(sd.bridges/float64(b.N), sd.name+"-fifo-bridges/run")
+	}
 	b.ReportMetric(0, "ns/op")
-	nd.docker("rmi", img)
-	o.od.docker("rmi", img)
+	for _, sd := range sides {
+		sd.docker("rmi", img)
+	}
+	vfs.stop(b)
 }

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The docker offload as deploy/ describes it: Debian's containerd on the
@@ -179,6 +181,7 @@ func busyboxImage(t testing.TB, dir string) string {
 type offloadedDocker struct {
 	d    *offDPU
 	root string
+	sock string // its socket, in the chroot
 	p    *proc
 }
 
@@ -188,14 +191,22 @@ type offloadedDocker struct {
 // it does not start.
 func startDockerd(t, life testing.TB, d *offDPU, root string, extra ...string) *offloadedDocker {
 	t.Helper()
+	return startDockerdArgv(t, life, d, root, "/run/docker.sock", func(argv []string) []string { return append(argv, extra...) })
+}
+
+// startDockerdArgv is startDockerd with the unit's command line as
+// rewrite makes it, and the socket it listens on.
+func startDockerdArgv(t, life testing.TB, d *offDPU, root, sock string, rewrite func([]string) []string) *offloadedDocker {
+	t.Helper()
 	argv, env := dockerUnit(t)
 	if argv[0] == "/usr/bin/qtfs-client" {
 		argv[0] = bin("qtfs-client") // the unit's, as built for this run
 	}
-	cmd := d.cmd(argv[0], append(argv[1:], extra...)...)
+	argv = rewrite(argv)
+	cmd := d.cmd(argv[0], argv[1:]...)
 	cmd.Env = append([]string{"HOME=/root"}, env...)
 	p := startCmd(life, cmd)
-	od := &offloadedDocker{d: d, root: root, p: p}
+	od := &offloadedDocker{d: d, root: root, sock: sock, p: p}
 	// Runs before startCmd's cleanup, which signals nsenter only: dockerd
 	// is its child in the DPU's pid namespace.
 	life.Cleanup(func() {
@@ -231,7 +242,7 @@ func (od *offloadedDocker) docker(args ...string) (string, error) {
 func (od *offloadedDocker) dockerIn(stdin string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	c := od.d.cmd("/usr/bin/docker", append([]string{"-H", "unix://" + od.root + "/run/docker.sock"}, args...)...)
+	c := od.d.cmd("/usr/bin/docker", append([]string{"-H", "unix://" + od.root + od.sock}, args...)...)
 	cmd := exec.CommandContext(ctx, c.Path, c.Args[1:]...)
 	cmd.Env = []string{"HOME=/root", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
 	if stdin != "" {
@@ -365,7 +376,7 @@ func TestOffloadDocker(t *testing.T) {
 
 	t.Run("info", func(t *testing.T) {
 		out := od.must(t, "info", "--format", "{{.Driver}} {{.CgroupVersion}} {{.KernelVersion}}")
-		if !strings.HasPrefix(out, "vfs ") {
+		if !strings.HasPrefix(out, "overlay2 ") {
 			t.Fatalf("docker info: %s", out)
 		}
 	})
@@ -376,8 +387,13 @@ func TestOffloadDocker(t *testing.T) {
 			t.Fatalf("images: %s", out)
 		}
 		// The layers are the host's files.
-		if ents, err := os.ReadDir("/var/lib/docker/vfs/dir"); err != nil || len(ents) == 0 {
-			t.Fatalf("no vfs layer on the host: %v %v", ents, err)
+		if ents, err := os.ReadDir("/var/lib/docker/overlay2/l"); err != nil || len(ents) == 0 {
+			t.Fatalf("no overlay2 layer on the host: %v %v", ents, err)
+		}
+		// overlay2's probe of the host's overlay (opaque directories,
+		// redirects, through the DPU's view of the upper layer) passed.
+		if strings.Contains(od.p.output(), "Not using native diff") {
+			t.Errorf("dockerd does not use overlay2's native diff:\n%s", od.tail())
 		}
 	})
 	t.Run("run", func(t *testing.T) {
@@ -416,6 +432,14 @@ func TestOffloadDocker(t *testing.T) {
 		if out, _ := d.sh(fmt.Sprintf("cat /proc/%d/cmdline 2>/dev/null", pid)); strings.Contains(out, "600") {
 			t.Fatalf("the container's process is a DPU process too")
 		}
+		// Its root is the overlay dockerd mounted, made on the host.
+		var st unix.Statfs_t
+		if err := unix.Statfs(fmt.Sprintf("/proc/%d/root", pid), &st); err != nil || st.Type != unix.OVERLAYFS_SUPER_MAGIC {
+			t.Errorf("the container's root is no overlay on the host: %#x, %v", st.Type, err)
+		}
+		if n := len(overlayMounts(t)); n == 0 {
+			t.Errorf("no overlay under /var/lib/docker/overlay2 on the host while the container runs")
+		}
 		var logs string
 		for i := 0; i < 50; i++ {
 			if logs = od.must(t, "logs", id); strings.Contains(logs, "to stderr") {
@@ -437,6 +461,9 @@ func TestOffloadDocker(t *testing.T) {
 			t.Fatalf("after stop: %s", out)
 		}
 		od.must(t, "rm", id)
+		if left := overlayMounts(t); len(left) > 0 {
+			t.Errorf("docker rm left overlays mounted on the host: %v", left)
+		}
 	})
 	t.Run("run -i", func(t *testing.T) {
 		out, err := od.dockerIn("line one\nline two\n", "run", "-i", "--rm", "--network", "none", img, "cat")
@@ -520,6 +547,9 @@ func TestOffloadDocker(t *testing.T) {
 		if left := d.mountsUnder(root); len(left) > 0 {
 			t.Fatalf("still mounted: %v", left)
 		}
+		if left := overlayMounts(t); len(left) > 0 {
+			t.Errorf("overlays left mounted on the host: %v", left)
+		}
 		if out := d.mustSh("cat /proc/net/unix"); strings.Contains(out, root) {
 			t.Errorf("a socket under the chroot still listens:\n%s", out)
 		}
@@ -549,6 +579,22 @@ func TestOffloadDocker(t *testing.T) {
 			}
 		}
 	})
+}
+
+// overlayMounts lists the host's mounts beneath /var/lib/docker/overlay2.
+func overlayMounts(t testing.TB) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], "/var/lib/docker/overlay2/") {
+			out = append(out, f[4])
+		}
+	}
+	return out
 }
 
 // allPids lists the processes of the host.

@@ -78,6 +78,11 @@ func (h HostMounter) Mount(c *supervise.MountCall) error {
 	_, e := call(m.sess, m.timeout, "MountOnHost", m.sess.client.MountOnHost, req)
 	if e == 0 {
 		m.hostMountChanged(target)
+		// The host's overlay writes in its upper and work directories
+		// (work/work, index/, copied-up files): what this client knows
+		// of them is no longer all there is.
+		m.hostChangedDir(string(req.Upper))
+		m.hostChangedDir(string(req.Work))
 	}
 	return errnoOrNil(e)
 }
@@ -148,6 +153,25 @@ func (m *mountFS) hostMountChanged(rel string) {
 	if e := parent.NotifyEntry(names[len(names)-1]); e != 0 && e != syscall.ENOENT {
 		m.log.Debug("forget the entry of a host mount's target", zap.String("path", rel), zap.Error(e))
 	}
+}
+
+// hostChangedDir forgets the listing of the directory at rel (nothing
+// when rel is empty or the kernel holds nothing of it): the host changed
+// its content.
+func (m *mountFS) hostChangedDir(rel string) {
+	if rel == "" {
+		return
+	}
+	n := &m.root.Inode
+	for _, name := range strings.Split(rel, "/") {
+		if n = n.GetChild(name); n == nil {
+			return
+		}
+	}
+	if d, ok := n.Operations().(*node); ok {
+		d.dropListing()
+	}
+	n.NotifyContent(0, 0)
 }
 
 // forget drops the kept list: the next get fetches it.
