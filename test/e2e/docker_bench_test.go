@@ -103,8 +103,8 @@ func startVfsDockerd(b *testing.B, o *dockerOffload) *offloadedDocker {
 			}
 			out = append(out, a)
 		}
-		return append(out, "--data-root=/var/lib/docker/qtfs-bench-vfs", "--exec-root=/run/docker-vfs",
-			"--pidfile=/run/docker-vfs.pid", "--containerd-namespace=qtfs-bench-vfs",
+		return append(out, "--data-root=/var/lib/docker/qtfs-bench-vfs", "--exec-root=/run/docker/qtfs-bench-vfs",
+			"--pidfile=/run/docker/qtfs-bench-vfs.pid", "--containerd-namespace=qtfs-bench-vfs",
 			"--containerd-plugins-namespace=qtfs-bench-vfs-plugins")
 	})
 }
