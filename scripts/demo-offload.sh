@@ -140,6 +140,7 @@ if dpu test -e "/proc/$pid/cmdline" && [ "$(dpu cat /proc/"$pid"/cmdline | tr '\
 	echo "and the DPU runs it too?"; exit 1
 fi
 echo "the DPU's own processes: $(dpu ps -e -o comm= | sort | uniq -c | tr -s ' \n' ' ')"
+echo "its root on the host: $(stat -f -c %T /proc/"$pid"/root), mounted by dockerd's overlay2 on the DPU at $(grep -o "/var/lib/docker/overlay2/[0-9a-f]*/merged" /proc/self/mountinfo | head -1)"
 docker_dpu logs "$cid"
 docker_dpu rm -f "$cid" >/dev/null
 
