@@ -106,7 +106,7 @@ mounts: [/proc, /sys/fs/cgroup]
 func TestSupervisedMounts(t *testing.T) {
 	needMachine(t)
 	x := hostDir(t) // the export; the chroot mounts it at the same path
-	for _, d := range []string{"tmp", "lower", "upper", "work", "merged", "src", "bindt", "procm", "bindetc"} {
+	for _, d := range []string{"tmp", "lower", "upper", "work", "merged", "src", "bindt", "bindro", "procm", "bindetc"} {
 		if err := os.Mkdir(filepath.Join(x, d), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -114,7 +114,7 @@ func TestSupervisedMounts(t *testing.T) {
 	writeFile(t, filepath.Join(x, "lower", "a.txt"), "from the lower layer\n")
 	writeFile(t, filepath.Join(x, "src", "s.txt"), "bound\n")
 	t.Cleanup(func() { // only when the test fails halfway
-		for _, d := range []string{"tmp", "merged", "bindt", "procm", "bindetc"} {
+		for _, d := range []string{"tmp", "merged", "bindt", "bindro", "procm", "bindetc"} {
 			unix.Unmount(filepath.Join(x, d), unix.MNT_DETACH)
 		}
 	})
@@ -155,6 +155,8 @@ echo "merged: $(cat $X/merged/a.txt)"
 echo written through the overlay > $X/merged/b.txt
 mount --bind $X/src $X/bindt
 echo "bound: $(cat $X/bindt/s.txt)"
+mount --bind -o ro $X/src $X/bindro
+touch $X/bindro/new 2>/dev/null && echo "read-only bind: writable" || echo "read-only bind: read-only"
 mount -t proc proc $X/procm 2>&1 && echo "proc: mounted" || echo "proc: refused"
 mount --bind /etc $X/bindetc 2>&1 && echo "bind of /etc: mounted" || echo "bind of /etc: refused"
 mkdir -p /tmp/own && mount -t tmpfs tmpfs /tmp/own && echo "own: $(stat -f -c %T /tmp/own)"
@@ -163,7 +165,7 @@ mkdir -p /tmp/own && mount -t tmpfs tmpfs /tmp/own && echo "own: $(stat -f -c %T
 	if err != nil {
 		t.Fatalf("qtfs-client exec: %v\n%s\nrun:\n%s", err, out, run.p.output())
 	}
-	for _, want := range []string{"merged: from the lower layer", "bound: bound", "proc: refused", "bind of /etc: refused", "own: tmpfs"} {
+	for _, want := range []string{"merged: from the lower layer", "bound: bound", "read-only bind: read-only", "proc: refused", "bind of /etc: refused", "own: tmpfs"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the DPU's output lacks %q", want)
 		}
@@ -185,6 +187,9 @@ mkdir -p /tmp/own && mount -t tmpfs tmpfs /tmp/own && echo "own: $(stat -f -c %T
 	if b, err := os.ReadFile(filepath.Join(x, "bindt", "s.txt")); err != nil || string(b) != "bound\n" {
 		t.Errorf("host: the bind: %q %v", b, err)
 	}
+	if err := unix.Statfs(filepath.Join(x, "bindro"), &st); err != nil || st.Flags&unix.ST_RDONLY == 0 {
+		t.Errorf("host: %s/bindro is no read-only bind (flags %#x, %v)", x, st.Flags, err)
+	}
 	for _, p := range []string{"procm", "bindetc"} {
 		if devOf(filepath.Join(x, p)) != exportDev {
 			t.Errorf("host: a refused mount is on %s", p)
@@ -195,13 +200,13 @@ mkdir -p /tmp/own && mount -t tmpfs tmpfs /tmp/own && echo "own: $(stat -f -c %T
 	}
 
 	out, err = supervised(`set -e; X=` + x + `
-umount $X/tmp $X/merged $X/bindt
+umount $X/tmp $X/merged $X/bindt $X/bindro
 echo "tmp: $(ls -A $X/tmp | wc -l), merged: $(ls -A $X/merged | wc -l)"
 `)
 	if err != nil {
 		t.Fatalf("umount: %v\n%s\nrun:\n%s", err, out, run.p.output())
 	}
-	for _, p := range []string{"tmp", "merged", "bindt"} {
+	for _, p := range []string{"tmp", "merged", "bindt", "bindro"} {
 		if devOf(filepath.Join(x, p)) != exportDev {
 			t.Errorf("host: %s is still mounted after umount", p)
 		}

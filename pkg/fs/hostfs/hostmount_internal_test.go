@@ -22,7 +22,7 @@ func TestClassifyMount(t *testing.T) {
 		{"new with a bit above 32", 1 << 40, opNewMount, 1 << 40},
 		{"bind", unix.MS_BIND, opBind, 0},
 		{"recursive bind", unix.MS_BIND | unix.MS_REC | unix.MS_SILENT, opBind, 0},
-		{"bind with MS_RDONLY", unix.MS_BIND | unix.MS_RDONLY, opBind, unix.MS_RDONLY},
+		{"bind with MS_RDONLY (ignored by the kernel, dropped)", unix.MS_BIND | unix.MS_RDONLY, opBind, 0},
 		{"bind with a propagation type", unix.MS_BIND | unix.MS_SHARED, opBind, unix.MS_SHARED},
 		{"remount", unix.MS_REMOUNT | unix.MS_RDONLY | unix.MS_NOSUID, opRemount, 0},
 		{"bind remount", unix.MS_REMOUNT | unix.MS_BIND | unix.MS_RDONLY, opRemountBind, 0},

@@ -36,7 +36,8 @@ import (
 //   - New mounts: overlay or tmpfs, with the per-mount flags of
 //     mountAttrFlags, the options of hostMountOptions (never a layer: those
 //     come as paths) and a plain source name.
-//   - Binds: MS_BIND, with MS_REC and MS_SILENT at most, a directory onto
+//   - Binds: MS_BIND, with MS_REC and MS_SILENT at most (per-mount flags,
+//     which the kernel ignores on a new bind, are dropped), a directory onto
 //     a directory or a non-directory onto a non-directory. The server
 //     records each mount it made, by mount id (STATX_MNT_ID_UNIQUE where
 //     the kernel has it: never reused) and mount point, so that it may
@@ -170,6 +171,9 @@ func classifyMount(flags uint64) (op hostMountOp, clean, bad uint64) {
 	case flags&unix.MS_REMOUNT != 0:
 		op, allowed = opRemount, unix.MS_REMOUNT|mountAttrFlags
 	case flags&unix.MS_BIND != 0:
+		// The per-mount flags of a new bind are ignored by the kernel
+		// (mount(8) passes MS_RDONLY with it, then remounts): dropped.
+		flags &^= mountAttrFlags
 		op, allowed = opBind, unix.MS_BIND|unix.MS_REC|unix.MS_SILENT
 	case flags&propagationFlags != 0:
 		if p := flags & propagationFlags; p&(p-1) != 0 { // more than one type

@@ -474,7 +474,6 @@ func TestMountOnHost(t *testing.T) {
 			{"MS_MOVE", &qtfsv1.MountOnHostRequest{Target: []byte("bdst"), Bind: []byte("bsrc"), Flags: unix.MS_MOVE}, syscall.EPERM},
 			{"MS_MANDLOCK", &qtfsv1.MountOnHostRequest{Target: []byte("tmp"), FsType: "tmpfs", Flags: unix.MS_MANDLOCK}, syscall.EPERM},
 			{"MS_REC on a new mount", &qtfsv1.MountOnHostRequest{Target: []byte("tmp"), FsType: "tmpfs", Flags: unix.MS_REC}, syscall.EPERM},
-			{"a bind with MS_RDONLY", &qtfsv1.MountOnHostRequest{Target: []byte("bdst"), Bind: []byte("bsrc"), Flags: unix.MS_BIND | unix.MS_RDONLY}, syscall.EPERM},
 			{"context=", &qtfsv1.MountOnHostRequest{Target: []byte("tmp"), FsType: "tmpfs", Options: "size=1m,context=system_u:object_r:tmp_t:s0"}, syscall.EPERM},
 			{"mpol=", &qtfsv1.MountOnHostRequest{Target: []byte("tmp"), FsType: "tmpfs", Options: "mpol=bind:0"}, syscall.EPERM},
 			{"an overlay option on a tmpfs", &qtfsv1.MountOnHostRequest{Target: []byte("tmp"), FsType: "tmpfs", Options: "index=off"}, syscall.EPERM},
