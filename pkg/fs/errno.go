@@ -5,8 +5,23 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
+
+// ErrnoName names an errno for a metric label or a log line: "OK" for 0,
+// the constant's name ("ENOENT"), or the number when it has none.
+func ErrnoName(e syscall.Errno) string {
+	if e == 0 {
+		return "OK"
+	}
+	if n := unix.ErrnoName(e); n != "" {
+		return n
+	}
+	return strconv.Itoa(int(e))
+}
 
 // ToErrno converts err into the Linux errno that a caller of the
 // filesystem should see. nil is 0. A syscall.Errno anywhere in the chain

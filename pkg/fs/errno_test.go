@@ -40,3 +40,18 @@ func TestToErrno(t *testing.T) {
 		})
 	}
 }
+
+func TestErrnoName(t *testing.T) {
+	for _, tc := range []struct {
+		in   syscall.Errno
+		want string
+	}{
+		{0, "OK"},
+		{syscall.ENOENT, "ENOENT"},
+		{syscall.Errno(4000), "4000"},
+	} {
+		if got := ErrnoName(tc.in); got != tc.want {
+			t.Errorf("ErrnoName(%d) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
