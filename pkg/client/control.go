@@ -14,7 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 )
 
 // Status is what a mount daemon reports about itself.
@@ -77,7 +77,7 @@ func (c *control) Close() error {
 
 // ping measures one round trip to sess's server, or says why it could
 // not.
-func ping(ctx context.Context, sess *fuseclient.Session) (rtt time.Duration, failed string) {
+func ping(ctx context.Context, sess *session.Session) (rtt time.Duration, failed string) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	rtt, err := sess.Ping(ctx)

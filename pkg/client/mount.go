@@ -23,6 +23,7 @@ import (
 	"github.com/qtfs/qtfs/pkg/clientconf"
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	"github.com/qtfs/qtfs/pkg/transport"
 	"github.com/qtfs/qtfs/pkg/version"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
@@ -220,8 +221,8 @@ func Foreground(ctx context.Context, req MountRequest, newLog func(w string) (*z
 		return err
 	}
 	defer cc.Close()
-	sess, err := fuseclient.NewSessionWith(dialCtx, cc, "qtfs-client "+version.Version, log,
-		fuseclient.SessionOptions{ReconnectTimeout: req.Flags.ReconnectTimeout, DialChannel: channelDialer(uri, sec)})
+	sess, err := session.New(dialCtx, cc, "qtfs-client "+version.Version, log,
+		session.Options{ReconnectTimeout: req.Flags.ReconnectTimeout, DialChannel: channelDialer(uri, sec)})
 	if err != nil {
 		return fmt.Errorf("server %s: %w", uri, err)
 	}

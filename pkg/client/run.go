@@ -30,6 +30,7 @@ import (
 	"github.com/qtfs/qtfs/pkg/ctrdproxy"
 	"github.com/qtfs/qtfs/pkg/fifo"
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	"github.com/qtfs/qtfs/pkg/sdnotify"
 	"github.com/qtfs/qtfs/pkg/sockproxy"
 	"github.com/qtfs/qtfs/pkg/version"
@@ -177,7 +178,7 @@ type runDaemon struct {
 
 	mu      sync.Mutex
 	st      RunStatus
-	sess    *fuseclient.Session
+	sess    *session.Session
 	tree    *chroot.Tree
 	proxies []*sockproxy.Proxy
 	// closers end the containerd API proxies and their FIFO bridges,
@@ -259,12 +260,12 @@ func (d *runDaemon) closeProxies() {
 
 // connect dials the server and opens a session, retrying with backoff
 // until it succeeds or ctx ends (then it returns nils).
-func (d *runDaemon) connect(ctx context.Context) (*grpc.ClientConn, *fuseclient.Session, error) {
+func (d *runDaemon) connect(ctx context.Context) (*grpc.ClientConn, *session.Session, error) {
 	uri, sec := d.plan.uri, d.rc.Security()
-	var sess *fuseclient.Session
+	var sess *session.Session
 	open := func(ctx context.Context, cc *grpc.ClientConn) (err error) {
-		sess, err = fuseclient.NewSessionWith(ctx, cc, "qtfs-client run "+version.Version, d.log,
-			fuseclient.SessionOptions{ReconnectTimeout: d.plan.reconnect, DialChannel: channelDialer(uri, sec)})
+		sess, err = session.New(ctx, cc, "qtfs-client run "+version.Version, d.log,
+			session.Options{ReconnectTimeout: d.plan.reconnect, DialChannel: channelDialer(uri, sec)})
 		return err
 	}
 	failed := 0

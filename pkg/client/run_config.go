@@ -15,7 +15,7 @@ import (
 
 	"github.com/qtfs/qtfs/pkg/chroot"
 	"github.com/qtfs/qtfs/pkg/clientconf"
-	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	"github.com/qtfs/qtfs/pkg/transport"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
@@ -189,7 +189,7 @@ func (rc *RunConfig) check() (*runPlan, error) {
 		}
 		p.uri = u
 	}
-	p.reconnect = fuseclient.DefaultReconnectTimeout
+	p.reconnect = session.DefaultReconnectTimeout
 	if rc.ReconnectTimeout != "" {
 		d, err := time.ParseDuration(rc.ReconnectTimeout)
 		if err != nil || d <= 0 {

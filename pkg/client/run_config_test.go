@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -106,8 +106,8 @@ func TestRunConfigErrors(t *testing.T) {
 		if !p.mounts[0].Flags.AllowOther {
 			t.Error("run mounts are not allow_other")
 		}
-		if p.reconnect != fuseclient.DefaultReconnectTimeout {
-			t.Errorf("reconnect timeout %v without the key, want the default %v", p.reconnect, fuseclient.DefaultReconnectTimeout)
+		if p.reconnect != session.DefaultReconnectTimeout {
+			t.Errorf("reconnect timeout %v without the key, want the default %v", p.reconnect, session.DefaultReconnectTimeout)
 		}
 		t.Run("against the server", func(t *testing.T) {
 			exports := []*qtfsv1.ExportInfo{{Path: []byte("/proc")}, {Path: []byte("/sys")}}
@@ -136,7 +136,7 @@ func TestRunConfigReconnectTimeout(t *testing.T) {
 		name, value string
 		want        time.Duration
 	}{
-		{"default", "", fuseclient.DefaultReconnectTimeout},
+		{"default", "", session.DefaultReconnectTimeout},
 		{"seconds", "5s", 5 * time.Second},
 		{"minutes", "2m", 2 * time.Minute},
 		{"mixed", "1m30s", 90 * time.Second},

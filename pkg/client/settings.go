@@ -46,7 +46,7 @@ type MountFlags struct {
 	// LocalProc and OffloadRoot are fuseclient.MountOptions' (proc mounts).
 	LocalProc   string
 	OffloadRoot string
-	// ReconnectTimeout is fuseclient.SessionOptions' (0: its default).
+	// ReconnectTimeout is session.Options' (0: its default).
 	ReconnectTimeout time.Duration
 }
 

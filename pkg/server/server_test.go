@@ -17,7 +17,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	"github.com/qtfs/qtfs/pkg/internal/testutil"
 	"github.com/qtfs/qtfs/pkg/transport"
 )
@@ -63,7 +63,7 @@ func TestRunServesAndStops(t *testing.T) {
 			if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
 				t.Fatalf("health: %v", resp.GetStatus())
 			}
-			sess, err := fuseclient.NewSession(dctx, c, "test", zaptest.NewLogger(t))
+			sess, err := session.New(dctx, c, "test", zaptest.NewLogger(t), session.Options{})
 			if err != nil {
 				t.Fatalf("session: %v", err)
 			}
@@ -208,7 +208,7 @@ func TestRunMakesMissingExports(t *testing.T) {
 		}
 		c, err := transport.Dial(dctx, u, transport.Security{})
 		if err == nil {
-			sess, err := fuseclient.NewSession(dctx, c, "test", zaptest.NewLogger(t))
+			sess, err := session.New(dctx, c, "test", zaptest.NewLogger(t), session.Options{})
 			if err == nil {
 				for _, e := range sess.Exports() {
 					exports = append(exports, string(e.GetPath()))

@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	qfs "github.com/qtfs/qtfs/pkg/fs"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -430,7 +431,7 @@ func (n *node) fetchListing(caller *qtfsv1.Caller) {
 			d.noFetchUntil = time.Now().Add(noListingFor * m.cache.entry)
 		}
 		n.mu.Unlock()
-		m.log.Debug("qtfs directory not listed", zap.String("errno", errnoLabel(e)), zap.Bool("abort", abort))
+		m.log.Debug("qtfs directory not listed", zap.String("errno", qfs.ErrnoName(e)), zap.Bool("abort", abort))
 		return
 	}
 	l := &listing{expires: sent.Add(m.cache.entry), entries: entries}
@@ -453,14 +454,14 @@ func (n *node) readListing(caller *qtfsv1.Caller) (map[string]*qtfsv1.Attr, sysc
 	}
 	// The first batch comes with the open; a directory listed whole is
 	// closed by the server at once (its Release costs nothing).
-	open, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, &qtfsv1.OpenRequest{
+	open, e := session.Call(context.Background(), m.sess, "Open", qtfsv1.FileSystemClient.Open, &qtfsv1.OpenRequest{
 		Mount: m.id, Caller: caller, Path: p, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY,
-		ReaddirInline: listingBatch, CloseAtEof: m.sess.reopensHandles(),
-	})
+		ReaddirInline: listingBatch, CloseAtEof: m.sess.ReopensHandles(),
+	}, m.callOpts())
 	if e != 0 {
 		return nil, e
 	}
-	defer call(m.sess, m.timeout, "Release", m.sess.client.Release, &qtfsv1.ReleaseRequest{Handle: open.GetHandle()})
+	defer session.Call(context.Background(), m.sess, "Release", qtfsv1.FileSystemClient.Release, &qtfsv1.ReleaseRequest{Handle: open.GetHandle()}, m.callOpts())
 	if a := open.GetAttr(); a == nil || (n != m.root && m.inos.ino(a.GetDev(), a.GetIno()) != n.StableAttr().Ino) {
 		return nil, syscall.ESTALE // the path names another directory now
 	}
@@ -470,9 +471,9 @@ func (n *node) readListing(caller *qtfsv1.Caller) (map[string]*qtfsv1.Attr, sysc
 	var off uint64
 	for {
 		if !inline {
-			resp, e := call(m.sess, m.timeout, "Readdir", m.sess.client.Readdir, &qtfsv1.ReaddirRequest{
+			resp, e := session.Call(context.Background(), m.sess, "Readdir", qtfsv1.FileSystemClient.Readdir, &qtfsv1.ReaddirRequest{
 				Handle: open.GetHandle(), Offset: off, MaxEntries: listingBatch, Plus: true,
-			})
+			}, m.callOpts())
 			if e != 0 {
 				return nil, e
 			}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -117,4 +118,25 @@ func (m *mountFS) caller(ctx context.Context) *qtfsv1.Caller {
 		Pid:    c.Pid,
 		Groups: m.groups.get(c.Pid, c.Uid, c.Gid),
 	}
+}
+
+// requestCaller is the caller of FUSE request ctx as a call made for it
+// names it (session.CallOptions.For): the call is cancelled once the
+// request was interrupted and its caller is being killed. None when ctx
+// is no FUSE request.
+func requestCaller(ctx context.Context) session.Caller {
+	fc, ok := ctx.(*fuse.Context)
+	if !ok {
+		return session.Caller{}
+	}
+	return session.Caller{Interrupted: fc.Done(), Pid: fc.Pid}
+}
+
+// callOpts are the options of a call of the mount: its operation timeout.
+func (m *mountFS) callOpts() session.CallOptions { return session.CallOptions{Timeout: m.timeout} }
+
+// callOptsFor are callOpts for a call made for FUSE request ctx, which
+// the death of the request's caller cancels (requestCaller).
+func (m *mountFS) callOptsFor(ctx context.Context) session.CallOptions {
+	return session.CallOptions{Timeout: m.timeout, For: requestCaller(ctx)}
 }

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	qfs "github.com/qtfs/qtfs/pkg/fs"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -86,7 +87,7 @@ var (
 )
 
 func (m *mountFS) newDirHandle(h uint64, n *node) *dirHandle {
-	m.sess.metrics.openHandles.Inc()
+	m.sess.HandleOpened()
 	d := &dirHandle{m: m, h: h, n: n}
 	if m.proc != nil && n == m.root {
 		d.proc = m.proc
@@ -161,9 +162,9 @@ func (d *dirHandle) fill() syscall.Errno {
 // readdir asks the server for the batch after cookie off.
 func (d *dirHandle) readdir(off uint64) (*qtfsv1.ReaddirResponse, syscall.Errno) {
 	m := d.m
-	return call(m.sess, m.timeout, "Readdir", m.sess.client.Readdir, &qtfsv1.ReaddirRequest{
+	return session.Call(context.Background(), m.sess, "Readdir", qtfsv1.FileSystemClient.Readdir, &qtfsv1.ReaddirRequest{
 		Handle: d.h, Offset: off, MaxEntries: readdirBatch, Plus: true,
-	})
+	}, m.callOpts())
 }
 
 // sendAhead sends the Readdir of the batch after the current one, unless
@@ -350,15 +351,15 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
 	d.takeAhead() // the server closes the handle after its last Readdir
 	m := d.m
-	m.sess.metrics.openHandles.Dec()
-	call(m.sess, m.timeout, "Release", m.sess.client.Release, &qtfsv1.ReleaseRequest{Handle: d.h})
+	m.sess.HandleClosed()
+	session.Call(context.Background(), m.sess, "Release", qtfsv1.FileSystemClient.Release, &qtfsv1.ReleaseRequest{Handle: d.h}, m.callOpts())
 }
 
 // Fsyncdir is fsync(2) of the directory.
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	m := d.m
-	_, e := call(m.sess, m.timeout, "Fsync", m.sess.client.Fsync,
-		&qtfsv1.FsyncRequest{Handle: d.h, Datasync: flags&1 != 0})
+	_, e := session.Call(context.Background(), m.sess, "Fsync", qtfsv1.FileSystemClient.Fsync,
+		&qtfsv1.FsyncRequest{Handle: d.h, Datasync: flags&1 != 0}, m.callOpts())
 	return e
 }
 

@@ -1,11 +1,13 @@
 // Package fuseclient is the DPU side of the qtfs filesystem: go-fuse v2
 // nodes that serve a FUSE mount by calling the FileSystem service of a
-// qtfs-server (qtfsv1.FileSystemClient).
+// qtfs-server through a session.Session, whose Call is the one way they
+// make a call (the session keeps itself alive across reconnects, maps ids
+// and takes locks again: package session).
 //
-// A Session is one handshaken gRPC connection. Mount asks the server for a
-// mount id rooted at a host path (an export or a directory beneath one) and
-// mounts a go-fuse tree whose every operation becomes one RPC (a Read or a
-// Write larger than the server's message limit becomes a few).
+// Mount asks the server for a mount id rooted at a host path (an export or
+// a directory beneath one) and mounts a go-fuse tree whose every operation
+// becomes one call (a Read or a Write larger than the server's message
+// limit becomes a few).
 //
 // How requests are built:
 //   - A node knows no path of its own: it asks go-fuse for its current path
@@ -19,66 +21,26 @@
 //     supplementary groups (read from /proc/<pid>/status, cached briefly).
 //   - The kernel applies the umask before it sends MKDIR, MKNOD and CREATE
 //     (go-fuse never negotiates FUSE_DONT_MASK), so the umask sent is 0.
-//   - Each RPC runs under its own deadline (MountOptions.OpTimeout) and is
-//     not cancelled by a mere FUSE interrupt: Go programs receive a
-//     preemption signal every few milliseconds, and every signal
-//     interrupts the FUSE request it is blocked in. A read or write
-//     (every part of a large one), fsync or fallocate of an interrupted
-//     request whose caller is being killed (SIGKILL pending,
-//     or a zombie already: interrupt.go) is cancelled by the session's
-//     watchdog, so the killed process does not wait for the server, and
-//     the server stops waiting on a pipe for it. A blocking lock wait
-//     (Setlkw) waits as long as the lock is held and ends when the caller
-//     is interrupted or the connection fails.
-//   - A filesystem error is the errno of the reply. A gRPC error is a
-//     transport or session failure; invoke (session.go) decides what it
-//     means: wait for the reconnect and send again, or an errno through
-//     Session.rpcErrno (EIO; EAGAIN for a server limit; EINTR for an
-//     interrupted lock wait). ENOSYS from the wire becomes EOPNOTSUPP: the
-//     kernel would otherwise disable the operation for the whole mount.
-//
-// Reconnecting (reconnect.go): a Session outlives its server session and
-// its connection. A FAILED_PRECONDITION reply (the server lost the
-// session: it restarted, or this is a new connection), an UNAVAILABLE one
-// (the connection broke) or a watchdog probe left unanswered (a silent
-// link) marks the session down; a loop then asks the server whether it
-// still knows the session (a link that came back) or handshakes again.
-// The mount and handle ids nodes hold are the session's own: each maps to
-// the server's id of the current server session, and a mount or an open
-// file of an earlier one is mounted or opened again on its first use
-// after the reconnect, by path (the node's current path), with its open
-// flags minus O_CREAT, O_EXCL and O_TRUNC, and only if the path still
-// names the same file (dev, ino); otherwise its calls get EIO. Locks
-// granted through a handle (OFD record locks, flock) are recorded per
-// handle; after a new handshake, and before calls resume, every handle
-// holding locks is opened again and its locks taken again without
-// waiting. A lock someone else took meanwhile makes the handle lost: EIO
-// for every later use, and a warning naming the path. While handles hold
-// locks the watchdog probes the server even when no call waits.
-//   - A call waits for the reconnect at most SessionOptions.ReconnectTimeout;
-//     past it, calls in flight get EIO and new calls ENOTCONN at once
-//     until the session is back. Nothing hangs past that bound.
-//   - A request is sent again after a reconnect when it never reached the
-//     server (FAILED_PRECONDITION, or the connection was not ready) or when
-//     sending it twice does no harm (reads, positional writes, setattr,
-//     fsync...). Creating, removing and renaming entries, appending writes
-//     and conditional xattr changes lost with the connection get EIO: they
-//     may or may not have been done, and are never done twice. Nor is a
-//     request of a method the method table does not know.
-//   - A call never carries ids of one server session into another: calls
-//     hold reconn.genMu (read) from the translation of their ids to the
-//     reply, and a new handshake takes it for writing.
-//
-// The method table (methods.go): what the session does with each unary
-// method of the FileSystem service is declared once, in
-// fileSystemMethods, which the switches read: the request fields that
-// hold mount and handle ids (translated on every attempt), whether a
-// request is sent again after a reconnect, its route when a call stream
-// carries calls (large reads and writes and the handshake go as calls of
-// their own), whether it ends its handle's life or may go without its
-// reply, and what a success records (a mount, a handle, a lock). Every
-// fact's zero value is the cautious one. TestMethodTable fails when a
-// method of the service has no entry, or an entry no method.
+//   - Each RPC runs under its own deadline (MountOptions.OpTimeout,
+//     session.CallOptions.Timeout) and context.Background, not the FUSE
+//     request's context: Go programs receive a preemption signal every few
+//     milliseconds, and every signal interrupts the FUSE request it is
+//     blocked in. A read or write (every part of a large one), fsync,
+//     fallocate or Mounts call names the request's caller
+//     (session.CallOptions.For, requestCaller), so that the session's
+//     watchdog cancels it once the request was interrupted and its caller
+//     is being killed: the killed process does not wait for the server,
+//     and the server stops waiting on a pipe for it. A blocking lock wait
+//     (Setlkw) runs under the request's context with no deadline: it waits
+//     as long as the lock is held and ends when the caller is interrupted
+//     or the connection fails.
+//   - A filesystem error is the errno of the reply, as session.Call returns
+//     it (EIO, EAGAIN or EINTR for a transport failure; ENOSYS from the
+//     wire already EOPNOTSUPP).
+//   - The mount and handle ids nodes hold are the session's own, valid
+//     across reconnects; an open handle tells the session where its file is
+//     now (Session.TrackPath), so that a file renamed since is opened again
+//     where it is.
 //
 // Invariants:
 //   - Inode numbers are stable for the life of a mount and unique per host
@@ -99,10 +61,10 @@
 //   - Reads and writes move at most min(1 MiB, server limit) per RPC; a
 //     read or write of 512 KiB or more of a cached file goes out as
 //     256 KiB parts at once (file.go), a direct-I/O one as one RPC. The
-//     parts go through the session's dataCodec: a read part's data goes
-//     from the buffer its reply arrived in to the kernel (the buffers go
-//     back to the pool when go-fuse wrote the reply), a write part is
-//     encoded into a pooled buffer.
+//     parts go through the session's data codec (session.CallOptions.Data):
+//     a read part's data goes from the buffer its reply arrived in to the
+//     kernel (the buffers go back to the pool when go-fuse wrote the
+//     reply), a write part is encoded into a pooled buffer.
 //   - Cached answers never outlive the mount's entry or attribute timeout
 //     counted from when the server produced them (cache.go: directory
 //     listings, a new file's lack of a capability attribute, a file's lack
@@ -171,7 +133,7 @@
 // Lock order: mountFS.listings.mu → node.mu (dropping listings to bound
 // their memory); otherwise node.mu and fileHandle.mu are leaves (no other
 // lock is taken while one is held, and no RPC is made under them); the
-// Session, ino table, groups cache and procRoot (dropMu, scan.mu,
+// ino table, groups cache and procRoot (dropMu, scan.mu,
 // namesMu, ids.mu) locks are leaves too, as are the process's mount table
 // (served.mu) and a mount's hostMounts.mu (the Mounts RPC is made with no
 // lock held; readers that come meanwhile wait for it unlocked). A
@@ -179,13 +141,9 @@
 // around Readdirent, Lookup and Seekdir, the only RPC made under a go-fuse
 // lock; the Readdir sent ahead runs on a goroutine of its own, and the
 // handle waits for it before using its result or releasing the directory.
-// Reconnecting: reconn.genMu (read by calls, write by a new handshake) →
-// handleRec.mu → mountRec.mu → reconn.mu; the Mount and Open RPCs of a
-// re-open are made under genMu (read) and the record's lock, each with its
-// own deadline; a new handshake holds genMu (write) → handleRec.mu →
-// mountRec.mu while it re-takes locks. reconn.tmu (the id tables) and
-// callers.mu are leaves.
+// The session's locks are its own: taken inside a call, never held when it
+// returns.
 //
-// Metrics (qtfs_client_*) count from the start and are exported once
-// Session.RegisterMetrics is called.
+// Metrics (qtfs_client_*) are the session's (Session.RegisterMetrics); the
+// nodes count bytes and open handles through it.
 package fuseclient

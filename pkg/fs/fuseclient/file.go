@@ -10,6 +10,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"google.golang.org/grpc/mem"
 
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -54,7 +55,7 @@ var (
 )
 
 func (m *mountFS) newFileHandle(h uint64, n *node, flags uint32) *fileHandle {
-	m.sess.metrics.openHandles.Inc()
+	m.sess.HandleOpened()
 	return &fileHandle{m: m, h: h, n: n, flags: flags}
 }
 
@@ -77,7 +78,7 @@ func (f *fileHandle) split(size int, write bool) (int, bool) {
 	if size < ioSplitMin || m.directIO || (write && f.flags&syscall.O_APPEND != 0) {
 		return 0, false
 	}
-	return min(ioPart, m.sess.chunk), true
+	return min(ioPart, m.sess.Chunk()), true
 }
 
 // parallel runs part(i) for i in [0, parts) at once and returns how many
@@ -159,27 +160,27 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 		return fuse.ReadResultData(data), 0
 	}
 	m := f.m
-	chunk := m.sess.chunk
+	chunk := m.sess.Chunk()
 	if size, ok := f.split(len(dest), false); ok {
 		return f.readParts(ctx, dest, off, size)
 	}
 	if len(dest) <= chunk {
-		resp, e := callFor(ctx, m.sess, m.timeout, "Read", m.sess.client.Read,
-			&qtfsv1.ReadRequest{Handle: f.h, Offset: off, Size: uint32(len(dest))})
+		resp, e := session.Call(context.Background(), m.sess, "Read", qtfsv1.FileSystemClient.Read,
+			&qtfsv1.ReadRequest{Handle: f.h, Offset: off, Size: uint32(len(dest))}, m.callOptsFor(ctx))
 		if e != 0 {
 			return nil, f.vanished(e)
 		}
 		if len(resp.GetData()) > len(dest) {
 			return nil, syscall.EIO
 		}
-		m.sess.metrics.readBytes.Add(float64(len(resp.GetData())))
+		m.sess.CountRead(len(resp.GetData()))
 		return fuse.ReadResultData(resp.GetData()), 0
 	}
 	n := 0
 	for n < len(dest) {
 		want := min(chunk, len(dest)-n)
-		resp, e := callFor(ctx, m.sess, m.timeout, "Read", m.sess.client.Read,
-			&qtfsv1.ReadRequest{Handle: f.h, Offset: off + int64(n), Size: uint32(want)})
+		resp, e := session.Call(context.Background(), m.sess, "Read", qtfsv1.FileSystemClient.Read,
+			&qtfsv1.ReadRequest{Handle: f.h, Offset: off + int64(n), Size: uint32(want)}, m.callOptsFor(ctx))
 		if e != 0 {
 			if n > 0 {
 				break
@@ -191,7 +192,7 @@ func (f *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 			return nil, syscall.EIO
 		}
 		n += copy(dest[n:], got)
-		m.sess.metrics.readBytes.Add(float64(len(got)))
+		m.sess.CountRead(len(got))
 		if len(got) < want {
 			break
 		}
@@ -238,10 +239,10 @@ func (f *fileHandle) readParts(ctx context.Context, dest []byte, off int64, size
 	full, e := parallel(parts, func(i int) (bool, syscall.Errno) {
 		lo := i * size
 		want := min(size, len(dest)-lo)
-		resp, e := callFor(ctx, m.sess, m.timeout, "Read", m.sess.readPart,
-			&qtfsv1.ReadRequest{Handle: f.h, Offset: off + int64(lo), Size: uint32(want)})
+		resp, e := session.Call(context.Background(), m.sess, "Read", qtfsv1.FileSystemClient.Read,
+			&qtfsv1.ReadRequest{Handle: f.h, Offset: off + int64(lo), Size: uint32(want)}, session.CallOptions{Timeout: m.timeout, For: requestCaller(ctx), Data: true})
 		if resp != nil {
-			bufs[i] = m.sess.takeReadBuffer(resp)
+			bufs[i] = m.sess.TakeReadBuffer(resp)
 		}
 		if e != 0 {
 			return false, e
@@ -250,7 +251,7 @@ func (f *fileHandle) readParts(ctx context.Context, dest []byte, off int64, size
 			return false, syscall.EIO
 		}
 		data[i], got[i] = resp.GetData(), len(resp.GetData())
-		m.sess.metrics.readBytes.Add(float64(got[i]))
+		m.sess.CountRead(got[i])
 		return got[i] == want, 0
 	})
 	r := &partsResult{bufs: bufs}
@@ -310,8 +311,8 @@ func (f *fileHandle) writeParts(ctx context.Context, data []byte, off int64, siz
 	full, e := parallel(parts, func(i int) (bool, syscall.Errno) {
 		lo := i * size
 		want := min(size, len(data)-lo)
-		resp, e := callFor(ctx, m.sess, m.timeout, "Write", m.sess.writePart,
-			&qtfsv1.WriteRequest{Handle: f.h, Offset: off + int64(lo), Data: data[lo : lo+want]})
+		resp, e := session.Call(context.Background(), m.sess, "Write", qtfsv1.FileSystemClient.Write,
+			&qtfsv1.WriteRequest{Handle: f.h, Offset: off + int64(lo), Data: data[lo : lo+want]}, session.CallOptions{Timeout: m.timeout, For: requestCaller(ctx), Data: true})
 		if e != 0 {
 			return false, e
 		}
@@ -320,7 +321,7 @@ func (f *fileHandle) writeParts(ctx context.Context, data []byte, off int64, siz
 			return false, syscall.EIO
 		}
 		wrote[i] = w
-		m.sess.metrics.writtenBytes.Add(float64(w))
+		m.sess.CountWritten(w)
 		return w == want, 0
 	})
 	if e != 0 {
@@ -344,9 +345,9 @@ func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 	m := f.m
 	n := 0
 	for n < len(data) || len(data) == 0 {
-		want := min(m.sess.chunk, len(data)-n)
-		resp, e := callFor(ctx, m.sess, m.timeout, "Write", m.sess.client.Write,
-			&qtfsv1.WriteRequest{Handle: f.h, Offset: off + int64(n), Data: data[n : n+want]})
+		want := min(m.sess.Chunk(), len(data)-n)
+		resp, e := session.Call(context.Background(), m.sess, "Write", qtfsv1.FileSystemClient.Write,
+			&qtfsv1.WriteRequest{Handle: f.h, Offset: off + int64(n), Data: data[n : n+want]}, m.callOptsFor(ctx))
 		if e != 0 {
 			if n > 0 {
 				break
@@ -358,7 +359,7 @@ func (f *fileHandle) Write(ctx context.Context, data []byte, off int64) (uint32,
 			return 0, syscall.EIO
 		}
 		n += w
-		m.sess.metrics.writtenBytes.Add(float64(w))
+		m.sess.CountWritten(w)
 		if w < want || len(data) == 0 {
 			break
 		}
@@ -396,7 +397,7 @@ func (f *fileHandle) Flush(ctx context.Context) syscall.Errno {
 	if !f.flushNeeded() {
 		return 0
 	}
-	_, e := call(m.sess, m.timeout, "Flush", m.sess.client.Flush, &qtfsv1.FlushRequest{Handle: f.h})
+	_, e := session.Call(context.Background(), m.sess, "Flush", qtfsv1.FileSystemClient.Flush, &qtfsv1.FlushRequest{Handle: f.h}, m.callOpts())
 	return e
 }
 
@@ -404,16 +405,16 @@ func (f *fileHandle) Flush(ctx context.Context) syscall.Errno {
 // Like a read or write, it is cancelled when its caller is killed.
 func (f *fileHandle) Fsync(ctx context.Context, flags uint32) syscall.Errno {
 	m := f.m
-	_, e := callFor(ctx, m.sess, m.timeout, "Fsync", m.sess.client.Fsync,
-		&qtfsv1.FsyncRequest{Handle: f.h, Datasync: flags&1 != 0})
+	_, e := session.Call(context.Background(), m.sess, "Fsync", qtfsv1.FileSystemClient.Fsync,
+		&qtfsv1.FsyncRequest{Handle: f.h, Datasync: flags&1 != 0}, m.callOptsFor(ctx))
 	return e
 }
 
 // Release closes the file on the server.
 func (f *fileHandle) Release(ctx context.Context) syscall.Errno {
 	m := f.m
-	m.sess.metrics.openHandles.Dec()
-	_, e := call(m.sess, m.timeout, "Release", m.sess.client.Release, &qtfsv1.ReleaseRequest{Handle: f.h})
+	m.sess.HandleClosed()
+	_, e := session.Call(context.Background(), m.sess, "Release", qtfsv1.FileSystemClient.Release, &qtfsv1.ReleaseRequest{Handle: f.h}, m.callOpts())
 	return e
 }
 
@@ -433,8 +434,8 @@ func (f *fileHandle) Allocate(ctx context.Context, off, size uint64, mode uint32
 		return syscall.EFBIG
 	}
 	m := f.m
-	_, e := callFor(ctx, m.sess, m.timeout, "Fallocate", m.sess.client.Fallocate,
-		&qtfsv1.FallocateRequest{Handle: f.h, Mode: mode, Offset: int64(off), Length: int64(size)})
+	_, e := session.Call(context.Background(), m.sess, "Fallocate", qtfsv1.FileSystemClient.Fallocate,
+		&qtfsv1.FallocateRequest{Handle: f.h, Mode: mode, Offset: int64(off), Length: int64(size)}, m.callOptsFor(ctx))
 	if f.n != nil {
 		f.n.attrsChanged()
 	}
@@ -447,8 +448,8 @@ func (f *fileHandle) Lseek(ctx context.Context, off uint64, whence uint32) (uint
 		return 0, syscall.ENXIO
 	}
 	m := f.m
-	resp, e := call(m.sess, m.timeout, "Lseek", m.sess.client.Lseek,
-		&qtfsv1.LseekRequest{Handle: f.h, Offset: int64(off), Whence: whence})
+	resp, e := session.Call(context.Background(), m.sess, "Lseek", qtfsv1.FileSystemClient.Lseek,
+		&qtfsv1.LseekRequest{Handle: f.h, Offset: int64(off), Whence: whence}, m.callOpts())
 	if e != 0 {
 		return 0, e
 	}
@@ -500,8 +501,8 @@ func lockFromWire(l *qtfsv1.Lock, out *fuse.FileLock) syscall.Errno {
 // Getlk tests for a lock that would conflict with lk.
 func (f *fileHandle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
 	m := f.m
-	resp, e := call(m.sess, m.timeout, "Getlk", m.sess.client.Getlk,
-		&qtfsv1.GetlkRequest{Handle: f.h, Owner: owner, Lock: lockToWire(lk)})
+	resp, e := session.Call(context.Background(), m.sess, "Getlk", qtfsv1.FileSystemClient.Getlk,
+		&qtfsv1.GetlkRequest{Handle: f.h, Owner: owner, Lock: lockToWire(lk)}, m.callOpts())
 	if e != 0 {
 		return e
 	}
@@ -512,9 +513,9 @@ func (f *fileHandle) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock,
 // waiting.
 func (f *fileHandle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
 	m := f.m
-	_, e := call(m.sess, m.timeout, "Setlk", m.sess.client.Setlk, &qtfsv1.SetlkRequest{
+	_, e := session.Call(context.Background(), m.sess, "Setlk", qtfsv1.FileSystemClient.Setlk, &qtfsv1.SetlkRequest{
 		Handle: f.h, Owner: owner, Lock: lockToWire(lk), Flock: flags&fuse.LK_FLOCK != 0,
-	})
+	}, m.callOpts())
 	return e
 }
 
@@ -522,8 +523,8 @@ func (f *fileHandle) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock,
 // deadline and ends with EINTR when the caller is interrupted.
 func (f *fileHandle) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
 	m := f.m
-	_, e := callCtx(ctx, m.sess, "Setlkw", m.sess.client.Setlk, &qtfsv1.SetlkRequest{
+	_, e := session.Call(ctx, m.sess, "Setlkw", qtfsv1.FileSystemClient.Setlk, &qtfsv1.SetlkRequest{
 		Handle: f.h, Owner: owner, Lock: lockToWire(lk), Wait: true, Flock: flags&fuse.LK_FLOCK != 0,
-	})
+	}, session.CallOptions{})
 	return e
 }

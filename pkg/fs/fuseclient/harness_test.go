@@ -33,6 +33,7 @@ import (
 
 	"github.com/qtfs/qtfs/pkg/fs/fuseclient"
 	"github.com/qtfs/qtfs/pkg/fs/hostfs"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	"github.com/qtfs/qtfs/pkg/internal/testutil"
 )
 
@@ -149,7 +150,7 @@ func serve() error {
 	defer cc.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	sess, err := fuseclient.NewSession(ctx, cc, "fuseclient-test", log.Named("client"))
+	sess, err := session.New(ctx, cc, "fuseclient-test", log.Named("client"), session.Options{})
 	if err != nil {
 		return err
 	}

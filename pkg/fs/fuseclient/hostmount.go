@@ -1,6 +1,7 @@
 package fuseclient
 
 import (
+	"context"
 	"os"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	qfs "github.com/qtfs/qtfs/pkg/fs"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	"github.com/qtfs/qtfs/pkg/supervise"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
@@ -75,7 +77,7 @@ func (h HostMounter) Mount(c *supervise.MountCall) error {
 			zap.String("target", m.mountpoint+"/"+target), zap.Strings("paths", bad))
 		return unix.EXDEV
 	}
-	_, e := call(m.sess, m.timeout, "MountOnHost", m.sess.client.MountOnHost, req)
+	_, e := session.Call(context.Background(), m.sess, "MountOnHost", qtfsv1.FileSystemClient.MountOnHost, req, m.callOpts())
 	if e == 0 {
 		m.hostMountChanged(target)
 		// The host's overlay writes in its upper and work directories
@@ -93,8 +95,8 @@ func (h HostMounter) Unmount(c *supervise.UnmountCall) error {
 	if !ok || target == "" {
 		return unix.EINVAL
 	}
-	_, e := call(m.sess, m.timeout, "UnmountOnHost", m.sess.client.UnmountOnHost, &qtfsv1.UnmountOnHostRequest{
-		Mount: m.id, Caller: &qtfsv1.Caller{Uid: c.UID, Gid: c.GID}, Target: []byte(target), Flags: uint32(c.Flags)})
+	_, e := session.Call(context.Background(), m.sess, "UnmountOnHost", qtfsv1.FileSystemClient.UnmountOnHost, &qtfsv1.UnmountOnHostRequest{
+		Mount: m.id, Caller: &qtfsv1.Caller{Uid: c.UID, Gid: c.GID}, Target: []byte(target), Flags: uint32(c.Flags)}, m.callOpts())
 	if e == 0 {
 		m.hostMountChanged(target)
 	}

@@ -1,10 +1,12 @@
 package fuseclient
 
 import (
+	"context"
 	"os"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -19,8 +21,8 @@ func HostStatfs(f *os.File, uid, gid uint32) (st unix.Statfs_t, ok bool, err err
 	if !ok {
 		return st, false, nil
 	}
-	resp, e := call(m.sess, m.timeout, "Statfs", m.sess.client.Statfs,
-		&qtfsv1.StatfsRequest{Mount: m.id, Caller: &qtfsv1.Caller{Uid: uid, Gid: gid}, Path: []byte(rel)})
+	resp, e := session.Call(context.Background(), m.sess, "Statfs", qtfsv1.FileSystemClient.Statfs,
+		&qtfsv1.StatfsRequest{Mount: m.id, Caller: &qtfsv1.Caller{Uid: uid, Gid: gid}, Path: []byte(rel)}, m.callOpts())
 	if e != 0 {
 		return st, true, e
 	}

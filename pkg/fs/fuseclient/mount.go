@@ -18,6 +18,7 @@ import (
 
 	qfs "github.com/qtfs/qtfs/pkg/fs"
 	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -85,7 +86,7 @@ const DefaultLocalProc = "/local_proc"
 
 // mountFS is the state one mount's nodes share.
 type mountFS struct {
-	sess    *Session
+	sess    *session.Session
 	log     *zap.Logger
 	id      uint64
 	remote  string
@@ -128,7 +129,7 @@ type mountFS struct {
 // it until it is unmounted (fuse.Server.Unmount, or umount(8)). It
 // returns once the mount answers. As root it mounts directly; otherwise
 // through fusermount3.
-func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOptions) (*fuse.Server, error) {
+func Mount(ctx context.Context, sess *session.Session, mountpoint string, opts MountOptions) (*fuse.Server, error) {
 	if sess == nil {
 		return nil, errors.New("mount: no session")
 	}
@@ -142,7 +143,7 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 	}
 	log := opts.Logger
 	if log == nil {
-		log = sess.log
+		log = sess.Logger()
 	}
 	log = log.With(zap.String("remote", remote), zap.String("mountpoint", mountpoint))
 	timeout := opts.OpTimeout
@@ -155,11 +156,11 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		defer cancel()
 	}
 
-	resp, e := callCtx(ctx, sess, "Mount", sess.client.Mount, &qtfsv1.MountRequest{
+	resp, e := session.Call(ctx, sess, "Mount", qtfsv1.FileSystemClient.Mount, &qtfsv1.MountRequest{
 		Path:   []byte(remote),
 		Caller: &qtfsv1.Caller{Uid: uint32(os.Geteuid()), Gid: uint32(os.Getegid()), Pid: uint32(os.Getpid())},
 		Create: opts.Create,
-	})
+	}, session.CallOptions{})
 	if created := resp.GetCreated(); len(created) > 0 {
 		names := make([]string, len(created))
 		for i, c := range created {
@@ -204,8 +205,8 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		m.proc = newProcRoot(m, localProc, offloadRoot)
 	}
 	// Reading in the open call changes atime: only where that means nothing.
-	if qfs.SpecialKind(m.kind) && sess.hasFeature(qtfsv1.Feature_FEATURE_OPEN_READ_INLINE) {
-		m.readInline = uint32(min(readInlineSize, sess.chunk))
+	if qfs.SpecialKind(m.kind) && sess.HasFeature(qtfsv1.Feature_FEATURE_OPEN_READ_INLINE) {
+		m.readInline = uint32(min(readInlineSize, sess.Chunk()))
 	}
 	m.root = &node{m: m}
 	readOnly := opts.ReadOnly || resp.GetReadOnly()
@@ -241,9 +242,9 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 	// With direct I/O each write(2) reaches the client as one FUSE WRITE
 	// of at most max_write bytes; a max_write the session can carry in one
 	// RPC makes it one host write(2).
-	maxWrite := maxChunk
+	maxWrite := session.MaxChunk
 	if m.directIO {
-		maxWrite = min(maxChunk, sess.chunk)
+		maxWrite = min(session.MaxChunk, sess.Chunk())
 	}
 	fsOpts := &fs.Options{
 		MountOptions: fuse.MountOptions{
@@ -251,12 +252,12 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 			Options:       mountOpts,
 			MaxBackground: maxBackground,
 			MaxWrite:      maxWrite,
-			MaxReadAhead:  maxChunk,
+			MaxReadAhead:  session.MaxChunk,
 			FsName:        fsName,
 			Name:          fsSubtype,
 			Debug:         opts.Debug,
 			Logger:        stdLog,
-			EnableLocks:   sess.hasFeature(qtfsv1.Feature_FEATURE_LOCKS),
+			EnableLocks:   sess.HasFeature(qtfsv1.Feature_FEATURE_LOCKS),
 			// A symlink's target never changes (a new target is a new
 			// inode): the kernel may keep it, where it keeps pages.
 			EnableSymlinkCaching: !m.directIO,
@@ -286,7 +287,7 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 	if err != nil {
 		return nil, fmt.Errorf("mount %s on %s: %w", remote, mountpoint, err)
 	}
-	sess.addMount(m.id)
+	sess.Mounted(m.id)
 	if m.dev, err = mountDev(mountpoint); err == nil {
 		served.add(m.dev, m)
 	} else {
@@ -297,7 +298,7 @@ func Mount(ctx context.Context, sess *Session, mountpoint string, opts MountOpti
 		if m.dev != 0 {
 			served.remove(m.dev, m)
 		}
-		sess.removeMount(m.id)
+		sess.Unmounted(m.id)
 		log.Info("qtfs unmounted")
 	}()
 	if !m.directIO {
@@ -320,7 +321,7 @@ func (m *mountFS) raiseReadahead(mountpoint string) {
 		return
 	}
 	p := "/sys/class/bdi/" + dev + "/read_ahead_kb"
-	if err := os.WriteFile(p, []byte(strconv.Itoa(maxChunk>>10)), 0); err != nil {
+	if err := os.WriteFile(p, []byte(strconv.Itoa(session.MaxChunk>>10)), 0); err != nil {
 		m.log.Debug("readahead: raise", zap.String("file", p), zap.Error(err))
 	}
 }

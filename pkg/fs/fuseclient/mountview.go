@@ -15,6 +15,7 @@ import (
 
 	qfs "github.com/qtfs/qtfs/pkg/fs"
 	"github.com/qtfs/qtfs/pkg/fs/mountinfo"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -163,14 +164,14 @@ func (c *hostMountsCache) get(fetch func() ([]*qtfsv1.HostMount, syscall.Errno))
 // not say.
 func (m *mountFS) hostMountsOf(ctx context.Context) []*qtfsv1.HostMount {
 	list, e := m.hostMounts.get(func() ([]*qtfsv1.HostMount, syscall.Errno) {
-		resp, e := callFor(ctx, m.sess, m.timeout, "Mounts", m.sess.client.Mounts, &qtfsv1.MountsRequest{Mount: m.id})
+		resp, e := session.Call(context.Background(), m.sess, "Mounts", qtfsv1.FileSystemClient.Mounts, &qtfsv1.MountsRequest{Mount: m.id}, m.callOptsFor(ctx))
 		return resp.GetMounts(), e
 	})
 	if e != 0 {
 		if e == syscall.EOPNOTSUPP && !m.hostMounts.warned.Swap(true) {
 			m.log.Warn("qtfs server does not list its mounts: mountinfo shows this mount as a FUSE mount")
 		} else {
-			m.log.Debug("qtfs Mounts failed: mountinfo shows this mount as a FUSE mount", zap.String("errno", errnoLabel(e)))
+			m.log.Debug("qtfs Mounts failed: mountinfo shows this mount as a FUSE mount", zap.String("errno", qfs.ErrnoName(e)))
 		}
 		return nil
 	}

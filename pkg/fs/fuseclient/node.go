@@ -11,6 +11,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 
 	qfs "github.com/qtfs/qtfs/pkg/fs"
+	"github.com/qtfs/qtfs/pkg/fs/session"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
@@ -180,8 +181,8 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		return ch, e
 	}
 	caller := m.caller(ctx)
-	resp, e := call(m.sess, m.timeout, "Lookup", m.sess.client.Lookup,
-		&qtfsv1.LookupRequest{Mount: m.id, Caller: caller, Path: dir, Name: bname})
+	resp, e := session.Call(context.Background(), m.sess, "Lookup", qtfsv1.FileSystemClient.Lookup,
+		&qtfsv1.LookupRequest{Mount: m.id, Caller: caller, Path: dir, Name: bname}, m.callOpts())
 	if e == 0 || e == syscall.ENOENT {
 		n.missed(caller)
 	}
@@ -242,8 +243,8 @@ func (n *node) getattr(ctx context.Context, h uint64, out *fuse.AttrOut) syscall
 	if e != 0 && h == 0 {
 		return e
 	}
-	resp, e := call(m.sess, m.timeout, "Getattr", m.sess.client.Getattr,
-		&qtfsv1.GetattrRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Handle: h})
+	resp, e := session.Call(context.Background(), m.sess, "Getattr", qtfsv1.FileSystemClient.Getattr,
+		&qtfsv1.GetattrRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Handle: h}, m.callOpts())
 	n.failed(e)
 	if e == syscall.ENOENT && h == 0 && n != m.root {
 		// The inode's path is gone (removed or renamed on the host):
@@ -337,7 +338,7 @@ func (n *node) setattr(ctx context.Context, h uint64, in *fuse.SetAttrIn, out *f
 		return n.getattr(ctx, h, out)
 	}
 	req.Valid = uint32(valid)
-	resp, e := call(m.sess, m.timeout, "Setattr", m.sess.client.Setattr, req)
+	resp, e := session.Call(context.Background(), m.sess, "Setattr", qtfsv1.FileSystemClient.Setattr, req, m.callOpts())
 	n.attrsChanged() // also on failure: a part may have been applied
 	if e != 0 {
 		return e
@@ -356,8 +357,8 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		return nil, e
 	}
 	m := n.m
-	resp, e := call(m.sess, m.timeout, "Readlink", m.sess.client.Readlink,
-		&qtfsv1.ReadlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: p})
+	resp, e := session.Call(context.Background(), m.sess, "Readlink", qtfsv1.FileSystemClient.Readlink,
+		&qtfsv1.ReadlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: p}, m.callOpts())
 	if e != 0 {
 		n.failed(e)
 		return nil, e
@@ -381,8 +382,8 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 		return nil, e
 	}
 	m := n.m
-	resp, e := call(m.sess, m.timeout, "Symlink", m.sess.client.Symlink,
-		&qtfsv1.SymlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Target: []byte(target)})
+	resp, e := session.Call(context.Background(), m.sess, "Symlink", qtfsv1.FileSystemClient.Symlink,
+		&qtfsv1.SymlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Target: []byte(target)}, m.callOpts())
 	if e != 0 {
 		n.failedCreate(e)
 		return nil, e
@@ -400,8 +401,8 @@ func (n *node) Mknod(ctx context.Context, name string, mode, dev uint32, out *fu
 		return nil, e
 	}
 	m := n.m
-	resp, e := call(m.sess, m.timeout, "Mknod", m.sess.client.Mknod,
-		&qtfsv1.MknodRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Mode: mode, Rdev: uint64(dev)})
+	resp, e := session.Call(context.Background(), m.sess, "Mknod", qtfsv1.FileSystemClient.Mknod,
+		&qtfsv1.MknodRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Mode: mode, Rdev: uint64(dev)}, m.callOpts())
 	if e != 0 {
 		n.failedCreate(e)
 		return nil, e
@@ -419,8 +420,8 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	}
 	m := n.m
 	sent := time.Now()
-	resp, e := call(m.sess, m.timeout, "Mkdir", m.sess.client.Mkdir,
-		&qtfsv1.MkdirRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Mode: mode & 07777})
+	resp, e := session.Call(context.Background(), m.sess, "Mkdir", qtfsv1.FileSystemClient.Mkdir,
+		&qtfsv1.MkdirRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname, Mode: mode & 07777}, m.callOpts())
 	if e != 0 {
 		n.failedCreate(e)
 		return nil, e
@@ -447,8 +448,8 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 		return e
 	}
 	m := n.m
-	resp, e := call(m.sess, m.timeout, "Unlink", m.sess.client.Unlink,
-		&qtfsv1.UnlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname})
+	resp, e := session.Call(context.Background(), m.sess, "Unlink", qtfsv1.FileSystemClient.Unlink,
+		&qtfsv1.UnlinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname}, m.callOpts())
 	n.removed(name, e)
 	n.dirChanged(resp.GetDirAttr())
 	return e
@@ -461,8 +462,8 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 		return e
 	}
 	m := n.m
-	resp, e := call(m.sess, m.timeout, "Rmdir", m.sess.client.Rmdir,
-		&qtfsv1.RmdirRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname})
+	resp, e := session.Call(context.Background(), m.sess, "Rmdir", qtfsv1.FileSystemClient.Rmdir,
+		&qtfsv1.RmdirRequest{Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname}, m.callOpts())
 	n.removed(name, e)
 	n.dirChanged(resp.GetDirAttr())
 	return e
@@ -483,10 +484,10 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		return e
 	}
 	m := n.m
-	_, e = call(m.sess, m.timeout, "Rename", m.sess.client.Rename, &qtfsv1.RenameRequest{
+	_, e = session.Call(context.Background(), m.sess, "Rename", qtfsv1.FileSystemClient.Rename, &qtfsv1.RenameRequest{
 		Mount: m.id, Caller: m.caller(ctx),
 		OldPath: oldDir, OldName: oldName, NewPath: newDir, NewName: bnewName, Flags: flags,
-	})
+	}, m.callOpts())
 	// Both directories changed, or may have (a failure after the
 	// move): their listings go.
 	n.dropListing()
@@ -511,8 +512,8 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, e
 	}
 	m := n.m
-	resp, e := call(m.sess, m.timeout, "Link", m.sess.client.Link,
-		&qtfsv1.LinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: tp, NewPath: dir, NewName: bname})
+	resp, e := session.Call(context.Background(), m.sess, "Link", qtfsv1.FileSystemClient.Link,
+		&qtfsv1.LinkRequest{Mount: m.id, Caller: m.caller(ctx), Path: tp, NewPath: dir, NewName: bname}, m.callOpts())
 	if e != 0 {
 		n.failedCreate(e)
 		return nil, e
@@ -561,7 +562,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	var caller *fuse.Caller // of a proc mount's read-only open: for reading ahead
 	if m.readInline > 0 && flags&syscall.O_ACCMODE == syscall.O_RDONLY {
 		req.ReadInline = m.readInline
-		req.CloseAtEof = m.sess.reopensHandles()
+		req.CloseAtEof = m.sess.ReopensHandles()
 		if m.proc != nil && req.CloseAtEof {
 			caller, _ = fuse.FromContext(ctx)
 			also, ahead := m.proc.planOpen(caller, n)
@@ -576,7 +577,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	req.ProbeXattrs = n.knowsXattrsAbsence()
 	if resp == nil {
 		var e syscall.Errno
-		resp, e = call(m.sess, m.timeout, "Open", m.sess.client.Open, req)
+		resp, e = session.Call(context.Background(), m.sess, "Open", qtfsv1.FileSystemClient.Open, req, m.callOpts())
 		if e != 0 {
 			n.failed(e)
 			return nil, 0, e
@@ -592,7 +593,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	fh.flushNeedless = resp.GetFlushNeedless()
 	fh.closedAtOpen = resp.GetClosed()
 	n.keepOpenAttr(resp.GetAttr())
-	m.sess.trackPath(fh.h, n.path)
+	m.sess.TrackPath(fh.h, n.path)
 	if a := resp.GetAttr(); a != nil && n != m.root && m.inos.ino(a.GetDev(), a.GetIno()) != n.StableAttr().Ino {
 		// The path names another file now: open(2) retries with a fresh
 		// lookup on ESTALE.
@@ -617,10 +618,10 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 		return nil, nil, 0, e
 	}
 	m := n.m
-	resp, e := call(m.sess, m.timeout, "Create", m.sess.client.Create, &qtfsv1.CreateRequest{
+	resp, e := session.Call(context.Background(), m.sess, "Create", qtfsv1.FileSystemClient.Create, &qtfsv1.CreateRequest{
 		Mount: m.id, Caller: m.caller(ctx), Path: dir, Name: bname,
 		Flags: (flags | syscall.O_CREAT) &^ (syscall.O_NOCTTY | syscall.O_DIRECT | fmodeExec), Mode: mode & 07777,
-	})
+	}, m.callOpts())
 	if e != 0 {
 		n.failedCreate(e)
 		return nil, nil, 0, e
@@ -640,7 +641,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 		return nil, nil, 0, syscall.EIO
 	}
 	fh.n = cn
-	m.sess.trackPath(fh.h, cn.path)
+	m.sess.TrackPath(fh.h, cn.path)
 	if flags&syscall.O_EXCL != 0 {
 		// The server made this file: it has no capability attribute.
 		cn.capsAbsent()
@@ -656,15 +657,15 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 		return nil, 0, e
 	}
 	m := n.m
-	resp, e := call(m.sess, m.timeout, "Open", m.sess.client.Open, &qtfsv1.OpenRequest{
+	resp, e := session.Call(context.Background(), m.sess, "Open", qtfsv1.FileSystemClient.Open, &qtfsv1.OpenRequest{
 		Mount: m.id, Caller: m.caller(ctx), Path: p, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY,
-		ReaddirInline: readdirBatch, CloseAtEof: m.sess.reopensHandles(),
-	})
+		ReaddirInline: readdirBatch, CloseAtEof: m.sess.ReopensHandles(),
+	}, m.callOpts())
 	if e != 0 {
 		n.failed(e)
 		return nil, 0, e
 	}
-	m.sess.trackPath(resp.GetHandle(), n.path)
+	m.sess.TrackPath(resp.GetHandle(), n.path)
 	d := m.newDirHandle(resp.GetHandle(), n)
 	d.closedAtOpen = resp.GetClosed()
 	if len(resp.GetEntries()) > 0 || resp.GetEntriesEof() {
@@ -683,8 +684,8 @@ func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 		p = nil // an unlinked node: the mount root's filesystem
 	}
 	m := n.m
-	resp, e := call(m.sess, m.timeout, "Statfs", m.sess.client.Statfs,
-		&qtfsv1.StatfsRequest{Mount: m.id, Caller: m.caller(ctx), Path: p})
+	resp, e := session.Call(context.Background(), m.sess, "Statfs", qtfsv1.FileSystemClient.Statfs,
+		&qtfsv1.StatfsRequest{Mount: m.id, Caller: m.caller(ctx), Path: p}, m.callOpts())
 	if e != 0 {
 		return e
 	}
@@ -724,9 +725,9 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if caps && n.capsKnownAbsent() || n.xattrsKnownAbsent() {
 		return 0, syscall.ENODATA
 	}
-	resp, e := call(m.sess, m.timeout, "Getxattr", m.sess.client.Getxattr, &qtfsv1.GetxattrRequest{
+	resp, e := session.Call(context.Background(), m.sess, "Getxattr", qtfsv1.FileSystemClient.Getxattr, &qtfsv1.GetxattrRequest{
 		Mount: m.id, Caller: m.caller(ctx), Path: p, Name: []byte(attr), Size: uint32(min(len(dest), xattrSizeMax)),
-	})
+	}, m.callOpts())
 	if caps && e == syscall.ENODATA {
 		n.capsAbsent()
 	}
@@ -748,9 +749,9 @@ func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uin
 	}
 	m := n.m
 	n.capsUnknown()
-	_, e = call(m.sess, m.timeout, "Setxattr", m.sess.client.Setxattr, &qtfsv1.SetxattrRequest{
+	_, e = session.Call(context.Background(), m.sess, "Setxattr", qtfsv1.FileSystemClient.Setxattr, &qtfsv1.SetxattrRequest{
 		Mount: m.id, Caller: m.caller(ctx), Path: p, Name: []byte(attr), Value: data, Flags: flags,
-	})
+	}, m.callOpts())
 	n.attrsChanged()
 	return e
 }
@@ -765,9 +766,9 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	if n.xattrsKnownAbsent() {
 		return 0, 0
 	}
-	resp, e := call(m.sess, m.timeout, "Listxattr", m.sess.client.Listxattr, &qtfsv1.ListxattrRequest{
+	resp, e := session.Call(context.Background(), m.sess, "Listxattr", qtfsv1.FileSystemClient.Listxattr, &qtfsv1.ListxattrRequest{
 		Mount: m.id, Caller: m.caller(ctx), Path: p, Size: uint32(min(len(dest), xattrSizeMax)),
-	})
+	}, m.callOpts())
 	if e == syscall.ERANGE {
 		return resp.GetSize(), e
 	}
@@ -788,8 +789,8 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	}
 	m := n.m
 	n.capsUnknown()
-	_, e = call(m.sess, m.timeout, "Removexattr", m.sess.client.Removexattr,
-		&qtfsv1.RemovexattrRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Name: []byte(attr)})
+	_, e = session.Call(context.Background(), m.sess, "Removexattr", qtfsv1.FileSystemClient.Removexattr,
+		&qtfsv1.RemovexattrRequest{Mount: m.id, Caller: m.caller(ctx), Path: p, Name: []byte(attr)}, m.callOpts())
 	n.attrsChanged()
 	return e
 }
@@ -808,9 +809,9 @@ func (n *node) CopyFileRange(ctx context.Context, fhIn fs.FileHandle, offIn uint
 	}
 	length = min(length, maxCopy)
 	m := n.m
-	resp, e := call(m.sess, m.timeout, "CopyFileRange", m.sess.client.CopyFileRange, &qtfsv1.CopyFileRangeRequest{
+	resp, e := session.Call(context.Background(), m.sess, "CopyFileRange", qtfsv1.FileSystemClient.CopyFileRange, &qtfsv1.CopyFileRangeRequest{
 		HandleIn: in.h, OffsetIn: int64(offIn), HandleOut: o.h, OffsetOut: int64(offOut), Length: length, Flags: uint32(flags),
-	})
+	}, m.callOpts())
 	if e != 0 {
 		return 0, e
 	}

@@ -13,21 +13,79 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/qtfs/qtfs/pkg/fs/session"
+	"github.com/qtfs/qtfs/pkg/fs/session/sessiontest"
 	"github.com/qtfs/qtfs/pkg/internal/testutil"
 )
 
+// fastTiming paces the session's watchdog quickly enough for tests.
+var fastTiming = session.Timing{
+	Watch:        50 * time.Millisecond,
+	ProbeAfter:   300 * time.Millisecond,
+	ProbeTimeout: 300 * time.Millisecond,
+	RetryProbe:   200 * time.Millisecond,
+	BackoffMin:   10 * time.Millisecond,
+	BackoffMax:   100 * time.Millisecond,
+	KillCheck:    0,
+}
+
+// dialFlaky opens a session with fs through its proxy, with a reconnect
+// timeout of timeout, and registers its metrics on reg.
+func dialFlaky(t *testing.T, fs *sessiontest.Server, timeout time.Duration, reg *prometheus.Registry) *session.Session {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	tm := fastTiming
+	s, err := session.New(ctx, fs.Dial(t), "parts-cancel-test", zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)),
+		session.Options{ReconnectTimeout: timeout, Timing: &tm, DialChannel: fs.DialChannel})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if err := s.RegisterMetrics(reg); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// counter is the value of counter name with labels in reg; 0 when reg
+// has none.
+func counter(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if labels[lp.GetName()] != lp.GetValue() {
+					continue metrics
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
 // mountFlaky mounts fs's export, served by this process through session
-// c, with an operation timeout of opTimeout.
-func mountFlaky(t *testing.T, fs *flakyServer, c *reconnectClient, opTimeout time.Duration) string {
+// s, with an operation timeout of opTimeout.
+func mountFlaky(t *testing.T, fs *sessiontest.Server, s *session.Session, opTimeout time.Duration) string {
 	t.Helper()
 	mnt := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	server, err := Mount(ctx, c.s, mnt, MountOptions{
-		RemotePath: fs.export,
+	server, err := Mount(ctx, s, mnt, MountOptions{
+		RemotePath: fs.Export,
 		OpTimeout:  opTimeout,
 		Logger:     zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)).Named("mount"),
 	})
@@ -60,7 +118,7 @@ func TestKilledCallerCancelsParts(t *testing.T) {
 	const opTimeout = time.Minute
 	// The kernel sends at most max_write (1 MiB) per request; the client
 	// splits it into parts of ioPart.
-	const parts = maxChunk / ioPart
+	const parts = session.MaxChunk / ioPart
 	for _, tc := range []struct {
 		name, op string
 		dd       func(mnt string) []string
@@ -73,13 +131,14 @@ func TestKilledCallerCancelsParts(t *testing.T) {
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fs := newFlakyServer(t)
-			if err := os.WriteFile(filepath.Join(fs.export, "f"), bytes.Repeat([]byte("q"), size), 0o644); err != nil {
+			fs := sessiontest.NewServer(t)
+			if err := os.WriteFile(filepath.Join(fs.Export, "f"), bytes.Repeat([]byte("q"), size), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			c := newReconnectClient(t, fs, 10*time.Second)
-			mnt := mountFlaky(t, fs, c, opTimeout)
-			fs.stall.Store(tc.op)
+			reg := prometheus.NewRegistry()
+			s := dialFlaky(t, fs, 10*time.Second, reg)
+			mnt := mountFlaky(t, fs, s, opTimeout)
+			fs.Stall.Store(tc.op)
 
 			dd := exec.Command("dd", tc.dd(mnt)...)
 			var out bytes.Buffer
@@ -103,7 +162,7 @@ func TestKilledCallerCancelsParts(t *testing.T) {
 					t.Fatalf("dd ended with the server answering nothing: %s", out.String())
 				default:
 				}
-				return fs.stalled.Load() == parts
+				return fs.Stalled.Load() == parts
 			})
 
 			killed := time.Now()
@@ -118,14 +177,16 @@ func TestKilledCallerCancelsParts(t *testing.T) {
 			case <-time.After(bound):
 				t.Fatalf("the killed dd still waits for the server %v after SIGKILL", bound)
 			}
-			callerKilled := c.s.metrics.rpcErrors.WithLabelValues(tc.op, "CallerKilled")
+			callerKilled := func() float64 {
+				return counter(t, reg, "qtfs_client_rpc_errors_total", map[string]string{"op": tc.op, "code": "CallerKilled"})
+			}
 			testutil.WaitFor(t, "every part cancelled", bound-time.Since(killed), func() bool {
-				return fs.stalled.Load() == 0 && fs.cancelled.Load() == parts && metricValue(callerKilled) == parts
+				return fs.Stalled.Load() == 0 && fs.Cancelled.Load() == parts && callerKilled() == parts
 			})
 			t.Logf("dd killed: %d parts cancelled within %v", parts, time.Since(killed).Round(time.Millisecond))
 
 			// The mount answers: a large write and a direct read go through.
-			fs.stall.Store("")
+			fs.Stall.Store("")
 			for _, args := range [][]string{
 				{"if=/dev/zero", "of=" + filepath.Join(mnt, "g"), "bs=1M", "count=5"},
 				{"if=" + filepath.Join(mnt, "g"), "of=/dev/null", "bs=4M", "iflag=direct"},
@@ -137,10 +198,10 @@ func TestKilledCallerCancelsParts(t *testing.T) {
 					t.Fatalf("dd %v after the kill: %v: %s", args, err, b)
 				}
 			}
-			if st, err := os.Stat(filepath.Join(fs.export, "g")); err != nil || st.Size() != 5<<20 {
+			if st, err := os.Stat(filepath.Join(fs.Export, "g")); err != nil || st.Size() != 5<<20 {
 				t.Fatalf("host file written after the kill: %v, %v", st, err)
 			}
-			if n := fs.cancelled.Load(); n != parts {
+			if n := fs.Cancelled.Load(); n != parts {
 				t.Fatalf("%d calls cancelled, want %d", n, parts)
 			}
 		})

@@ -1,8 +1,6 @@
-package fuseclient
+package session
 
 import (
-	"context"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -11,39 +9,35 @@ import (
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
-// aliasMin is the size from which a read reply's data is left in the
-// buffer gRPC received it in: the parts of large reads (ioPart).
-const aliasMin = 64 << 10
+// AliasMin is the size from which the data of a Read reply made with
+// CallOptions.Data is left in the buffer gRPC received it in.
+const AliasMin = 64 << 10
 
 // dataCodec is the codec of the parts of large reads and writes. A
 // ReadResponse's data stays in the received buffer: it goes from there to
 // the kernel, with no copy and no allocation of its own in between, and
-// the buffer goes back to gRPC's pool once go-fuse wrote the reply
-// (partsResult.Done). A WriteRequest is encoded into a pooled buffer that
-// is not zeroed first.
+// the buffer goes back to gRPC's pool once its taker (TakeReadBuffer)
+// frees it. A WriteRequest is encoded into a pooled buffer that is not
+// zeroed first.
 type dataCodec = transport.AliasCodec[qtfsv1.ReadResponse]
 
-func newDataCodec() *dataCodec { return transport.NewAliasCodec(aliasMin, decodeRead) }
-
-// readPart is the Read RPC of a part of a large read, through the
-// session's dataCodec. The caller takes the reply's buffer
-// (takeReadBuffer).
-func (s *Session) readPart(ctx context.Context, req *qtfsv1.ReadRequest, opts ...grpc.CallOption) (*qtfsv1.ReadResponse, error) {
-	return s.client.Read(ctx, req, append(opts, grpc.ForceCodecV2(s.dataCodec))...)
+// setDataCodec gives s its dataCodec, and the call option of the calls
+// that go through it (CallOptions.Data).
+func (s *Session) setDataCodec() {
+	s.dataCodec = transport.NewAliasCodec(AliasMin, decodeRead)
+	s.dataOpts = []grpc.CallOption{grpc.ForceCodecV2(s.dataCodec)}
 }
 
-// writePart is the Write RPC of a part of a large write, through the
-// session's dataCodec.
-func (s *Session) writePart(ctx context.Context, req *qtfsv1.WriteRequest, opts ...grpc.CallOption) (*qtfsv1.WriteResponse, error) {
-	return s.client.Write(ctx, req, append(opts, grpc.ForceCodecV2(s.dataCodec))...)
-}
-
-// takeReadBuffer hands over the buffer resp's data aliases; nil when it
-// does not (a small reply, or one the codec did not decode).
-func (s *Session) takeReadBuffer(resp *qtfsv1.ReadResponse) mem.Buffer {
+// TakeReadBuffer hands over the buffer the data of resp, the reply of a
+// Read call made with CallOptions.Data, aliases; nil when it does not (a
+// small reply, or one the codec did not decode). The taker frees it.
+func (s *Session) TakeReadBuffer(resp *qtfsv1.ReadResponse) mem.Buffer {
 	buf, _ := s.dataCodec.Take(resp)
 	return buf
 }
+
+// ReadBuffersHeld counts the buffers of Read replies nobody took yet.
+func (s *Session) ReadBuffersHeld() int { return s.dataCodec.Held() }
 
 // decodeRead decodes b into m, its data aliasing b. It reports false, and
 // leaves the decoding to proto.Unmarshal, for anything but well-formed

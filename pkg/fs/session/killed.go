@@ -1,4 +1,4 @@
-package fuseclient
+package session
 
 import (
 	"bytes"
@@ -8,18 +8,18 @@ import (
 	"sync"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"go.uber.org/zap"
 )
 
 // sigkillBit is SIGKILL in the signal masks of /proc/<pid>/status.
 const sigkillBit = 1 << (9 - 1)
 
-// killedCall is an RPC made for a FUSE request, which the watchdog
-// cancels once the request was interrupted and its caller is being killed
-// (nobody waits for the answer any more; the server stops the operation).
+// killedCall is an RPC made for a caller (CallOptions.For), which the
+// watchdog cancels once the caller's request was interrupted and the
+// caller is being killed (nobody waits for the answer any more; the server
+// stops the operation).
 type killedCall struct {
-	req    *fuse.Context
+	caller Caller
 	start  time.Time
 	cancel context.CancelFunc
 
@@ -33,7 +33,7 @@ func (k *killedCall) wasKilled() bool {
 	return k.killed
 }
 
-// callers tracks the RPCs made for FUSE requests.
+// callers tracks the RPCs made for callers.
 type callers struct {
 	mu    sync.Mutex
 	calls map[*killedCall]struct{}
@@ -54,7 +54,7 @@ func (c *callers) remove(k *killedCall) {
 	c.mu.Unlock()
 }
 
-// reap cancels the calls older than after whose FUSE request was
+// reap cancels the calls older than after whose caller's request was
 // interrupted and whose caller has a SIGKILL pending (the kernel turns
 // every fatal signal into one).
 func (c *callers) reap(procDir string, after time.Duration, log *zap.Logger) {
@@ -66,21 +66,21 @@ func (c *callers) reap(procDir string, after time.Duration, log *zap.Logger) {
 			continue
 		}
 		select {
-		case <-k.req.Done():
+		case <-k.caller.Interrupted:
 			interrupted = append(interrupted, k)
 		default:
 		}
 	}
 	c.mu.Unlock()
 	for _, k := range interrupted {
-		if !dying(procDir, k.req.Pid) {
+		if !dying(procDir, k.caller.Pid) {
 			continue
 		}
 		k.mu.Lock()
 		k.killed = true
 		k.mu.Unlock()
 		k.cancel()
-		log.Info("qtfs call cancelled: its caller was killed", zap.Uint32("pid", k.req.Pid),
+		log.Info("qtfs call cancelled: its caller was killed", zap.Uint32("pid", k.caller.Pid),
 			zap.Duration("after", now.Sub(k.start)))
 	}
 }

@@ -1,4 +1,4 @@
-package fuseclient
+package session
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
 
+	"github.com/qtfs/qtfs/pkg/fs/session/sessiontest"
 	"github.com/qtfs/qtfs/pkg/internal/testutil"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
@@ -95,16 +96,16 @@ func TestHandleLocksApply(t *testing.T) {
 }
 
 func (c *reconnectClient) setlk(h uint64, flock bool, typ uint32, start, end uint64) syscall.Errno {
-	_, e := call(c.s, opTimeout, "Setlk", c.s.client.Setlk, &qtfsv1.SetlkRequest{
+	_, e := Call(context.Background(), c.s, "Setlk", qtfsv1.FileSystemClient.Setlk, &qtfsv1.SetlkRequest{
 		Handle: h, Owner: 7, Flock: flock, Lock: &qtfsv1.Lock{Start: start, End: end, Type: typ},
-	})
+	}, CallOptions{Timeout: opTimeout})
 	return e
 }
 
 func (c *reconnectClient) getlk(h uint64, typ uint32, start, end uint64) (*qtfsv1.Lock, syscall.Errno) {
-	resp, e := call(c.s, opTimeout, "Getlk", c.s.client.Getlk, &qtfsv1.GetlkRequest{
+	resp, e := Call(context.Background(), c.s, "Getlk", qtfsv1.FileSystemClient.Getlk, &qtfsv1.GetlkRequest{
 		Handle: h, Owner: 7, Lock: &qtfsv1.Lock{Start: start, End: end, Type: typ},
-	})
+	}, CallOptions{Timeout: opTimeout})
 	return resp.GetLock(), e
 }
 
@@ -144,7 +145,7 @@ func conflict(err error) bool {
 // unlocked before the restart is not taken again. Released with the
 // handle, the locks are free.
 func TestReconnectLocksRetaken(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	writeHost(t, fs, "f", strings.Repeat("x", 200))
 	writeHost(t, fs, "g", "g")
 	c := newReconnectClient(t, fs, 10*time.Second)
@@ -173,7 +174,7 @@ func TestReconnectLocksRetaken(t *testing.T) {
 		t.Fatalf("%d handles hold locks, want 1", n)
 	}
 
-	fs.restart()
+	fs.Restart()
 	ok := c.s.metrics.reopens.WithLabelValues("ok")
 	testutil.WaitFor(t, "the locked file opened again after the restart", 10*time.Second, func() bool { return metricValue(ok) >= 1 })
 
@@ -207,10 +208,10 @@ func TestReconnectLocksRetaken(t *testing.T) {
 			}
 		})
 	}
-	if _, err := hostLock(t, filepath.Join(fs.export, "f"), false, unix.F_WRLCK, 0, 1); !conflict(err) {
+	if _, err := hostLock(t, filepath.Join(fs.Export, "f"), false, unix.F_WRLCK, 0, 1); !conflict(err) {
 		t.Fatalf("a host process took a write lock the client holds: %v", err)
 	}
-	if _, err := hostLock(t, filepath.Join(fs.export, "f"), true, unix.F_WRLCK, 0, 0); !conflict(err) {
+	if _, err := hostLock(t, filepath.Join(fs.Export, "f"), true, unix.F_WRLCK, 0, 0); !conflict(err) {
 		t.Fatalf("a host process took the flock the client holds: %v", err)
 	}
 	g := c2.open(t, "g", syscall.O_RDWR)
@@ -233,7 +234,7 @@ func TestReconnectLocksRetaken(t *testing.T) {
 		t.Fatalf("getlk through the lock holder: %v, %v", l, e)
 	}
 
-	if _, e := call(c.s, opTimeout, "Release", c.s.client.Release, &qtfsv1.ReleaseRequest{Handle: h}); e != 0 {
+	if _, e := Call(context.Background(), c.s, "Release", qtfsv1.FileSystemClient.Release, &qtfsv1.ReleaseRequest{Handle: h}, CallOptions{Timeout: opTimeout}); e != 0 {
 		t.Fatal(e)
 	}
 	if n := c.s.rc.lockHolders.Load(); n != 0 {
@@ -267,7 +268,7 @@ func TestReconnectLockLost(t *testing.T) {
 		{name: "flock", flock: true, typ: syscall.F_WRLCK, end: toEOF, hostTyp: unix.F_RDLCK},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fs := newFlakyServer(t)
+			fs := sessiontest.NewServer(t)
 			writeHost(t, fs, "f", "data")
 			writeHost(t, fs, "other", "other")
 			core, logs := observer.New(zapcore.WarnLevel)
@@ -279,12 +280,12 @@ func TestReconnectLockLost(t *testing.T) {
 				t.Fatal(e)
 			}
 
-			fs.stop()
-			host, err := hostLock(t, filepath.Join(fs.export, "f"), tc.flock, tc.hostTyp, tc.hostStart, tc.hostLen)
+			fs.Stop()
+			host, err := hostLock(t, filepath.Join(fs.Export, "f"), tc.flock, tc.hostTyp, tc.hostStart, tc.hostLen)
 			if err != nil {
 				t.Fatalf("host lock while the server is away: %v", err)
 			}
-			fs.restart()
+			fs.Restart()
 			lost := c.s.metrics.reopens.WithLabelValues("lock_lost")
 			testutil.WaitFor(t, "the lost lock noticed after the restart", 10*time.Second, func() bool { return metricValue(lost) >= 1 })
 
@@ -308,7 +309,7 @@ func TestReconnectLockLost(t *testing.T) {
 					t.Fatalf("%s after the host let go: %v, want EIO", op.name, e)
 				}
 			}
-			if data, _ := os.ReadFile(filepath.Join(fs.export, "f")); string(data) != "data" {
+			if data, _ := os.ReadFile(filepath.Join(fs.Export, "f")); string(data) != "data" {
 				t.Fatalf("host file %q: a write went through a lost handle", data)
 			}
 			if got, e := c.read(other, 0, 5); e != 0 || string(got) != "other" {
@@ -325,12 +326,12 @@ func TestReconnectLockLost(t *testing.T) {
 				t.Fatalf("the warning names path %q, want %q", p, "f")
 			}
 			for _, x := range []uint64{h, other} {
-				if _, e := call(c.s, opTimeout, "Release", c.s.client.Release, &qtfsv1.ReleaseRequest{Handle: x}); e != 0 {
+				if _, e := Call(context.Background(), c.s, "Release", qtfsv1.FileSystemClient.Release, &qtfsv1.ReleaseRequest{Handle: x}, CallOptions{Timeout: opTimeout}); e != 0 {
 					t.Fatalf("release: %v", e)
 				}
 			}
 			// No lock is held any more: the Releases do not wait.
-			fs.waitNoHandles(t, "the lost one was released (want 0: the re-open was released)")
+			fs.WaitNoHandles(t, "the lost one was released (want 0: the re-open was released)")
 		})
 	}
 }
@@ -340,7 +341,7 @@ func TestReconnectLockLost(t *testing.T) {
 // restarts, but only once the holder's lock is taken again: the waiter
 // never steals it, and gets it once the holder lets go.
 func TestReconnectLockWaiter(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	writeHost(t, fs, "f", "data")
 	c := newReconnectClient(t, fs, 10*time.Second)
 	holder := c.open(t, "f", syscall.O_RDWR)
@@ -350,15 +351,15 @@ func TestReconnectLockWaiter(t *testing.T) {
 	}
 	got := make(chan syscall.Errno, 1)
 	go func() {
-		_, e := callCtx(context.Background(), c.s, "Setlkw", c.s.client.Setlk, &qtfsv1.SetlkRequest{
+		_, e := Call(context.Background(), c.s, "Setlkw", qtfsv1.FileSystemClient.Setlk, &qtfsv1.SetlkRequest{
 			Handle: waiter, Owner: 8, Wait: true, Lock: &qtfsv1.Lock{Start: 0, End: toEOF, Type: syscall.F_WRLCK},
-		})
+		}, CallOptions{})
 		got <- e
 	}()
 	testutil.WaitFor(t, "the waiter's call on the server", 5*time.Second, func() bool {
 		return metricValue(c.s.metrics.ops.WithLabelValues("Setlk", "OK")) >= 1 && c.s.rc.inflight.Load() == 1
 	})
-	fs.restart()
+	fs.Restart()
 	// The waiter's handle is opened again when its call is sent again.
 	testutil.WaitFor(t, "the waiter's call sent again", 10*time.Second, func() bool {
 		_, gen := c.s.rc.state()

@@ -1,4 +1,4 @@
-package fuseclient
+package session
 
 import (
 	"fmt"
@@ -204,23 +204,23 @@ func indexMethods(sd protoreflect.ServiceDescriptor, table []method) ([]*callInf
 	for _, m := range table {
 		md := sd.Methods().ByName(protoreflect.Name(m.name))
 		if md == nil || md.IsStreamingClient() || md.IsStreamingServer() {
-			return nil, fmt.Errorf("fuseclient: method table: %q is no unary method of %s", m.name, sd.FullName())
+			return nil, fmt.Errorf("session: method table: %q is no unary method of %s", m.name, sd.FullName())
 		}
 		mt, err := protoregistry.GlobalTypes.FindMessageByName(md.Input().FullName())
 		if err != nil {
-			return nil, fmt.Errorf("fuseclient: method table: %s: %w", m.name, err)
+			return nil, fmt.Errorf("session: method table: %s: %w", m.name, err)
 		}
 		t := reflect.TypeOf(mt.New().Interface())
 		c := &callInfo{method: m, mountF: noField, writesF: noField, sizeF: noField, flagsF: noField}
 		fieldOf := func(name string, kinds ...protoreflect.Kind) (field, error) {
 			f := md.Input().Fields().ByName(protoreflect.Name(name))
 			if f == nil || f.IsList() || !kindIn(f.Kind(), kinds) {
-				return noField, fmt.Errorf("fuseclient: method table: %s: %s has no field %q of kind %v",
+				return noField, fmt.Errorf("session: method table: %s: %s has no field %q of kind %v",
 					m.name, md.Input().FullName(), name, kinds)
 			}
 			i, ok := goField(t.Elem(), f.Name())
 			if !ok {
-				return noField, fmt.Errorf("fuseclient: method table: %s: no Go field for %s", m.name, f.FullName())
+				return noField, fmt.Errorf("session: method table: %s: no Go field for %s", m.name, f.FullName())
 			}
 			return field{name: f.Name(), index: i, kind: f.Kind()}, nil
 		}
@@ -237,7 +237,7 @@ func indexMethods(sd protoreflect.ServiceDescriptor, table []method) ([]*callInf
 			c.handlesF = append(c.handlesF, f)
 		}
 		if m.releases && len(m.handles) != 1 {
-			return nil, fmt.Errorf("fuseclient: method table: %s releases a handle but names %d", m.name, len(m.handles))
+			return nil, fmt.Errorf("session: method table: %s releases a handle but names %d", m.name, len(m.handles))
 		}
 		switch m.retry {
 		case replayUnlessAppending:
@@ -256,11 +256,11 @@ func indexMethods(sd protoreflect.ServiceDescriptor, table []method) ([]*callInf
 		}
 		in := md.Input()
 		if in.Parent() != protoreflect.Descriptor(sd.ParentFile()) {
-			return nil, fmt.Errorf("fuseclient: method table: %s: request %s is not declared at the top of %s",
+			return nil, fmt.Errorf("session: method table: %s: request %s is not declared at the top of %s",
 				m.name, in.FullName(), sd.ParentFile().Path())
 		}
 		if prev := out[in.Index()]; prev != nil {
-			return nil, fmt.Errorf("fuseclient: method table: %s and %s share request %s", prev.name, m.name, in.FullName())
+			return nil, fmt.Errorf("session: method table: %s and %s share request %s", prev.name, m.name, in.FullName())
 		}
 		out[in.Index()] = c
 	}

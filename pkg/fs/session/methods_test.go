@@ -1,4 +1,4 @@
-package fuseclient
+package session
 
 import (
 	"strings"

@@ -1,9 +1,7 @@
-package fuseclient
+package session
 
 import (
-	"cmp"
 	"context"
-	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,58 +13,44 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
-	qfs "github.com/qtfs/qtfs/pkg/fs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
-// DefaultReconnectTimeout is SessionOptions.ReconnectTimeout when it is
-// zero.
+// DefaultReconnectTimeout is Options.ReconnectTimeout when it is zero.
 const DefaultReconnectTimeout = 30 * time.Second
 
-// timing is how the liveness checks and the reconnect loop pace
-// themselves.
-type timing struct {
-	// watch is how often the watchdog looks at the calls in flight.
-	watch time.Duration
-	// probeAfter is how long calls may wait with no reply at all before
+// Timing is how the liveness checks and the reconnect loop pace
+// themselves (Options.Timing).
+type Timing struct {
+	// Watch is how often the watchdog looks at the calls in flight.
+	Watch time.Duration
+	// ProbeAfter is how long calls may wait with no reply at all before
 	// the watchdog asks the server whether it is still there.
-	probeAfter time.Duration
-	// probeTimeout bounds that question; no answer marks the session
+	ProbeAfter time.Duration
+	// ProbeTimeout bounds that question; no answer marks the session
 	// down.
-	probeTimeout time.Duration
-	// retryProbe bounds one attempt of the reconnect loop.
-	retryProbe time.Duration
-	// backoffMin and backoffMax bound the pause between attempts.
-	backoffMin, backoffMax time.Duration
-	// killCheck is how old a call for an interrupted FUSE request must be
-	// before the watchdog looks whether its caller is being killed.
-	killCheck time.Duration
+	ProbeTimeout time.Duration
+	// RetryProbe bounds one attempt of the reconnect loop.
+	RetryProbe time.Duration
+	// BackoffMin and BackoffMax bound the pause between attempts.
+	BackoffMin, BackoffMax time.Duration
+	// KillCheck is how old a call made for a caller (CallOptions.For)
+	// whose request was interrupted must be before the watchdog looks
+	// whether the caller is being killed.
+	KillCheck time.Duration
 }
 
-var defaultTiming = timing{
-	watch:        time.Second,
-	probeAfter:   3 * time.Second,
-	probeTimeout: 5 * time.Second,
-	retryProbe:   time.Second,
-	backoffMin:   50 * time.Millisecond,
-	backoffMax:   2 * time.Second,
-	killCheck:    500 * time.Millisecond,
+// DefaultTiming is the Timing of a Session whose Options name none.
+var DefaultTiming = Timing{
+	Watch:        time.Second,
+	ProbeAfter:   3 * time.Second,
+	ProbeTimeout: 5 * time.Second,
+	RetryProbe:   time.Second,
+	BackoffMin:   50 * time.Millisecond,
+	BackoffMax:   2 * time.Second,
+	KillCheck:    500 * time.Millisecond,
 }
-
-// closedGen is the session generation of a handle the server closed
-// right after opening it (OpenResponse.closed): no session has it, so its
-// first use opens the file again and its Release sends nothing.
-// closedHandle stands for its server id, which it has none of.
-const (
-	closedGen    = math.MaxUint64
-	closedHandle = math.MaxUint64
-)
-
-// reopenMask are the open flags never replayed when a file is opened
-// again after a reconnect: the file exists, and it must not be emptied.
-const reopenMask = syscall.O_CREAT | syscall.O_EXCL | syscall.O_TRUNC
 
 // connControl is what a *grpc.ClientConn offers beyond invoking RPCs; the
 // reconnect loop uses it when the connection has it.
@@ -75,47 +59,6 @@ type connControl interface {
 	Connect()
 	ResetConnectBackoff()
 }
-
-// mountRec is a mount the client made: the id the caller holds maps to
-// the server's mount id of the current server session.
-type mountRec struct {
-	path   []byte
-	caller *qtfsv1.Caller
-
-	mu     sync.Mutex // serialises re-mounting
-	server uint64
-	gen    uint64
-}
-
-// handleRec is a file or directory the client opened: the id the caller
-// holds maps to the server's handle of the current server session, and
-// what is needed to open it again after a reconnect.
-type handleRec struct {
-	mount  uint64 // the client's mount id
-	caller *qtfsv1.Caller
-	flags  uint32
-	path   []byte
-	dev    uint64
-	ino    uint64
-	known  bool // dev and ino are known (the open returned attributes)
-
-	mu     sync.Mutex // serialises re-opening; guards the fields below
-	pathFn func() ([]byte, syscall.Errno)
-	server uint64
-	gen    uint64
-	gone   bool // could not be opened again: every use fails, with EIO
-	// or goneErrno: the open's own errno for a file closed at open, whose
-	// open later is part of its life (a /proc file of a process that
-	// ended), not a failed recovery.
-	goneErrno syscall.Errno
-	// locks are the locks the server granted through the handle, taken
-	// again when it is opened again.
-	locks handleLocks
-	// forgotten: the handle was released; its locks no longer count.
-	forgotten bool
-}
-
-func (h *handleRec) appending() bool { return h.flags&syscall.O_APPEND != 0 }
 
 // pendingRelease is a handle released while the session was down, to be
 // released on the server if the same server session comes back.
@@ -130,7 +73,7 @@ type reconn struct {
 	s       *Session
 	conn    connControl // nil when the connection offers no control
 	timeout time.Duration
-	t       timing
+	t       Timing
 	hello   *qtfsv1.HandshakeRequest
 
 	// genMu is read-held by every call from the translation of its ids
@@ -184,7 +127,7 @@ type reconn struct {
 	callers callers
 }
 
-func newReconn(s *Session, cc grpc.ClientConnInterface, timeout time.Duration, t timing, hello *qtfsv1.HandshakeRequest) *reconn {
+func newReconn(s *Session, cc grpc.ClientConnInterface, timeout time.Duration, t Timing, hello *qtfsv1.HandshakeRequest) *reconn {
 	r := &reconn{
 		s:       s,
 		timeout: timeout,
@@ -344,7 +287,7 @@ func (r *reconn) setUp(gen uint64) {
 			zap.String("server", r.s.server), zap.Duration("down", down), zap.Uint64("generation", gen))
 	}
 	for _, p := range pending {
-		ctx, cancel := context.WithTimeout(r.life, r.t.probeTimeout)
+		ctx, cancel := context.WithTimeout(r.life, r.t.ProbeTimeout)
 		_, _ = r.s.client.Release(ctx, &qtfsv1.ReleaseRequest{Handle: p.server})
 		cancel()
 	}
@@ -355,7 +298,7 @@ func (r *reconn) setUp(gen uint64) {
 // or the Session is closed.
 func (r *reconn) loop() {
 	defer r.done.Done()
-	backoff := r.t.backoffMin
+	backoff := r.t.BackoffMin
 	for {
 		select {
 		case <-r.stop:
@@ -374,7 +317,7 @@ func (r *reconn) loop() {
 			r.conn.ResetConnectBackoff()
 			r.conn.Connect()
 		}
-		ctx, cancel := context.WithTimeout(r.life, r.t.retryProbe)
+		ctx, cancel := context.WithTimeout(r.life, r.t.RetryProbe)
 		_, err := r.s.client.Getattr(ctx, probeRequest(), grpc.WaitForReady(true))
 		cancel()
 		switch {
@@ -391,7 +334,7 @@ func (r *reconn) loop() {
 			return
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, r.t.backoffMax)
+		backoff = min(2*backoff, r.t.BackoffMax)
 	}
 }
 
@@ -400,7 +343,7 @@ func (r *reconn) loop() {
 func (r *reconn) rehandshake(gen uint64) bool {
 	// Calls of the old session end fast (the server no longer knows it);
 	// wait for them a little, without blocking new readers for good.
-	deadline := time.Now().Add(r.t.retryProbe)
+	deadline := time.Now().Add(r.t.RetryProbe)
 	for !r.genMu.TryLock() {
 		if time.Now().After(deadline) {
 			return false
@@ -408,7 +351,7 @@ func (r *reconn) rehandshake(gen uint64) bool {
 		time.Sleep(5 * time.Millisecond)
 	}
 	defer r.genMu.Unlock()
-	ctx, cancel := context.WithTimeout(r.life, 10*r.t.retryProbe)
+	ctx, cancel := context.WithTimeout(r.life, 10*r.t.RetryProbe)
 	defer cancel()
 	resp, err := r.s.client.Handshake(ctx, r.hello, grpc.WaitForReady(true))
 	if err != nil {
@@ -475,7 +418,7 @@ func (r *reconn) retakeLocks(gen uint64) {
 // way, and so is a server restart while locks are held.
 func (r *reconn) watch() {
 	defer r.done.Done()
-	tick := time.NewTicker(r.t.watch)
+	tick := time.NewTicker(r.t.Watch)
 	defer tick.Stop()
 	for {
 		if r.idle() {
@@ -486,7 +429,7 @@ func (r *reconn) watch() {
 				return
 			case <-r.busy:
 			}
-			tick.Reset(r.t.watch)
+			tick.Reset(r.t.Watch)
 		}
 		select {
 		case <-r.stop:
@@ -497,12 +440,12 @@ func (r *reconn) watch() {
 		if r.conn != nil && r.conn.GetState() == connectivity.Shutdown {
 			return
 		}
-		r.callers.reap("/proc", r.t.killCheck, r.s.log)
+		r.callers.reap("/proc", r.t.KillCheck, r.s.log)
 		up, gen := r.state()
-		if !up || r.idle() || time.Since(time.Unix(0, r.lastActivity.Load())) < r.t.probeAfter {
+		if !up || r.idle() || time.Since(time.Unix(0, r.lastActivity.Load())) < r.t.ProbeAfter {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(r.life, r.t.probeTimeout)
+		ctx, cancel := context.WithTimeout(r.life, r.t.ProbeTimeout)
 		_, err := r.s.client.Getattr(ctx, probeRequest())
 		cancel()
 		switch status.Code(err) {
@@ -547,188 +490,6 @@ func (r *reconn) end(replied bool) {
 	r.inflight.Add(-1)
 }
 
-// ---------------------------------------------------------------- ids
-
-// translate replaces the caller's ids in req by the server's ids of
-// session gen, mounting and opening again what was made in an earlier
-// session. It returns a function that puts the caller's ids back, and an
-// errno; retry says the session failed meanwhile (call again once it is
-// back).
-func (r *reconn) translate(ctx context.Context, gen uint64, req any) (restore func(), e syscall.Errno, retry bool) {
-	c := callOf(req)
-	var saved [3]uint64
-	var ptrs [3]*uint64
-	n := 0
-	restore = func() {
-		for i := 0; i < n; i++ {
-			*ptrs[i] = saved[i]
-		}
-	}
-	set := func(p *uint64, v uint64) {
-		saved[n], ptrs[n] = *p, p
-		n++
-		*p = v
-	}
-	if c.mountF.ok() {
-		if p := c.mountF.ptr(req); *p != 0 {
-			id, e, retry := r.serverMount(ctx, gen, *p)
-			if e != 0 || retry {
-				return restore, e, retry
-			}
-			set(p, id)
-		}
-	}
-	for _, f := range c.handlesF {
-		p := f.ptr(req)
-		if *p == 0 {
-			continue
-		}
-		id, e, retry := r.serverHandle(ctx, gen, *p)
-		if e != 0 || retry {
-			return restore, e, retry
-		}
-		set(p, id)
-	}
-	return restore, 0, false
-}
-
-// serverMount returns the server's id for mount id in session gen,
-// mounting it again when it was made in an earlier session.
-func (r *reconn) serverMount(ctx context.Context, gen, id uint64) (uint64, syscall.Errno, bool) {
-	r.tmu.Lock()
-	m := r.mounts[id]
-	r.tmu.Unlock()
-	if m == nil {
-		return 0, syscall.ESTALE, false
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.gen == gen {
-		return m.server, 0, false
-	}
-	ctx, cancel := r.reopenContext(ctx)
-	defer cancel()
-	resp, err := r.s.client.Mount(ctx, &qtfsv1.MountRequest{Path: m.path, Caller: m.caller})
-	if err != nil {
-		if r.sessionFailed(gen, err) {
-			return 0, 0, true
-		}
-		return 0, r.s.rpcErrno("Mount", err), false
-	}
-	if e := r.s.wireErrno("Mount", resp.GetErrno()); e != 0 {
-		r.s.log.Error("qtfs reconnect: the mount's root cannot be mounted again: its calls fail",
-			zap.ByteString("remote", m.path), zap.String("errno", errnoLabel(e)))
-		return 0, syscall.EIO, false
-	}
-	m.server, m.gen = resp.GetMount(), gen
-	return m.server, 0, false
-}
-
-// serverHandle returns the server's id for handle id in session gen,
-// opening the file again (by path, with its flags, never creating or
-// truncating it) when it was opened in an earlier session. A file that
-// cannot be opened again, or whose path now names another file, is gone:
-// EIO for every later use.
-func (r *reconn) serverHandle(ctx context.Context, gen, id uint64) (uint64, syscall.Errno, bool) {
-	r.tmu.Lock()
-	h := r.handles[id]
-	r.tmu.Unlock()
-	if h == nil {
-		return 0, syscall.EBADF, false
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	switch {
-	case h.gone && h.goneErrno != 0:
-		return 0, h.goneErrno, false
-	case h.gone:
-		return 0, syscall.EIO, false
-	case h.gen == gen:
-		return h.server, 0, false
-	}
-	mount, e, retry := r.serverMount(ctx, gen, h.mount)
-	if e != 0 || retry {
-		return 0, e, retry
-	}
-	ctx, cancel := r.reopenContext(ctx)
-	defer cancel()
-	path := h.path
-	if h.pathFn != nil {
-		p, e := h.pathFn()
-		if e != 0 {
-			r.markGone(h)
-			r.s.metrics.reopens.WithLabelValues("gone").Inc()
-			r.s.log.Warn("qtfs reconnect: an open file has no path any more (unlinked): its calls fail with EIO",
-				zap.ByteString("path", h.path))
-			return 0, syscall.EIO, false
-		}
-		path = p
-	}
-	resp, err := r.s.client.Open(ctx, &qtfsv1.OpenRequest{Mount: mount, Caller: h.caller, Path: path, Flags: h.flags &^ reopenMask})
-	if err != nil {
-		if r.sessionFailed(gen, err) {
-			return 0, 0, true
-		}
-		return 0, r.s.rpcErrno("Open", err), false
-	}
-	e = r.s.wireErrno("Open", resp.GetErrno())
-	if e == 0 && h.known && (resp.GetAttr().GetDev() != h.dev || resp.GetAttr().GetIno() != h.ino) {
-		_, _ = r.s.client.Release(ctx, &qtfsv1.ReleaseRequest{Handle: resp.GetHandle()})
-		e = syscall.ESTALE
-	}
-	if e != 0 && h.gen == closedGen {
-		r.markGone(h)
-		h.goneErrno = e
-		return 0, e, false
-	}
-	if e != 0 {
-		r.markGone(h)
-		r.s.metrics.reopens.WithLabelValues("gone").Inc()
-		r.s.log.Warn("qtfs reconnect: an open file could not be opened again: its calls fail with EIO",
-			zap.ByteString("path", path), zap.String("errno", errnoLabel(e)))
-		return 0, syscall.EIO, false
-	}
-	server := resp.GetHandle()
-	if !h.locks.empty() {
-		lost, e, err := r.relock(ctx, server, &h.locks)
-		if err != nil || e != 0 {
-			// Whatever was taken again goes with the handle.
-			_, _ = r.s.client.Release(ctx, &qtfsv1.ReleaseRequest{Handle: server})
-		}
-		if err != nil {
-			if r.sessionFailed(gen, err) {
-				return 0, 0, true
-			}
-			// Not known whether the lock was taken: try again on the
-			// next use.
-			return 0, r.s.rpcErrno("Setlk", err), false
-		}
-		if e != 0 {
-			r.markGone(h)
-			r.s.metrics.reopens.WithLabelValues("lock_lost").Inc()
-			r.s.log.Warn("qtfs reconnect: a lock held through an open file could not be taken again (someone took it while the server was away): the file's calls fail with EIO",
-				zap.ByteString("path", path), zap.Bool("flock", lost.flock), zap.String("type", lockTypeName(lost.typ)),
-				zap.Uint64("start", lost.start), zap.Uint64("end", lost.end), zap.String("errno", errnoLabel(e)))
-			return 0, syscall.EIO, false
-		}
-	}
-	if h.gen != closedGen {
-		r.s.metrics.reopens.WithLabelValues("ok").Inc()
-	}
-	h.server, h.gen = server, gen
-	if ce := r.s.log.Check(zap.DebugLevel, "qtfs reconnect: file opened again"); ce != nil {
-		ce.Write(zap.ByteString("path", path), zap.Uint64("handle", id))
-	}
-	return h.server, 0, false
-}
-
-// reopenContext bounds the RPCs of one re-open (Mount, or Open and the
-// Setlk calls that take its locks again): the call's own context may have
-// no deadline, and a re-open holds genMu (read) and the record's lock.
-func (r *reconn) reopenContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, 10*r.t.retryProbe)
-}
-
 // sessionFailed tells whether err says the session gen is lost or the
 // connection broke, and marks it down if so.
 func (r *reconn) sessionFailed(gen uint64, err error) bool {
@@ -738,214 +499,6 @@ func (r *reconn) sessionFailed(gen uint64, err error) bool {
 		return true
 	}
 	return false
-}
-
-// register records what a successful call made or changed (the
-// method's record: a mount, a handle, a lock) and replaces the server's
-// id in resp by the caller's. req holds the caller's ids again.
-func (r *reconn) register(gen uint64, req, resp any) {
-	if rec := callOf(req).record; rec != nil {
-		rec(r, gen, req, resp)
-	}
-}
-
-// recordMount records the mount a Mount made.
-func (r *reconn) recordMount(gen uint64, req, resp any) {
-	q, p := req.(*qtfsv1.MountRequest), resp.(*qtfsv1.MountResponse)
-	m := &mountRec{path: append([]byte(nil), q.GetPath()...), caller: cloneCaller(q.GetCaller()), server: p.GetMount(), gen: gen}
-	p.Mount = r.add(func(id uint64) { r.mounts[id] = m })
-}
-
-// recordOpen records the handle an Open opened.
-func (r *reconn) recordOpen(gen uint64, req, resp any) {
-	q, p := req.(*qtfsv1.OpenRequest), resp.(*qtfsv1.OpenResponse)
-	if p.GetClosed() {
-		// Closed on the server after its inline read: opened again on
-		// first use, like a handle of a lost session.
-		p.Handle = r.addHandle(closedGen, q.GetMount(), q.GetCaller(), q.GetFlags(), q.GetPath(), p.GetAttr(), closedHandle)
-		return
-	}
-	p.Handle = r.addHandle(gen, q.GetMount(), q.GetCaller(), q.GetFlags(), q.GetPath(), p.GetAttr(), p.GetHandle())
-}
-
-// recordCreate records the handle a Create opened.
-func (r *reconn) recordCreate(gen uint64, req, resp any) {
-	q, p := req.(*qtfsv1.CreateRequest), resp.(*qtfsv1.CreateResponse)
-	p.Handle = r.addHandle(gen, q.GetMount(), q.GetCaller(), q.GetFlags(), qfs.JoinPath(q.GetPath(), q.GetName()), p.GetAttr(), p.GetHandle())
-}
-
-// recordSetlk records the lock a Setlk took or released.
-func (r *reconn) recordSetlk(gen uint64, req, _ any) {
-	r.recordLock(gen, req.(*qtfsv1.SetlkRequest))
-}
-
-// recordLock records a lock the server granted, or released, through
-// the handle of req (the caller's id) in session gen.
-func (r *reconn) recordLock(gen uint64, req *qtfsv1.SetlkRequest) {
-	r.tmu.Lock()
-	h := r.handles[req.GetHandle()]
-	r.tmu.Unlock()
-	if h == nil {
-		return
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.forgotten || h.gone || h.gen != gen {
-		return
-	}
-	held := !h.locks.empty()
-	h.locks.apply(req)
-	switch now := !h.locks.empty(); {
-	case now && !held:
-		if r.lockHolders.Add(1) == 1 {
-			r.wakeWatch()
-		}
-	case held && !now:
-		r.lockHolders.Add(-1)
-	}
-}
-
-// markGone makes every later use of h fail with EIO; its locks are no
-// longer held. Called with h.mu held.
-func (r *reconn) markGone(h *handleRec) {
-	h.gone = true
-	r.dropLocks(h)
-}
-
-// dropLocks forgets h's locks. Called with h.mu held.
-func (r *reconn) dropLocks(h *handleRec) {
-	if !h.locks.empty() {
-		r.lockHolders.Add(-1)
-	}
-	h.locks = handleLocks{}
-}
-
-// relock takes the locks of ls again, without waiting, through server
-// handle server. It returns the lock it could not take and the errno of
-// the refusal, or a transport error.
-func (r *reconn) relock(ctx context.Context, server uint64, ls *handleLocks) (heldLock, syscall.Errno, error) {
-	for _, l := range ls.all() {
-		resp, err := r.s.client.Setlk(ctx, &qtfsv1.SetlkRequest{
-			Handle: server, Owner: l.owner, Flock: l.flock,
-			Lock: &qtfsv1.Lock{Start: l.start, End: l.end, Type: l.typ},
-		})
-		if err != nil {
-			return l, 0, err
-		}
-		if e := r.s.wireErrno("Setlk", resp.GetErrno()); e != 0 {
-			return l, e, nil
-		}
-	}
-	return heldLock{}, 0, nil
-}
-
-func (r *reconn) add(store func(id uint64)) uint64 {
-	r.tmu.Lock()
-	defer r.tmu.Unlock()
-	r.nextID++
-	store(r.nextID)
-	return r.nextID
-}
-
-func (r *reconn) addHandle(gen, mount uint64, caller *qtfsv1.Caller, flags uint32, path []byte, a *qtfsv1.Attr, server uint64) uint64 {
-	if server == 0 {
-		return 0
-	}
-	h := &handleRec{
-		mount: mount, caller: cloneCaller(caller), flags: flags, path: append([]byte(nil), path...),
-		dev: a.GetDev(), ino: a.GetIno(), known: a != nil, server: server, gen: gen,
-	}
-	return r.add(func(id uint64) { r.handles[id] = h })
-}
-
-// release forgets handle id. When the session is down it is not waited
-// for: a handle of a lost session is gone with it, and one of a session
-// that may come back is released then.
-func (r *reconn) release(id uint64) (handled bool) {
-	r.tmu.Lock()
-	h := r.handles[id]
-	r.tmu.Unlock()
-	if h == nil {
-		return true
-	}
-	up, gen := r.state()
-	h.mu.Lock()
-	stale := h.gone || h.gen != gen
-	p := pendingRelease{gen: h.gen, server: h.server}
-	h.mu.Unlock()
-	if up && !stale {
-		return false // the caller sends the Release, then forgets the handle
-	}
-	if !stale {
-		r.mu.Lock()
-		r.pending = append(r.pending, p)
-		r.mu.Unlock()
-	}
-	r.forget(id)
-	return true
-}
-
-func (r *reconn) forget(id uint64) {
-	r.tmu.Lock()
-	h := r.handles[id]
-	delete(r.handles, id)
-	r.tmu.Unlock()
-	if h == nil {
-		return
-	}
-	h.mu.Lock()
-	if !h.forgotten {
-		h.forgotten = true
-		r.dropLocks(h)
-	}
-	h.mu.Unlock()
-}
-
-// forgetMount drops mount id (the mount is gone on the client).
-func (r *reconn) forgetMount(id uint64) {
-	r.tmu.Lock()
-	delete(r.mounts, id)
-	r.tmu.Unlock()
-}
-
-// setPath gives handle id a function that returns its current path (the
-// node's), used instead of the path it was opened by when it is opened
-// again: a file renamed since is found where it is now.
-func (r *reconn) setPath(id uint64, fn func() ([]byte, syscall.Errno)) {
-	r.tmu.Lock()
-	h := r.handles[id]
-	r.tmu.Unlock()
-	if h != nil {
-		h.mu.Lock()
-		h.pathFn = fn
-		h.mu.Unlock()
-	}
-}
-
-// retryable says whether a request that may have reached the server can
-// be sent again after a reconnect (the method's replay class): reads,
-// and changes that land the same way twice. Creating, removing and
-// renaming entries, appending writes, conditional extended attribute
-// changes and requests of methods the table does not know cannot: their
-// callers get EIO.
-func (r *reconn) retryable(req any) bool {
-	c := callOf(req)
-	switch c.retry {
-	case replayAlways:
-		return true
-	case replayUnlessAppending:
-		return !r.appending(c.writesF.uint(req))
-	case replayUnlessFlagged:
-		return c.flagsF.uint(req) == 0
-	}
-	return false
-}
-
-func (r *reconn) appending(id uint64) bool {
-	r.tmu.Lock()
-	h := r.handles[id]
-	r.tmu.Unlock()
-	return h != nil && h.appending()
 }
 
 // ready waits (briefly) for the connection to be ready before a request
@@ -972,157 +525,11 @@ func (r *reconn) ready(ctx context.Context) bool {
 		if !ok {
 			return false
 		}
-		wctx, cancel := context.WithTimeout(ctx, r.t.retryProbe)
+		wctx, cancel := context.WithTimeout(ctx, r.t.RetryProbe)
 		changed := w.WaitForStateChange(wctx, st)
 		cancel()
 		if !changed {
 			return false
 		}
 	}
-}
-
-func cloneCaller(c *qtfsv1.Caller) *qtfsv1.Caller {
-	if c == nil {
-		return nil
-	}
-	return proto.Clone(c).(*qtfsv1.Caller)
-}
-
-// currentMount returns the server's id of mount id in session gen, or 0
-// when it has not been mounted again yet.
-func (r *reconn) currentMount(gen, id uint64) uint64 {
-	r.tmu.Lock()
-	m := r.mounts[id]
-	r.tmu.Unlock()
-	if m == nil {
-		return 0
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.gen != gen {
-		return 0
-	}
-	return m.server
-}
-
-// withTimeout is context.WithTimeout, or WithCancel when timeout is 0.
-func withTimeout(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
-	if timeout <= 0 {
-		return context.WithCancel(ctx)
-	}
-	return context.WithTimeout(ctx, timeout)
-}
-
-// ---------------------------------------------------------------- locks
-
-// heldLock is one lock a handle holds on the server.
-type heldLock struct {
-	flock bool
-	// owner is the kernel's lock owner of the request that took it; the
-	// server does not use it, it is sent again as it came.
-	owner uint64
-	// start and end (inclusive, math.MaxUint64 for "to end of file") are
-	// the range of a record lock.
-	start, end uint64
-	typ        uint32 // F_RDLCK or F_WRLCK
-}
-
-// handleLocks are the locks the server granted through one handle, as
-// the server holds them: its record locks are F_OFD_* locks of the
-// handle's open file description, which all the handle's lock owners
-// share (the server does not use the owner), and its flock(2) lock is the
-// description's too. So a lock replaces, over its range, whatever the
-// handle held there, whoever took it; an unlock removes it; and a new
-// lock merges with a neighbour of the same type, as the host kernel
-// merges them.
-//
-// Requests on one handle are recorded in the order their replies came;
-// two requests on overlapping ranges of one handle that cross on the wire
-// may be recorded in the other order than the server applied them.
-type handleLocks struct {
-	// posix are the record locks, sorted by start, without overlap.
-	posix []heldLock
-	// flock is the flock(2) lock, when flockHeld.
-	flock     heldLock
-	flockHeld bool
-}
-
-func (ls *handleLocks) empty() bool { return len(ls.posix) == 0 && !ls.flockHeld }
-
-// all returns the locks to take again: the record locks in order, then
-// the flock lock.
-func (ls *handleLocks) all() []heldLock {
-	out := slices.Clone(ls.posix)
-	if ls.flockHeld {
-		out = append(out, ls.flock)
-	}
-	return out
-}
-
-// apply records the effect of a granted Setlk request.
-func (ls *handleLocks) apply(req *qtfsv1.SetlkRequest) {
-	l := req.GetLock()
-	typ := l.GetType()
-	locked := typ == syscall.F_RDLCK || typ == syscall.F_WRLCK
-	if req.GetFlock() {
-		ls.flock, ls.flockHeld = heldLock{}, locked
-		if locked {
-			ls.flock = heldLock{flock: true, owner: req.GetOwner(), end: math.MaxUint64, typ: typ}
-		}
-		return
-	}
-	start, end := l.GetStart(), l.GetEnd()
-	if end >= math.MaxInt64 {
-		// The server reads every end from here on as "to end of file".
-		end = math.MaxUint64
-	}
-	if end < start {
-		return
-	}
-	out := make([]heldLock, 0, len(ls.posix)+2)
-	for _, p := range ls.posix {
-		if p.end < start || p.start > end {
-			out = append(out, p)
-			continue
-		}
-		if p.start < start {
-			left := p
-			left.end = start - 1
-			out = append(out, left)
-		}
-		if p.end > end {
-			right := p
-			right.start = end + 1
-			out = append(out, right)
-		}
-	}
-	if locked {
-		out = append(out, heldLock{owner: req.GetOwner(), start: start, end: end, typ: typ})
-	}
-	slices.SortFunc(out, func(a, b heldLock) int { return cmp.Compare(a.start, b.start) })
-	merged := out[:0]
-	for _, p := range out {
-		if n := len(merged); n > 0 {
-			last := &merged[n-1]
-			if last.typ == p.typ && last.end != math.MaxUint64 && last.end+1 == p.start {
-				last.end = p.end
-				continue
-			}
-		}
-		merged = append(merged, p)
-	}
-	ls.posix = merged
-}
-
-// lockTypeName names a lock type for a log line.
-func lockTypeName(typ uint32) string {
-	switch typ {
-	case syscall.F_RDLCK:
-		return "read"
-	case syscall.F_WRLCK:
-		return "write"
-	case syscall.F_UNLCK:
-		return "unlock"
-	}
-	return "unknown"
 }

@@ -1,168 +1,35 @@
-package fuseclient
+package session
 
 import (
 	"bytes"
 	"context"
 	"errors"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
-	"github.com/qtfs/qtfs/pkg/faultproxy"
-	"github.com/qtfs/qtfs/pkg/fs/hostfs"
-	"github.com/qtfs/qtfs/pkg/transport"
+	"github.com/qtfs/qtfs/pkg/fs/session/sessiontest"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
 // fastTiming makes the liveness checks quick enough for tests.
-var fastTiming = timing{
-	watch:        50 * time.Millisecond,
-	probeAfter:   300 * time.Millisecond,
-	probeTimeout: 300 * time.Millisecond,
-	retryProbe:   200 * time.Millisecond,
-	backoffMin:   10 * time.Millisecond,
-	backoffMax:   100 * time.Millisecond,
-	killCheck:    0,
-}
-
-// flakyServer is a hostfs server on a TCP port behind a fault proxy; it
-// can be killed and started again on the same port.
-type flakyServer struct {
-	t      *testing.T
-	export string
-	addr   string
-	proxy  *faultproxy.Proxy
-	// slow, when set, delays the rpc of that name (after it ran).
-	slow atomic.Value
-	// stall, when set, names an rpc the server never answers: each call
-	// of it waits, without running, until its client cancels it.
-	stall atomic.Value
-	// stalled counts the calls waiting so; cancelled the ones that ended
-	// because their client cancelled them.
-	stalled, cancelled atomic.Int64
-
-	mu  sync.Mutex
-	srv *hostfs.Server
-	g   *grpc.Server
-}
-
-func newFlakyServer(t *testing.T) *flakyServer {
-	t.Helper()
-	fs := &flakyServer{t: t, export: t.TempDir()}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	fs.addr = ln.Addr().String()
-	fs.serve(ln)
-	fs.proxy, err = faultproxy.Listen("tcp", "127.0.0.1:0", fs.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		fs.proxy.Close()
-		fs.stop()
-	})
-	return fs
-}
-
-func (fs *flakyServer) serve(ln net.Listener) {
-	slow := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		if stall, _ := fs.stall.Load().(string); stall != "" && strings.HasSuffix(info.FullMethod, "/"+stall) {
-			fs.stalled.Add(1)
-			<-ctx.Done()
-			fs.stalled.Add(-1)
-			if errors.Is(ctx.Err(), context.Canceled) {
-				fs.cancelled.Add(1)
-			}
-			return nil, status.FromContextError(ctx.Err()).Err()
-		}
-		resp, err := h(ctx, req)
-		if slow, _ := fs.slow.Load().(string); slow != "" && strings.HasSuffix(info.FullMethod, "/"+slow) {
-			time.Sleep(500 * time.Millisecond)
-		}
-		return resp, err
-	}
-	srv, err := hostfs.New(hostfs.Options{
-		Exports:      []hostfs.Export{{Path: fs.export}},
-		Logger:       zaptest.NewLogger(fs.t, zaptest.Level(zap.WarnLevel)).Named("hostfs"),
-		ServerName:   "flaky",
-		Interceptor:  slow,
-		CallChannels: true,
-	})
-	if err != nil {
-		fs.t.Fatal(err)
-	}
-	// As qtfs-server serves: call channels beside the gRPC connections.
-	creds, err := transport.ServerCredentials(transport.Security{Insecure: true})
-	if err != nil {
-		fs.t.Fatal(err)
-	}
-	split, err := transport.SplitChannels(ln, creds, srv.ServeChannel)
-	if err != nil {
-		fs.t.Fatal(err)
-	}
-	g := grpc.NewServer(append(srv.ServerOptions(), grpc.Creds(creds))...)
-	srv.Register(g)
-	go g.Serve(split)
-	fs.mu.Lock()
-	fs.srv, fs.g = srv, g
-	fs.mu.Unlock()
-}
-
-// stop kills the server: every connection drops, every session is lost.
-func (fs *flakyServer) stop() {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	if fs.g != nil {
-		fs.g.Stop()
-		fs.srv.Close()
-		fs.g, fs.srv = nil, nil
-	}
-}
-
-// restart kills the server and starts a new one on the same port.
-func (fs *flakyServer) restart() {
-	fs.t.Helper()
-	fs.stop()
-	var ln net.Listener
-	var err error
-	for i := 0; i < 100; i++ {
-		if ln, err = net.Listen("tcp", fs.addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
-		fs.t.Fatal(err)
-	}
-	fs.serve(ln)
-}
-
-func (fs *flakyServer) sessions() int {
-	fs.mu.Lock()
-	defer fs.mu.Unlock()
-	if fs.srv == nil {
-		return 0
-	}
-	return fs.srv.Sessions()
+var fastTiming = Timing{
+	Watch:        50 * time.Millisecond,
+	ProbeAfter:   300 * time.Millisecond,
+	ProbeTimeout: 300 * time.Millisecond,
+	RetryProbe:   200 * time.Millisecond,
+	BackoffMin:   10 * time.Millisecond,
+	BackoffMax:   100 * time.Millisecond,
+	KillCheck:    0,
 }
 
 // reconnectClient is a Session through the proxy with one mount of the
@@ -173,42 +40,28 @@ type reconnectClient struct {
 	reg   *prometheus.Registry
 }
 
-func newReconnectClient(t *testing.T, fs *flakyServer, timeout time.Duration) *reconnectClient {
+func newReconnectClient(t *testing.T, fs *sessiontest.Server, timeout time.Duration) *reconnectClient {
 	t.Helper()
 	return newReconnectClientLog(t, fs, timeout, zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)))
 }
 
 // newReconnectClientLog is newReconnectClient with the session's logger.
-func newReconnectClientLog(t *testing.T, fs *flakyServer, timeout time.Duration, log *zap.Logger) *reconnectClient {
+func newReconnectClientLog(t *testing.T, fs *sessiontest.Server, timeout time.Duration, log *zap.Logger) *reconnectClient {
 	t.Helper()
-	cc, err := grpc.NewClient("passthrough:///"+fs.proxy.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	cc := fs.Dial(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	tm := fastTiming
-	// Call channels go through the proxy too, so its faults cut them.
-	proxyURI, err := transport.ParseURI("tcp://" + fs.proxy.Addr().String())
+	s, err := New(ctx, cc, "reconnect-test", log, Options{ReconnectTimeout: timeout, Timing: &tm, DialChannel: fs.DialChannel})
 	if err != nil {
 		t.Fatal(err)
 	}
-	dialChannel := func(ctx context.Context) (net.Conn, error) {
-		return transport.DialChannel(ctx, proxyURI, transport.Security{Insecure: true})
-	}
-	s, err := NewSessionWith(ctx, cc, "reconnect-test", log, SessionOptions{ReconnectTimeout: timeout, timing: &tm, DialChannel: dialChannel})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		s.Close()
-		cc.Close()
-	})
+	t.Cleanup(func() { s.Close() })
 	reg := prometheus.NewRegistry()
 	if err := s.RegisterMetrics(reg); err != nil {
 		t.Fatal(err)
 	}
-	resp, e := callCtx(ctx, s, "Mount", s.client.Mount, &qtfsv1.MountRequest{Path: []byte(fs.export), Caller: &qtfsv1.Caller{}})
+	resp, e := Call(ctx, s, "Mount", qtfsv1.FileSystemClient.Mount, &qtfsv1.MountRequest{Path: []byte(fs.Export), Caller: &qtfsv1.Caller{}}, CallOptions{})
 	if e != 0 {
 		t.Fatalf("mount: %v", e)
 	}
@@ -219,8 +72,8 @@ const opTimeout = 10 * time.Second
 
 func (c *reconnectClient) open(t *testing.T, path string, flags uint32) uint64 {
 	t.Helper()
-	resp, e := call(c.s, opTimeout, "Open", c.s.client.Open,
-		&qtfsv1.OpenRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Path: []byte(path), Flags: flags})
+	resp, e := Call(context.Background(), c.s, "Open", qtfsv1.FileSystemClient.Open,
+		&qtfsv1.OpenRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Path: []byte(path), Flags: flags}, CallOptions{Timeout: opTimeout})
 	if e != 0 {
 		t.Fatalf("open %s: %v", path, e)
 	}
@@ -228,24 +81,24 @@ func (c *reconnectClient) open(t *testing.T, path string, flags uint32) uint64 {
 }
 
 func (c *reconnectClient) read(h uint64, off int64, n int) ([]byte, syscall.Errno) {
-	resp, e := call(c.s, opTimeout, "Read", c.s.client.Read, &qtfsv1.ReadRequest{Handle: h, Offset: off, Size: uint32(n)})
+	resp, e := Call(context.Background(), c.s, "Read", qtfsv1.FileSystemClient.Read, &qtfsv1.ReadRequest{Handle: h, Offset: off, Size: uint32(n)}, CallOptions{Timeout: opTimeout})
 	return resp.GetData(), e
 }
 
 func (c *reconnectClient) write(h uint64, off int64, data []byte) syscall.Errno {
-	_, e := call(c.s, opTimeout, "Write", c.s.client.Write, &qtfsv1.WriteRequest{Handle: h, Offset: off, Data: data})
+	_, e := Call(context.Background(), c.s, "Write", qtfsv1.FileSystemClient.Write, &qtfsv1.WriteRequest{Handle: h, Offset: off, Data: data}, CallOptions{Timeout: opTimeout})
 	return e
 }
 
 func (c *reconnectClient) lookup(dir, name string) syscall.Errno {
-	_, e := call(c.s, opTimeout, "Lookup", c.s.client.Lookup,
-		&qtfsv1.LookupRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Path: []byte(dir), Name: []byte(name)})
+	_, e := Call(context.Background(), c.s, "Lookup", qtfsv1.FileSystemClient.Lookup,
+		&qtfsv1.LookupRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Path: []byte(dir), Name: []byte(name)}, CallOptions{Timeout: opTimeout})
 	return e
 }
 
-func writeHost(t *testing.T, fs *flakyServer, name, content string) {
+func writeHost(t *testing.T, fs *sessiontest.Server, name, content string) {
 	t.Helper()
-	if err := os.WriteFile(filepath.Join(fs.export, name), []byte(content), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(fs.Export, name), []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -255,9 +108,9 @@ func writeHost(t *testing.T, fs *flakyServer, name, content string) {
 // again by path, transparently; the data written before and after is
 // there.
 func TestReconnectServerRestart(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	writeHost(t, fs, "f", "0123456789")
-	if err := os.Mkdir(filepath.Join(fs.export, "d"), 0o755); err != nil {
+	if err := os.Mkdir(filepath.Join(fs.Export, "d"), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	c := newReconnectClient(t, fs, 10*time.Second)
@@ -267,7 +120,7 @@ func TestReconnectServerRestart(t *testing.T) {
 		t.Fatal(e)
 	}
 	for round := 1; round <= 3; round++ {
-		fs.restart()
+		fs.Restart()
 		got, e := c.read(h, 0, 100)
 		if e != 0 {
 			t.Fatalf("round %d: read after restart: %v", round, e)
@@ -281,14 +134,14 @@ func TestReconnectServerRestart(t *testing.T) {
 		if e := c.lookup("", "f"); e != 0 {
 			t.Fatalf("round %d: lookup after restart: %v", round, e)
 		}
-		if _, e := call(c.s, opTimeout, "Readdir", c.s.client.Readdir, &qtfsv1.ReaddirRequest{Handle: dh, MaxEntries: 10}); e != 0 {
+		if _, e := Call(context.Background(), c.s, "Readdir", qtfsv1.FileSystemClient.Readdir, &qtfsv1.ReaddirRequest{Handle: dh, MaxEntries: 10}, CallOptions{Timeout: opTimeout}); e != 0 {
 			t.Fatalf("round %d: readdir of the re-opened directory: %v", round, e)
 		}
-		if n := fs.sessions(); n != 1 {
+		if n := fs.Sessions(); n != 1 {
 			t.Fatalf("round %d: %d sessions on the new server, want 1", round, n)
 		}
 	}
-	data, _ := os.ReadFile(filepath.Join(fs.export, "f"))
+	data, _ := os.ReadFile(filepath.Join(fs.Export, "f"))
 	if string(data) != "0123456789beforeafterafterafter" {
 		t.Fatalf("host file %q", data)
 	}
@@ -302,7 +155,7 @@ func TestReconnectServerRestart(t *testing.T) {
 		t.Fatalf("session_up %v", up)
 	}
 	// Release after a restart is not sent for the old session's id.
-	if _, e := call(c.s, opTimeout, "Release", c.s.client.Release, &qtfsv1.ReleaseRequest{Handle: h}); e != 0 {
+	if _, e := Call(context.Background(), c.s, "Release", qtfsv1.FileSystemClient.Release, &qtfsv1.ReleaseRequest{Handle: h}, CallOptions{Timeout: opTimeout}); e != 0 {
 		t.Fatal(e)
 	}
 	if _, e := c.read(h, 0, 1); e != syscall.EBADF {
@@ -316,7 +169,7 @@ func TestReconnectServerRestart(t *testing.T) {
 // lost), and a file the caller tracks the path of is found after a
 // rename.
 func TestReconnectReopenRules(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	for _, n := range []string{"gone", "replaced", "renamed"} {
 		writeHost(t, fs, n, "old "+n)
 	}
@@ -324,11 +177,11 @@ func TestReconnectReopenRules(t *testing.T) {
 	gone := c.open(t, "gone", syscall.O_RDONLY)
 	replaced := c.open(t, "replaced", syscall.O_RDONLY)
 	renamed := c.open(t, "renamed", syscall.O_RDONLY)
-	c.s.trackPath(renamed, func() ([]byte, syscall.Errno) { return []byte("moved/renamed"), 0 })
-	cr, e := call(c.s, opTimeout, "Create", c.s.client.Create, &qtfsv1.CreateRequest{
+	c.s.TrackPath(renamed, func() ([]byte, syscall.Errno) { return []byte("moved/renamed"), 0 })
+	cr, e := Call(context.Background(), c.s, "Create", qtfsv1.FileSystemClient.Create, &qtfsv1.CreateRequest{
 		Mount: c.mount, Caller: &qtfsv1.Caller{}, Name: []byte("created"),
 		Flags: syscall.O_RDWR | syscall.O_CREAT | syscall.O_EXCL | syscall.O_TRUNC, Mode: 0o644,
-	})
+	}, CallOptions{Timeout: opTimeout})
 	if e != 0 {
 		t.Fatal(e)
 	}
@@ -337,15 +190,15 @@ func TestReconnectReopenRules(t *testing.T) {
 		t.Fatal(e)
 	}
 
-	fs.stop()
-	os.Remove(filepath.Join(fs.export, "gone"))
-	os.Remove(filepath.Join(fs.export, "replaced"))
+	fs.Stop()
+	os.Remove(filepath.Join(fs.Export, "gone"))
+	os.Remove(filepath.Join(fs.Export, "replaced"))
 	writeHost(t, fs, "replaced", "a new file")
-	os.Mkdir(filepath.Join(fs.export, "moved"), 0o755)
-	if err := os.Rename(filepath.Join(fs.export, "renamed"), filepath.Join(fs.export, "moved", "renamed")); err != nil {
+	os.Mkdir(filepath.Join(fs.Export, "moved"), 0o755)
+	if err := os.Rename(filepath.Join(fs.Export, "renamed"), filepath.Join(fs.Export, "moved", "renamed")); err != nil {
 		t.Fatal(err)
 	}
-	fs.restart()
+	fs.Restart()
 
 	for name, h := range map[string]uint64{"gone": gone, "replaced": replaced} {
 		for range 2 {
@@ -360,7 +213,7 @@ func TestReconnectReopenRules(t *testing.T) {
 	if e := c.write(created, 4, []byte("+more")); e != 0 {
 		t.Fatalf("created: write after restart: %v", e)
 	}
-	data, _ := os.ReadFile(filepath.Join(fs.export, "created"))
+	data, _ := os.ReadFile(filepath.Join(fs.Export, "created"))
 	if string(data) != "kept+more" {
 		t.Fatalf("created file holds %q: the re-open replayed O_TRUNC or failed", data)
 	}
@@ -373,11 +226,11 @@ func TestReconnectReopenRules(t *testing.T) {
 // waits. The watchdog notices; if the link comes back within the timeout
 // the call just completes late.
 func TestReconnectLinkStall(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	writeHost(t, fs, "f", "data")
 	c := newReconnectClient(t, fs, 10*time.Second)
 	h := c.open(t, "f", syscall.O_RDONLY)
-	fs.proxy.Stall()
+	fs.Proxy.Stall()
 	done := make(chan syscall.Errno, 1)
 	start := time.Now()
 	go func() {
@@ -388,7 +241,7 @@ func TestReconnectLinkStall(t *testing.T) {
 	if up, _ := c.s.rc.state(); up {
 		t.Fatal("the watchdog did not notice the silent link")
 	}
-	fs.proxy.Resume()
+	fs.Proxy.Resume()
 	select {
 	case e := <-done:
 		if e != 0 {
@@ -418,12 +271,12 @@ func TestReconnectLinkStall(t *testing.T) {
 // fail at once with ENOTCONN, and everything works again once the link is
 // back.
 func TestReconnectTimeout(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	writeHost(t, fs, "f", "data")
 	const timeout = 500 * time.Millisecond
 	c := newReconnectClient(t, fs, timeout)
 	h := c.open(t, "f", syscall.O_RDONLY)
-	fs.proxy.Stall()
+	fs.Proxy.Stall()
 	start := time.Now()
 	_, e := c.read(h, 0, 4)
 	took := time.Since(start)
@@ -431,7 +284,7 @@ func TestReconnectTimeout(t *testing.T) {
 		t.Fatalf("read in flight past the timeout: %v, want EIO", e)
 	}
 	// Bound: noticing (probeAfter + watch + probeTimeout) plus the timeout.
-	if bound := fastTiming.probeAfter + fastTiming.watch + fastTiming.probeTimeout + timeout + time.Second; took > bound {
+	if bound := fastTiming.ProbeAfter + fastTiming.Watch + fastTiming.ProbeTimeout + timeout + time.Second; took > bound {
 		t.Fatalf("EIO after %v, more than %v", took, bound)
 	}
 	t.Logf("EIO after %v", took.Round(time.Millisecond))
@@ -439,7 +292,7 @@ func TestReconnectTimeout(t *testing.T) {
 		func() syscall.Errno { _, e := c.read(h, 0, 4); return e },
 		func() syscall.Errno { return c.lookup("", "f") },
 		func() syscall.Errno {
-			_, e := call(c.s, opTimeout, "Mkdir", c.s.client.Mkdir, &qtfsv1.MkdirRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Name: []byte("d")})
+			_, e := Call(context.Background(), c.s, "Mkdir", qtfsv1.FileSystemClient.Mkdir, &qtfsv1.MkdirRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Name: []byte("d")}, CallOptions{Timeout: opTimeout})
 			return e
 		},
 	} {
@@ -451,7 +304,7 @@ func TestReconnectTimeout(t *testing.T) {
 			t.Fatalf("new call took %v to fail", d)
 		}
 	}
-	fs.proxy.Resume()
+	fs.Proxy.Resume()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		got, e := c.read(h, 0, 4)
@@ -469,35 +322,35 @@ func TestReconnectTimeout(t *testing.T) {
 // was lost with the connection fails with EIO, and is not sent again; one
 // sent after the cut, on the new connection, succeeds.
 func TestReconnectOnce(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	c := newReconnectClient(t, fs, 10*time.Second)
-	fs.slow.Store("Mkdir")
+	fs.Slow.Store("Mkdir")
 	done := make(chan syscall.Errno, 1)
 	go func() {
-		_, e := call(c.s, opTimeout, "Mkdir", c.s.client.Mkdir, &qtfsv1.MkdirRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Name: []byte("lost"), Mode: 0o755})
+		_, e := Call(context.Background(), c.s, "Mkdir", qtfsv1.FileSystemClient.Mkdir, &qtfsv1.MkdirRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Name: []byte("lost"), Mode: 0o755}, CallOptions{Timeout: opTimeout})
 		done <- e
 	}()
 	time.Sleep(200 * time.Millisecond)
-	fs.proxy.Cut()
+	fs.Proxy.Cut()
 	if e := <-done; e != syscall.EIO {
 		t.Fatalf("mkdir lost with the connection: %v, want EIO", e)
 	}
-	fs.slow.Store("")
+	fs.Slow.Store("")
 	// It was done once on the server (the reply was lost), never twice.
-	if _, err := os.Stat(filepath.Join(fs.export, "lost")); err != nil {
+	if _, err := os.Stat(filepath.Join(fs.Export, "lost")); err != nil {
 		t.Fatalf("the lost mkdir did not reach the server: %v", err)
 	}
-	fs.proxy.Cut()
-	if _, e := call(c.s, opTimeout, "Mkdir", c.s.client.Mkdir, &qtfsv1.MkdirRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Name: []byte("after"), Mode: 0o755}); e != 0 {
+	fs.Proxy.Cut()
+	if _, e := Call(context.Background(), c.s, "Mkdir", qtfsv1.FileSystemClient.Mkdir, &qtfsv1.MkdirRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Name: []byte("after"), Mode: 0o755}, CallOptions{Timeout: opTimeout}); e != 0 {
 		t.Fatalf("mkdir after a cut: %v", e)
 	}
-	fs.restart()
+	fs.Restart()
 	// Once the client has seen the new server (any call does), a request
 	// that cannot be sent twice goes through too.
 	if e := c.lookup("", "after"); e != 0 {
 		t.Fatal(e)
 	}
-	if _, e := call(c.s, opTimeout, "Mkdir", c.s.client.Mkdir, &qtfsv1.MkdirRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Name: []byte("restarted"), Mode: 0o755}); e != 0 {
+	if _, e := Call(context.Background(), c.s, "Mkdir", qtfsv1.FileSystemClient.Mkdir, &qtfsv1.MkdirRequest{Mount: c.mount, Caller: &qtfsv1.Caller{}, Name: []byte("restarted"), Mode: 0o755}, CallOptions{Timeout: opTimeout}); e != 0 {
 		t.Fatalf("mkdir after a restart: %v", e)
 	}
 }
@@ -505,12 +358,12 @@ func TestReconnectOnce(t *testing.T) {
 // TestReconnectRelease: releasing handles while the server is away does
 // not wait for it, and nothing is left open on the server.
 func TestReconnectRelease(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	writeHost(t, fs, "f", "x")
 	c := newReconnectClient(t, fs, 30*time.Second)
 	h1 := c.open(t, "f", syscall.O_RDONLY)
 	h2 := c.open(t, "f", syscall.O_RDONLY)
-	fs.stop()
+	fs.Stop()
 	// A call sees the connection fail, and waits for the server.
 	waiting := make(chan syscall.Errno, 1)
 	go func() { waiting <- c.lookup("", "f") }()
@@ -526,20 +379,18 @@ func TestReconnectRelease(t *testing.T) {
 	}
 	t0 := time.Now()
 	for _, h := range []uint64{h1, h2} {
-		if _, e := call(c.s, opTimeout, "Release", c.s.client.Release, &qtfsv1.ReleaseRequest{Handle: h}); e != 0 {
+		if _, e := Call(context.Background(), c.s, "Release", qtfsv1.FileSystemClient.Release, &qtfsv1.ReleaseRequest{Handle: h}, CallOptions{Timeout: opTimeout}); e != 0 {
 			t.Fatal(e)
 		}
 	}
 	if d := time.Since(t0); d > 100*time.Millisecond {
 		t.Fatalf("release waited %v for the server", d)
 	}
-	fs.restart()
+	fs.Restart()
 	if e := <-waiting; e != 0 {
 		t.Fatalf("the call waiting for the server: %v", e)
 	}
-	fs.mu.Lock()
-	open := fs.srv.OpenHandles()
-	fs.mu.Unlock()
+	open := fs.OpenHandles()
 	if open != 0 {
 		t.Fatalf("%d handles open on the server", open)
 	}
@@ -547,12 +398,12 @@ func TestReconnectRelease(t *testing.T) {
 
 // TestReconnectOff: with reconnecting off a lost session is EIO.
 func TestReconnectOff(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	c := newReconnectClient(t, fs, -1)
 	if c.s.rc != nil {
 		t.Fatal("reconnecting is on")
 	}
-	fs.restart()
+	fs.Restart()
 	if e := c.lookup("", "x"); e != syscall.EIO {
 		t.Fatalf("lookup on a lost session: %v, want EIO", e)
 	}
@@ -561,10 +412,10 @@ func TestReconnectOff(t *testing.T) {
 // TestSessionCloseStops: Close ends the session's goroutines, and calls
 // waiting for a reconnect.
 func TestSessionCloseStops(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	before := runtime.NumGoroutine()
 	c := newReconnectClient(t, fs, time.Minute)
-	fs.stop()
+	fs.Stop()
 	done := make(chan syscall.Errno, 1)
 	go func() { done <- c.lookup("", "x") }()
 	time.Sleep(200 * time.Millisecond)
@@ -625,8 +476,8 @@ func TestPendingKill(t *testing.T) {
 // caller lives, and is cancelled (EINTR) once the caller is killed; the
 // server stops waiting too.
 func TestKilledCallerCancels(t *testing.T) {
-	fs := newFlakyServer(t)
-	fifo := filepath.Join(fs.export, "fifo")
+	fs := sessiontest.NewServer(t)
+	fifo := filepath.Join(fs.Export, "fifo")
 	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -646,10 +497,10 @@ func TestKilledCallerCancels(t *testing.T) {
 	t.Cleanup(func() { victim.Process.Kill(); victim.Wait() })
 	interrupted := make(chan struct{})
 	close(interrupted)
-	req := &fuse.Context{Caller: fuse.Caller{Pid: uint32(victim.Process.Pid)}, Cancel: interrupted}
+	caller := Caller{Interrupted: interrupted, Pid: uint32(victim.Process.Pid)}
 	done := make(chan syscall.Errno, 1)
 	go func() {
-		_, e := callFor(req, c.s, opTimeout, "Read", c.s.client.Read, &qtfsv1.ReadRequest{Handle: h, Size: 10})
+		_, e := Call(context.Background(), c.s, "Read", qtfsv1.FileSystemClient.Read, &qtfsv1.ReadRequest{Handle: h, Size: 10}, CallOptions{Timeout: opTimeout, For: caller})
 		done <- e
 	}()
 	select {
@@ -669,28 +520,10 @@ func TestKilledCallerCancels(t *testing.T) {
 		t.Fatal("the read of a killed caller was not cancelled")
 	}
 	// The server stopped reading: the fifo's handle closes on release.
-	if _, e := call(c.s, opTimeout, "Release", c.s.client.Release, &qtfsv1.ReleaseRequest{Handle: h}); e != 0 {
+	if _, e := Call(context.Background(), c.s, "Release", qtfsv1.FileSystemClient.Release, &qtfsv1.ReleaseRequest{Handle: h}, CallOptions{Timeout: opTimeout}); e != 0 {
 		t.Fatal(e)
 	}
-	fs.waitNoHandles(t, "its read did not stop")
-}
-
-// waitNoHandles waits up to 5 s for the server to hold no open handle
-// (a Release does not wait for the server to close), and fails saying
-// why when it still holds some.
-func (fs *flakyServer) waitNoHandles(t *testing.T, why string) {
-	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		fs.mu.Lock()
-		open := fs.srv.OpenHandles()
-		fs.mu.Unlock()
-		if open == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d handles still open on the server: %s", open, why)
-		}
-	}
+	fs.WaitNoHandles(t, "its read did not stop")
 }
 
 // TestPingReconnects: the server restarts while the mount is idle; the
@@ -698,13 +531,13 @@ func (fs *flakyServer) waitNoHandles(t *testing.T, why string) {
 // ping answers with the round-trip time of the new server session, with
 // no file operation in between.
 func TestPingReconnects(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	c := newReconnectClient(t, fs, 10*time.Second)
 	ctx := context.Background()
 	if _, err := c.s.Ping(ctx); err != nil {
 		t.Fatal(err)
 	}
-	fs.restart()
+	fs.Restart()
 	sawReconnecting := false
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -733,16 +566,16 @@ func TestPingReconnects(t *testing.T) {
 // TestIdleWatchdogSleeps: with no call waiting and no lock held the
 // watchdog runs no rounds (an idle client arms no timer); a call wakes it.
 func TestIdleWatchdogSleeps(t *testing.T) {
-	fs := newFlakyServer(t)
+	fs := sessiontest.NewServer(t)
 	c := newReconnectClient(t, fs, 5*time.Second)
 	r := c.s.rc
 	settle := func() int64 {
 		// A round may be due from the calls so far: let it pass.
-		time.Sleep(3 * fastTiming.watch)
+		time.Sleep(3 * fastTiming.Watch)
 		return r.watchRounds.Load()
 	}
 	before := settle()
-	time.Sleep(10 * fastTiming.watch)
+	time.Sleep(10 * fastTiming.Watch)
 	if n := r.watchRounds.Load() - before; n != 0 {
 		t.Errorf("the watchdog ran %d rounds while idle, want 0", n)
 	}
@@ -751,13 +584,13 @@ func TestIdleWatchdogSleeps(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for r.watchRounds.Load() == before && time.Now().Before(deadline) {
-		time.Sleep(fastTiming.watch / 5)
+		time.Sleep(fastTiming.Watch / 5)
 	}
 	if r.watchRounds.Load() == before {
 		t.Error("a call did not wake the watchdog")
 	}
 	after := settle()
-	time.Sleep(10 * fastTiming.watch)
+	time.Sleep(10 * fastTiming.Watch)
 	if n := r.watchRounds.Load() - after; n != 0 {
 		t.Errorf("the watchdog ran %d rounds after the call, idle again, want 0", n)
 	}

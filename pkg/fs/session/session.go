@@ -1,34 +1,33 @@
-package fuseclient
+package session
 
 import (
 	"context"
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
 
-	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/qtfs/qtfs/pkg/callstream"
+	qfs "github.com/qtfs/qtfs/pkg/fs"
 	qtfsv1 "github.com/qtfs/qtfs/proto/qtfs/v1"
 )
 
 // ProtocolVersion is the qtfs.v1 protocol version this client speaks.
 const ProtocolVersion = 1
 
-// maxChunk is the most data one Read or Write RPC carries (the mount's
-// max_write).
-const maxChunk = 1 << 20
+// MaxChunk is the most data one Read or Write RPC carries (a FUSE mount's
+// max_write); a server with a smaller message limit makes a session's
+// chunk smaller (Session.Chunk).
+const MaxChunk = 1 << 20
 
 // minChunk is the least a server must accept for a useful session.
 const minChunk = 4096
@@ -51,17 +50,18 @@ const slowOp = time.Second
 // and of the connection (a cut or silent link): it reconnects and
 // handshakes again, and maps the mount and handle ids its callers hold to
 // the new server session's, mounting and opening files again on first
-// use. Calls wait for that at most SessionOptions.ReconnectTimeout.
+// use. Calls wait for that at most Options.ReconnectTimeout.
 type Session struct {
 	client qtfsv1.FileSystemClient
-	// dataCodec carries the parts of large reads and writes (readPart,
-	// writePart).
+	// dataCodec carries the parts of large reads and writes
+	// (CallOptions.Data); dataOpts is the call option that selects it.
 	dataCodec *dataCodec
+	dataOpts  []grpc.CallOption
 	// calls carries client's calls over one stream when the server serves
 	// it (FEATURE_CALL_STREAM); nil otherwise.
 	calls *callstream.Client
-	// rc keeps the session alive across connection failures; nil in a
-	// Session built without NewSession (calls then fail with EIO).
+	// rc keeps the session alive across connection failures; nil without
+	// reconnecting (Options.ReconnectTimeout negative, NewDirect).
 	rc      *reconn
 	log     *zap.Logger
 	server  string
@@ -79,8 +79,8 @@ type Session struct {
 	mounts []uint64
 }
 
-// SessionOptions configure a Session.
-type SessionOptions struct {
+// Options configure a Session.
+type Options struct {
 	// ReconnectTimeout bounds how long a call waits for a lost server
 	// session or connection to come back: past it, calls that were in
 	// flight fail with EIO and new calls with ENOTCONN, at once, until it
@@ -94,21 +94,16 @@ type SessionOptions struct {
 	// server offers it (FEATURE_CALL_CHANNEL).
 	DialChannel func(ctx context.Context) (net.Conn, error)
 
-	// timing paces liveness checks and reconnect attempts; tests shorten
-	// it. nil means defaultTiming.
-	timing *timing
+	// Timing paces liveness checks and reconnect attempts; tests shorten
+	// it. nil means DefaultTiming.
+	Timing *Timing
 }
 
-// NewSession opens a session on cc with the Handshake RPC, with default
-// options. clientName ("qtfs-client 1.2") goes into the server's logs.
-// When ctx has no deadline, the handshake gets one of a minute.
-func NewSession(ctx context.Context, cc grpc.ClientConnInterface, clientName string, log *zap.Logger) (*Session, error) {
-	return NewSessionWith(ctx, cc, clientName, log, SessionOptions{})
-}
-
-// NewSessionWith is NewSession with options. Close the Session before
+// New opens a session on cc with the Handshake RPC. clientName
+// ("qtfs-client 1.2") goes into the server's logs. When ctx has no
+// deadline, the handshake gets one of a minute. Close the Session before
 // the connection.
-func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName string, log *zap.Logger, opts SessionOptions) (*Session, error) {
+func New(ctx context.Context, cc grpc.ClientConnInterface, clientName string, log *zap.Logger, opts Options) (*Session, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -135,7 +130,7 @@ func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName
 		return nil, fmt.Errorf("handshake: server %q speaks protocol version %d, this client %d",
 			resp.GetServer(), resp.GetProtocolVersion(), ProtocolVersion)
 	}
-	chunk := maxChunk
+	chunk := MaxChunk
 	if m := int(resp.GetMaxMessageBytes()); m > 0 {
 		if m-messageMargin < minChunk {
 			return nil, fmt.Errorf("handshake: server %q accepts messages of %d bytes, too small",
@@ -144,15 +139,15 @@ func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName
 		chunk = min(chunk, m-messageMargin)
 	}
 	s := &Session{
-		client:    client,
-		log:       log,
-		server:    resp.GetServer(),
-		version:   resp.GetProtocolVersion(),
-		features:  map[qtfsv1.Feature]bool{},
-		chunk:     chunk,
-		metrics:   newMetrics(),
-		dataCodec: newDataCodec(),
+		client:   client,
+		log:      log,
+		server:   resp.GetServer(),
+		version:  resp.GetProtocolVersion(),
+		features: map[qtfsv1.Feature]bool{},
+		chunk:    chunk,
+		metrics:  newMetrics(),
 	}
+	s.setDataCodec()
 	for _, f := range resp.GetFeatures() {
 		s.features[f] = true
 	}
@@ -177,9 +172,9 @@ func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName
 		timeout = DefaultReconnectTimeout
 	}
 	if timeout > 0 {
-		t := defaultTiming
-		if opts.timing != nil {
-			t = *opts.timing
+		t := DefaultTiming
+		if opts.Timing != nil {
+			t = *opts.Timing
 		}
 		s.rc = newReconn(s, cc, timeout, t, hello)
 	}
@@ -187,6 +182,19 @@ func NewSessionWith(ctx context.Context, cc grpc.ClientConnInterface, clientName
 	log.Info("qtfs session open", zap.String("server", s.server), zap.Uint32("protocol", s.version),
 		zap.Int("exports", len(s.exports)), zap.Int("chunk", s.chunk), zap.Duration("reconnect_timeout", timeout))
 	return s, nil
+}
+
+// NewDirect returns a Session that sends each call to c as it is: no
+// handshake, no call stream, no reconnecting (a transport failure is
+// EIO), no feature, chunks of MaxChunk. Unit tests of the FUSE layer serve
+// their mounts from fakes of c through it.
+func NewDirect(c qtfsv1.FileSystemClient, log *zap.Logger) *Session {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Session{client: c, log: log, chunk: MaxChunk, metrics: newMetrics(), features: map[qtfsv1.Feature]bool{}}
+	s.setDataCodec()
+	return s
 }
 
 // Close stops reconnecting; calls waiting for the server fail. It does
@@ -201,11 +209,11 @@ func (s *Session) Close() error {
 	return nil
 }
 
-// reopensHandles reports whether a handle the server no longer has is
+// ReopensHandles reports whether a handle the server no longer has is
 // opened again on its next use (the reconnect machinery, which a session
 // without a reconnect timeout lacks). Only then may an Open ask the
 // server to close the file at once (OpenRequest.close_at_eof).
-func (s *Session) reopensHandles() bool { return s.rc != nil }
+func (s *Session) ReopensHandles() bool { return s.rc != nil }
 
 // channelToken is the call channel token of a handshake's reply; nil when
 // the server offers no channels.
@@ -304,16 +312,26 @@ func (s *Session) ping(ctx context.Context, mount uint64) (time.Duration, error)
 	return time.Since(start), nil
 }
 
-// hasFeature reports whether the server offered f.
-func (s *Session) hasFeature(f qtfsv1.Feature) bool { return s.features[f] }
+// HasFeature reports whether the server offered f.
+func (s *Session) HasFeature(f qtfsv1.Feature) bool { return s.features[f] }
 
-func (s *Session) addMount(id uint64) {
+// Chunk is the most file data one Read or Write RPC of the session
+// carries: MaxChunk, or less when the server's messages are smaller.
+func (s *Session) Chunk() int { return s.chunk }
+
+// Logger is the session's logger.
+func (s *Session) Logger() *zap.Logger { return s.log }
+
+// Mounted records mount id, the reply of a Mount call, as one of the
+// session's (Ping uses the oldest).
+func (s *Session) Mounted(id uint64) {
 	s.mu.Lock()
 	s.mounts = append(s.mounts, id)
 	s.mu.Unlock()
 }
 
-func (s *Session) removeMount(id uint64) {
+// Unmounted forgets mount id: the mount is gone on the client.
+func (s *Session) Unmounted(id uint64) {
 	if s.rc != nil {
 		s.rc.forgetMount(id)
 	}
@@ -327,10 +345,10 @@ func (s *Session) removeMount(id uint64) {
 	}
 }
 
-// trackPath lets a re-open after a reconnect find open handle h at the
+// TrackPath lets a re-open after a reconnect find open handle h at the
 // path fn returns then (the node's path: a file renamed since is found
 // where it is now) rather than where it was opened.
-func (s *Session) trackPath(h uint64, fn func() ([]byte, syscall.Errno)) {
+func (s *Session) TrackPath(h uint64, fn func() ([]byte, syscall.Errno)) {
 	if s.rc != nil && h != 0 {
 		s.rc.setPath(h, fn)
 	}
@@ -379,166 +397,6 @@ func (s *Session) wireErrno(op string, e int32) syscall.Errno {
 	return syscall.Errno(e)
 }
 
-// errnoReply is a reply with an errno field; all FileSystem replies are.
-type errnoReply interface {
-	GetErrno() int32
-}
-
-// call runs one RPC with its own deadline (not the FUSE request's
-// context, see the package documentation) and returns the reply and the
-// errno of the reply or of the transport failure. The reply is meaningful
-// only when the errno is 0.
-func call[Req any, Resp errnoReply](s *Session, timeout time.Duration, op string,
-	fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, syscall.Errno) {
-	return invoke(context.Background(), nil, s, timeout, op, fn, req)
-}
-
-// callFor is call for the FUSE request ctx: the RPC is not cancelled when
-// the request is merely interrupted, but it is (EINTR) once the caller is
-// being killed, so that a killed process does not wait for the server and
-// the server stops the operation.
-func callFor[Req any, Resp errnoReply](ctx context.Context, s *Session, timeout time.Duration, op string,
-	fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, syscall.Errno) {
-	fc, _ := ctx.(*fuse.Context)
-	return invoke(context.Background(), fc, s, timeout, op, fn, req)
-}
-
-// callCtx is call under a context the caller chose, with no deadline of
-// its own.
-func callCtx[Req any, Resp errnoReply](ctx context.Context, s *Session, op string,
-	fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, syscall.Errno) {
-	return invoke(ctx, nil, s, 0, op, fn, req)
-}
-
-// invoke runs one RPC, each attempt under ctx and a deadline of timeout
-// (none when 0). Across a lost session or connection it waits for the
-// reconnect, sends the request again when that is safe (it never reached
-// the server, or sending it twice does no harm) and fails with EIO when
-// it is not, or when the outage outlasts the reconnect timeout (ENOTCONN
-// for a request that was never sent).
-func invoke[Req any, Resp errnoReply](ctx context.Context, fuseReq *fuse.Context, s *Session, timeout time.Duration, op string,
-	fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, syscall.Errno) {
-	start := time.Now()
-	r := s.rc
-	if r == nil {
-		resp, e := attempt(ctx, nil, timeout, op, s, fn, req)
-		s.observe(op, start, e)
-		return resp, e
-	}
-	var zero Resp
-	if c := callOf(req); c.releases {
-		h := c.handlesF[0].uint(req)
-		if r.release(h) {
-			s.observe(op, start, 0)
-			return zero, 0
-		}
-		defer r.forget(h)
-	}
-	sent := false
-	for {
-		gen, epoch, e := r.waitUp(ctx, sent)
-		if e != 0 {
-			s.observe(op, start, e)
-			return zero, e
-		}
-		r.genMu.RLock()
-		if up, g := r.state(); !up || g != gen {
-			r.genMu.RUnlock()
-			continue
-		}
-		restore, e, retry := r.translate(ctx, gen, req)
-		if retry {
-			restore()
-			r.genMu.RUnlock()
-			continue
-		}
-		if e != 0 {
-			restore()
-			r.genMu.RUnlock()
-			s.observe(op, start, e)
-			return zero, e
-		}
-		once := !r.retryable(req)
-		if once && !r.ready(ctx) {
-			// Not sent: wait for the connection like any call.
-			restore()
-			r.genMu.RUnlock()
-			r.markDown(gen, "connection not ready", nil)
-			continue
-		}
-		actx, cancel := withTimeout(ctx, timeout)
-		stop := context.AfterFunc(epoch, cancel)
-		var k *killedCall
-		if fuseReq != nil {
-			k = &killedCall{req: fuseReq, start: time.Now(), cancel: cancel}
-			r.callers.add(k)
-		}
-		r.begin()
-		resp, err := fn(actx, req)
-		r.end(err == nil)
-		if k != nil {
-			r.callers.remove(k)
-		}
-		stop()
-		cancel()
-		restore()
-		sent = true
-		if err != nil && k != nil && k.wasKilled() {
-			r.genMu.RUnlock()
-			s.metrics.rpcErrors.WithLabelValues(op, "CallerKilled").Inc()
-			s.observe(op, start, syscall.EINTR)
-			return zero, syscall.EINTR
-		}
-		if err == nil {
-			e := s.wireErrno(op, resp.GetErrno())
-			if e == 0 {
-				r.register(gen, req, resp)
-			}
-			r.genMu.RUnlock()
-			s.observe(op, start, e)
-			return resp, e
-		}
-		r.genMu.RUnlock()
-		code := status.Code(err)
-		switch {
-		case epoch.Err() != nil && ctx.Err() == nil:
-			// The outage outlasted the reconnect timeout.
-			s.metrics.rpcErrors.WithLabelValues(op, "GaveUp").Inc()
-			s.observe(op, start, syscall.EIO)
-			return zero, syscall.EIO
-		case code == codes.FailedPrecondition:
-			// The server does not know the session: nothing was done.
-			r.markDown(gen, "the server lost the session", err)
-			continue
-		case code == codes.Unavailable && ctx.Err() == nil:
-			r.markDown(gen, "the connection failed", err)
-			if !once {
-				continue
-			}
-			s.log.Warn("qtfs call lost with the connection; it may or may not have been done, and is not sent twice",
-				zap.String("op", op), zap.String("server", s.server), zap.Error(err))
-		}
-		e = s.rpcErrno(op, err)
-		s.observe(op, start, e)
-		return zero, e
-	}
-}
-
-// attempt is one RPC without reconnection.
-func attempt[Req any, Resp errnoReply](ctx context.Context, _ *reconn, timeout time.Duration, op string, s *Session,
-	fn func(context.Context, Req, ...grpc.CallOption) (Resp, error), req Req) (Resp, syscall.Errno) {
-	if timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
-	resp, err := fn(ctx, req)
-	if err != nil {
-		return resp, s.rpcErrno(op, err)
-	}
-	return resp, s.wireErrno(op, resp.GetErrno())
-}
-
 // observe counts one operation and logs it at debug, or at warn when slow.
 func (s *Session) observe(op string, start time.Time, e syscall.Errno) {
 	d := time.Since(start)
@@ -554,15 +412,20 @@ func (s *Session) observe(op string, start time.Time, e syscall.Errno) {
 }
 
 // errnoLabel names an errno for a metric label or a log line.
-func errnoLabel(e syscall.Errno) string {
-	if e == 0 {
-		return "OK"
-	}
-	if n := unix.ErrnoName(e); n != "" {
-		return n
-	}
-	return strconv.Itoa(int(e))
-}
+func errnoLabel(e syscall.Errno) string { return qfs.ErrnoName(e) }
+
+// CountRead counts n bytes of file data read from the server.
+func (s *Session) CountRead(n int) { s.metrics.readBytes.Add(float64(n)) }
+
+// CountWritten counts n bytes of file data the server acknowledged as
+// written.
+func (s *Session) CountWritten(n int) { s.metrics.writtenBytes.Add(float64(n)) }
+
+// HandleOpened and HandleClosed count the handles open on the server.
+func (s *Session) HandleOpened() { s.metrics.openHandles.Inc() }
+
+// HandleClosed: see HandleOpened.
+func (s *Session) HandleClosed() { s.metrics.openHandles.Dec() }
 
 // metrics are the client's Prometheus collectors. They always count; they
 // are exported only once RegisterMetrics is called.

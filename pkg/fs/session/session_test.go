@@ -1,9 +1,7 @@
-package fuseclient
+package session
 
 import (
 	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +31,7 @@ func TestSessionWithHostfs(t *testing.T) {
 	cc := buftest.Serve(t, srv.ServerOptions(), srv.Register).Dial(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := NewSession(ctx, cc, "fuseclient-test", zaptest.NewLogger(t))
+	s, err := New(ctx, cc, "session-test", zaptest.NewLogger(t), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,12 +47,12 @@ func TestSessionWithHostfs(t *testing.T) {
 		t.Error("Exports returned the session's own messages")
 	}
 	for _, f := range []qtfsv1.Feature{qtfsv1.Feature_FEATURE_READDIR_PLUS, qtfsv1.Feature_FEATURE_LOCKS} {
-		if !s.hasFeature(f) {
+		if !s.HasFeature(f) {
 			t.Errorf("feature %v not recorded", f)
 		}
 	}
-	if s.chunk != maxChunk {
-		t.Errorf("chunk %d, want %d", s.chunk, maxChunk)
+	if s.chunk != MaxChunk {
+		t.Errorf("chunk %d, want %d", s.chunk, MaxChunk)
 	}
 	if rtt, err := s.Ping(ctx); err != nil || rtt <= 0 {
 		t.Errorf("Ping before any mount = %v, %v", rtt, err)
@@ -94,7 +92,7 @@ func TestNewSessionRefuses(t *testing.T) {
 			cc := buftest.Serve(t, nil, func(g *grpc.Server) { qtfsv1.RegisterFileSystemServer(g, tc.fake) }).Dial(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			_, err := NewSession(ctx, cc, "fuseclient-test", zaptest.NewLogger(t))
+			_, err := New(ctx, cc, "session-test", zaptest.NewLogger(t), Options{})
 			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "handshake: ") {
 				t.Errorf("NewSession error %v, want one with %q", err, tc.want)
 			}
@@ -106,7 +104,7 @@ func TestSessionChunk(t *testing.T) {
 	cc := buftest.Serve(t, nil, func(g *grpc.Server) {
 		qtfsv1.RegisterFileSystemServer(g, &fakeHandshake{resp: &qtfsv1.HandshakeResponse{ProtocolVersion: 1, MaxMessageBytes: 256 << 10}})
 	}).Dial(t)
-	s, err := NewSession(context.Background(), cc, "fuseclient-test", zaptest.NewLogger(t))
+	s, err := New(context.Background(), cc, "session-test", zaptest.NewLogger(t), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,42 +114,5 @@ func TestSessionChunk(t *testing.T) {
 	// A gRPC status (here UNIMPLEMENTED) is a failed ping.
 	if _, err := s.Ping(context.Background()); err == nil {
 		t.Error("Ping against a server without Getattr succeeded")
-	}
-}
-
-// TestMountRefuses checks the errors Mount returns before it mounts
-// anything.
-func TestMountRefuses(t *testing.T) {
-	export := t.TempDir()
-	if err := os.WriteFile(filepath.Join(export, "file"), nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	srv, err := hostfs.New(hostfs.Options{Exports: []hostfs.Export{{Path: export}}, Logger: zaptest.NewLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Close() })
-	cc := buftest.Serve(t, srv.ServerOptions(), srv.Register).Dial(t)
-	s, err := NewSession(context.Background(), cc, "fuseclient-test", zaptest.NewLogger(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		name, remote, want string
-	}{
-		{"relative", "srv/data", "must be absolute"},
-		{"not exported", "/", "mount /: "},
-		{"missing", export + "/missing", "no such file"},
-		{"not a directory", export + "/file", "not a directory"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := Mount(context.Background(), s, t.TempDir(), MountOptions{RemotePath: tc.remote})
-			if err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("Mount(%q) error %v, want one with %q", tc.remote, err, tc.want)
-			}
-		})
-	}
-	if _, err := Mount(context.Background(), nil, t.TempDir(), MountOptions{RemotePath: export}); err == nil {
-		t.Error("Mount without a session succeeded")
 	}
 }
