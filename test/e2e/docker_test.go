@@ -74,8 +74,9 @@ func replaceLines(t testing.TB, name, doc string, repl [][2]string) string {
 }
 
 // offloadConfigs writes the deploy/ configs with the transport, TLS and
-// root of this test, and returns the client config's path.
-func offloadConfigs(t testing.TB, hostIP, pkiDir, root string) (serverConfig, clientConfig string) {
+// root of this test, and the client config edited further by clientEdits
+// (as replaceLines takes them), and returns their paths.
+func offloadConfigs(t testing.TB, hostIP, pkiDir, root string, clientEdits ...[2]string) (serverConfig, clientConfig string) {
 	t.Helper()
 	mod := moduleRoot(t)
 	sb, err := os.ReadFile(filepath.Join(mod, "deploy/config/server.yaml"))
@@ -103,6 +104,7 @@ func offloadConfigs(t testing.TB, hostIP, pkiDir, root string) (serverConfig, cl
 		{"root: /var/lib/qtfs/root", "root: " + root},
 		{"rexec: /usr/bin/rexec", "rexec: " + bin("rexec")},
 	})
+	client = replaceLines(t, "client.yaml", client, clientEdits)
 	// The DPU's /etc is the chroot's: rexec there reads
 	// /etc/qtfs/client.yaml, as deploy/README.md says.
 	if _, err := os.Stat("/etc/qtfs"); err == nil {

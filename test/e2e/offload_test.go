@@ -4,16 +4,12 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -440,17 +436,10 @@ func TestOffloadConfigErrors(t *testing.T) {
 	}
 }
 
-// ociImage writes an OCI image layout tarball whose one layer holds the
-// static binary bin at /ctrinit, named name, and returns its path.
-func ociImage(t *testing.T, dir, bin, name string) string {
+// ctrinitImage writes an OCI image archive named name whose one layer
+// holds the static binary bin at /ctrinit, and returns its path.
+func ctrinitImage(t *testing.T, dir, bin, name string) string {
 	t.Helper()
-	blobs := map[string][]byte{}
-	put := func(b []byte) (string, int) {
-		sum := sha256.Sum256(b)
-		d := "sha256:" + hex.EncodeToString(sum[:])
-		blobs[d] = b
-		return d, len(b)
-	}
 	exe, err := os.ReadFile(bin)
 	if err != nil {
 		t.Fatal(err)
@@ -460,53 +449,11 @@ func ociImage(t *testing.T, dir, bin, name string) string {
 	tw.WriteHeader(&tar.Header{Name: "ctrinit", Mode: 0o755, Size: int64(len(exe)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)})
 	tw.Write(exe)
 	tw.Close()
-	layerDigest, layerSize := put(layer.Bytes())
-	mustJSON := func(v any) []byte {
-		b, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	cfgDigest, cfgSize := put(mustJSON(map[string]any{
-		"architecture": runtime.GOARCH, "os": "linux",
-		"config": map[string]any{"Cmd": []string{"/ctrinit", "sleep"}},
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{layerDigest}},
-	}))
-	manDigest, manSize := put(mustJSON(map[string]any{
-		"schemaVersion": 2,
-		"mediaType":     "application/vnd.oci.image.manifest.v1+json",
-		"config":        map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfgDigest, "size": cfgSize},
-		"layers":        []any{map[string]any{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layerDigest, "size": layerSize}},
-	}))
-	index := mustJSON(map[string]any{
-		"schemaVersion": 2,
-		"manifests": []any{map[string]any{
-			"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": manDigest, "size": manSize,
-			"platform":    map[string]any{"architecture": runtime.GOARCH, "os": "linux"},
-			"annotations": map[string]string{"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "latest"},
-		}},
-	})
-	p := filepath.Join(dir, "image.tar")
-	f, err := os.Create(p)
-	if err != nil {
+	p := filepath.Join(dir, "ctrinit-layer.tar")
+	if err := os.WriteFile(p, layer.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	out := tar.NewWriter(f)
-	add := func(name string, b []byte) {
-		out.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(b)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)})
-		out.Write(b)
-	}
-	add("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`))
-	add("index.json", index)
-	for d, b := range blobs {
-		add("blobs/sha256/"+strings.TrimPrefix(d, "sha256:"), b)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return ociImage(t, dir, name, p, nil, []string{"/ctrinit", "sleep"})
 }
 
 // TestOffloadContainerd drives Debian's containerd, a server no one here
@@ -600,7 +547,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 		t.Fatalf("build the container's binary: %v\n%s", err, out)
 	}
 	image := "docker.io/library/qtfs-e2e:latest"
-	tarball := ociImage(t, e.pki, initBin, image)
+	tarball := ctrinitImage(t, e.pki, initBin, image)
 
 	root := filepath.Join(hostDir(t), "root")
 	config := filepath.Join(e.pki, "client.yaml")
