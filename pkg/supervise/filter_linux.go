@@ -14,6 +14,17 @@ import (
 const (
 	offNr   = 0
 	offArch = 4
+	offArgs = 16 // args[i] at offArgs + 8*i; its low 32 bits first (little-endian)
+)
+
+// The statx(2) the filter notifies: mount-utils' mount-point probe
+// (kubelet's IsLikelyNotMountPoint), statx(AT_FDCWD, path,
+// AT_STATX_DONT_SYNC, 0, buf), which decides by STATX_ATTR_MOUNT_ROOT, a
+// fact of the DPU's mount table where the host's is meant. Every other
+// statx (os.Stat and the like ask for a mask) runs as it is.
+const (
+	statxProbeFlags = unix.AT_STATX_DONT_SYNC
+	statxProbeMask  = 0
 )
 
 // nativeArch is the AUDIT_ARCH of the running binary.
@@ -41,31 +52,49 @@ var noNewMountAPI = []uint32{
 }
 
 // program assembles the filter: for the native architecture, notify the
-// calls in notified and fail those in noNewMountAPI with ENOSYS; allow
-// everything else.
+// calls in notified and the statx mount-point probe, and fail those in
+// noNewMountAPI with ENOSYS; allow everything else.
 func program() ([]unix.SockFilter, error) {
 	arch, err := nativeArch()
 	if err != nil {
 		return nil, err
 	}
 	checks := len(notified) + len(noNewMountAPI)
+	// After the checks of the numbers: the statx probe's, then the
+	// returns (allow, notify, ENOSYS).
+	const statxInsns = 8
 	insns := []bpf.Instruction{
 		bpf.LoadAbsolute{Off: offArch, Size: 4},
-		// Another architecture: to the allow return, past the load and
-		// the checks.
-		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: arch, SkipTrue: uint8(checks + 1)},
+		// Another architecture: to the allow return, past the load,
+		// the checks and the statx probe's.
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: arch, SkipTrue: uint8(checks + 1 + statxInsns)},
 		bpf.LoadAbsolute{Off: offNr, Size: 4},
 	}
 	// The returns follow the checks: allow, notify, ENOSYS. The check at
 	// index i (counting from 0) jumps over the checks after it, and then
 	// the returns before its own.
 	for i, nr := range notified {
-		insns = append(insns, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(checks - i - 1 + 1)})
+		insns = append(insns, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(checks - i - 1 + statxInsns + 1)})
 	}
 	for j, nr := range noNewMountAPI {
 		i := len(notified) + j
-		insns = append(insns, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(checks - i - 1 + 2)})
+		insns = append(insns, bpf.JumpIf{Cond: bpf.JumpEqual, Val: nr, SkipTrue: uint8(checks - i - 1 + statxInsns + 2)})
 	}
+	// statx: notify the probe, allow the rest. Skips count from the
+	// instruction after the jump; the allow return follows the last.
+	atFdcwd := uint32(0xffffff9c) // AT_FDCWD, int -100
+	insns = append(insns,
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: unix.SYS_STATX, SkipTrue: 6},
+		bpf.LoadAbsolute{Off: offArgs, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: atFdcwd, SkipTrue: 4},
+		bpf.LoadAbsolute{Off: offArgs + 2*8, Size: 4},
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: statxProbeFlags, SkipTrue: 2},
+		bpf.LoadAbsolute{Off: offArgs + 3*8, Size: 4},
+		// The probe: over the next instruction and the allow return.
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: statxProbeMask, SkipTrue: 2},
+		// Not the probe: the allow return is next.
+		bpf.Jump{Skip: 0},
+	)
 	insns = append(insns,
 		bpf.RetConstant{Val: unix.SECCOMP_RET_ALLOW},
 		bpf.RetConstant{Val: unix.SECCOMP_RET_USER_NOTIF},

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -58,6 +59,10 @@ type Mounter interface {
 	// caller's answer, any other error answers EIO.
 	Mount(c *MountCall) error
 	Unmount(c *UnmountCall) error
+	// MountRoot says whether f is the root of a mount where the
+	// Mounter makes them (the host): the answer to a mount-point probe
+	// (statx's STATX_ATTR_MOUNT_ROOT). ok false lets the kernel answer.
+	MountRoot(f *os.File) (root, ok bool)
 }
 
 // Overlay's layer options in mount(2)'s data.
@@ -373,4 +378,47 @@ func (r *restarts) take(n *notif) (int32, bool) {
 	}
 	delete(r.kept, k)
 	return a.errno, time.Since(a.at) <= restartWindow
+}
+
+// statx answers the mount-point probe, statx(AT_FDCWD, path,
+// AT_STATX_DONT_SYNC, 0, buf) (the filter notifies no other statx): the
+// kernel's statx of the file, with STATX_ATTR_MOUNT_ROOT as the Mounter
+// says for a file it serves (a tmpfs kubelet mounted on the host is a
+// mount root there, not in the DPU's mount table). false lets the call
+// run as it is.
+func (s *Supervisor) statx(n *notif, resp *notifResp) bool {
+	if s.opts.Mounter == nil {
+		return false
+	}
+	tid := int(n.Pid)
+	p, err := readString(tid, n.Data.Args[1])
+	if err != nil {
+		return false
+	}
+	f, err := openInCaller(tid, p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	root, ok := s.opts.Mounter.MountRoot(f)
+	if !ok {
+		return false
+	}
+	var stx unix.Statx_t
+	if err := unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH|unix.AT_STATX_DONT_SYNC, 0, &stx); err != nil {
+		return false
+	}
+	stx.Attributes_mask |= unix.STATX_ATTR_MOUNT_ROOT
+	if root {
+		stx.Attributes |= unix.STATX_ATTR_MOUNT_ROOT
+	} else {
+		stx.Attributes &^= unix.STATX_ATTR_MOUNT_ROOT
+	}
+	if !idValid(s.fd, n.ID) {
+		return false
+	}
+	if err := writeBytes(tid, n.Data.Args[4], unsafe.Slice((*byte)(unsafe.Pointer(&stx)), unsafe.Sizeof(stx))); err != nil {
+		resp.Error = -int32(unix.EFAULT)
+	}
+	return true
 }

@@ -29,6 +29,21 @@ func mountProg() int {
 		}
 		res[name] = r
 	}
+	probe := func(name, p string) {
+		var stx unix.Statx_t
+		err := unix.Statx(unix.AT_FDCWD, p, unix.AT_STATX_DONT_SYNC, 0, &stx)
+		r := result{Call: name}
+		if err != nil {
+			r.Errno = int(err.(syscall.Errno))
+		}
+		if stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0 {
+			r.Type = 1 // a mount root
+		}
+		res[name] = r
+	}
+	probe("probe of a host mount root", served+"/t")
+	probe("probe of a directory", served+"/src")
+	probe("probe of /", "/")
 	do("tmpfs", unix.Mount("tmpfs", served+"/t", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "size=1m,mode=755"))
 	do("overlay", unix.Mount("overlay", "merged", "overlay", 0, `index=off,lowerdir=l\:1:l2,upperdir=u,workdir=w`))
 	do("overlay without a layer", unix.Mount("overlay", "merged", "overlay", 0, "lowerdir=nowhere"))
@@ -103,6 +118,14 @@ func (m *fakeMounter) Unmount(c *UnmountCall) error {
 	return nil
 }
 
+// MountRoot says t is a mount root (of the host, as it were).
+func (m *fakeMounter) MountRoot(f *os.File) (root, ok bool) {
+	if !m.Serves(f) {
+		return false, false
+	}
+	return m.name(f) == "t", true
+}
+
 func (m *fakeMounter) record(s string) {
 	m.mu.Lock()
 	m.calls = append(m.calls, s)
@@ -139,6 +162,11 @@ func TestMountCarriedOut(t *testing.T) {
 	for k, e := range want {
 		if r, ok := res[k]; !ok || r.Errno != e {
 			t.Errorf("%s: errno %d (%v), want %d", k, r.Errno, ok, e)
+		}
+	}
+	for k, root := range map[string]bool{"probe of a host mount root": true, "probe of a directory": false, "probe of /": true} {
+		if r := res[k]; r.Errno != 0 || (r.Type == 1) != root {
+			t.Errorf("%s: %+v, want a mount root %v", k, r, root)
 		}
 	}
 	wantCalls := []string{

@@ -197,32 +197,45 @@ func TestFilterNotifiesOnlyItsCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	arch, _ := nativeArch()
-	data := func(nr, arch uint32) []byte {
+	data := func(nr, arch uint32, args ...uint32) []byte {
 		b := make([]byte, 64)
 		// seccomp_data is in the host's byte order; both supported
-		// architectures are little-endian, the VM loads big-endian.
-		b[0], b[1], b[2], b[3] = byte(nr>>24), byte(nr>>16), byte(nr>>8), byte(nr)
-		b[4], b[5], b[6], b[7] = byte(arch>>24), byte(arch>>16), byte(arch>>8), byte(arch)
+		// architectures are little-endian, the VM loads big-endian
+		// (so a test puts each word as the VM reads it).
+		put := func(off int, v uint32) {
+			b[off], b[off+1], b[off+2], b[off+3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+		}
+		put(0, nr)
+		put(4, arch)
+		for i, a := range args {
+			put(offArgs+8*i, a)
+		}
 		return b
 	}
+	const fdcwd = 0xffffff9c
 	for _, tc := range []struct {
 		name     string
 		nr, arch uint32
 		want     uint32
+		args     []uint32
 	}{
-		{"statfs", unix.SYS_STATFS, arch, unix.SECCOMP_RET_USER_NOTIF},
-		{"fstatfs", unix.SYS_FSTATFS, arch, unix.SECCOMP_RET_USER_NOTIF},
-		{"mount", unix.SYS_MOUNT, arch, unix.SECCOMP_RET_USER_NOTIF},
-		{"umount2", unix.SYS_UMOUNT2, arch, unix.SECCOMP_RET_USER_NOTIF},
-		{"fsopen", unix.SYS_FSOPEN, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
-		{"open_tree", unix.SYS_OPEN_TREE, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
-		{"move_mount", unix.SYS_MOVE_MOUNT, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
-		{"mount_setattr", unix.SYS_MOUNT_SETATTR, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS)},
-		{"openat", unix.SYS_OPENAT, arch, unix.SECCOMP_RET_ALLOW},
-		{"read", unix.SYS_READ, arch, unix.SECCOMP_RET_ALLOW},
-		{"statfs of another architecture", unix.SYS_STATFS, arch ^ 1, unix.SECCOMP_RET_ALLOW},
+		{"statx: the mount-point probe", unix.SYS_STATX, arch, unix.SECCOMP_RET_USER_NOTIF, []uint32{fdcwd, 0, unix.AT_STATX_DONT_SYNC, 0}},
+		{"statx with a mask", unix.SYS_STATX, arch, unix.SECCOMP_RET_ALLOW, []uint32{fdcwd, 0, unix.AT_STATX_DONT_SYNC, unix.STATX_BASIC_STATS}},
+		{"statx of other flags", unix.SYS_STATX, arch, unix.SECCOMP_RET_ALLOW, []uint32{fdcwd, 0, unix.AT_SYMLINK_NOFOLLOW, 0}},
+		{"statx from a directory fd", unix.SYS_STATX, arch, unix.SECCOMP_RET_ALLOW, []uint32{3, 0, unix.AT_STATX_DONT_SYNC, 0}},
+		{"statfs", unix.SYS_STATFS, arch, unix.SECCOMP_RET_USER_NOTIF, nil},
+		{"fstatfs", unix.SYS_FSTATFS, arch, unix.SECCOMP_RET_USER_NOTIF, nil},
+		{"mount", unix.SYS_MOUNT, arch, unix.SECCOMP_RET_USER_NOTIF, nil},
+		{"umount2", unix.SYS_UMOUNT2, arch, unix.SECCOMP_RET_USER_NOTIF, nil},
+		{"fsopen", unix.SYS_FSOPEN, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS), nil},
+		{"open_tree", unix.SYS_OPEN_TREE, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS), nil},
+		{"move_mount", unix.SYS_MOVE_MOUNT, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS), nil},
+		{"mount_setattr", unix.SYS_MOUNT_SETATTR, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS), nil},
+		{"openat", unix.SYS_OPENAT, arch, unix.SECCOMP_RET_ALLOW, nil},
+		{"read", unix.SYS_READ, arch, unix.SECCOMP_RET_ALLOW, nil},
+		{"statfs of another architecture", unix.SYS_STATFS, arch ^ 1, unix.SECCOMP_RET_ALLOW, nil},
 	} {
-		got, err := vm.Run(data(tc.nr, tc.arch))
+		got, err := vm.Run(data(tc.nr, tc.arch, tc.args...))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -143,6 +143,10 @@ func (s *Supervisor) answer(n *notif) {
 		if !s.statfs(n, &resp) {
 			resp.Flags = unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE
 		}
+	case unix.SYS_STATX:
+		if !s.statx(n, &resp) {
+			resp.Flags = unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE
+		}
 	case unix.SYS_MOUNT, unix.SYS_UMOUNT2:
 		if !s.mount(n, &resp) {
 			resp.Flags = unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE

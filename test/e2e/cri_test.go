@@ -169,8 +169,11 @@ func (o *criOffload) hostCleanup(t testing.TB) {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	for _, m := range hostMountsUnder("/run/containerd/") {
-		unix.Unmount(m, unix.MNT_DETACH)
+	for _, prefix := range []string{"/run/containerd/", "/var/lib/kubelet/"} {
+		ms := hostMountsUnder(prefix)
+		for i := len(ms) - 1; i >= 0; i-- { // the deepest, and the last stacked, first
+			unix.Unmount(ms[i], unix.MNT_DETACH)
+		}
 	}
 }
 

@@ -132,7 +132,14 @@ func offloadConfigs(t testing.TB, hostIP, pkiDir, root string, clientEdits ...[2
 // deploy/systemd/docker-offload.service.
 func dockerUnit(t testing.TB) (argv, env []string) {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(moduleRoot(t), "deploy/systemd/docker-offload.service"))
+	return unitCommand(t, "docker-offload.service")
+}
+
+// unitCommand returns the ExecStart command line and the environment of
+// the unit deploy/systemd/name.
+func unitCommand(t testing.TB, name string) (argv, env []string) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(moduleRoot(t), "deploy/systemd", name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +152,7 @@ func dockerUnit(t testing.TB) (argv, env []string) {
 		}
 	}
 	if len(argv) == 0 {
-		t.Fatal("docker-offload.service has no ExecStart=")
+		t.Fatalf("%s has no ExecStart=", name)
 	}
 	return argv, env
 }

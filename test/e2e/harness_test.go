@@ -322,6 +322,10 @@ func startCmd(t testing.TB, cmd *exec.Cmd) *proc {
 	}
 	go func() {
 		sc := bufio.NewScanner(pr)
+		sc.Buffer(make([]byte, 64<<10), 4<<20) // kubelet logs whole pod specs on one line
+		// Whatever cannot be scanned is still read: a daemon must never
+		// block on its full stderr pipe.
+		defer io.Copy(io.Discard, pr)
 		for sc.Scan() {
 			p.mu.Lock()
 			p.stderr.WriteString(sc.Text() + "\n")

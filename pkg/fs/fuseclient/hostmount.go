@@ -103,6 +103,28 @@ func (h HostMounter) Unmount(c *supervise.UnmountCall) error {
 	return errnoOrNil(e)
 }
 
+// MountRoot says whether f, on a served mount, is the root of a host
+// mount beneath that mount's root, by the mount list the mountinfo view
+// keeps (mountview.go). The root of a served mount itself is the DPU's
+// own mount root, which the kernel reports: ok false, as for a file of no
+// served mount or when the server does not list its mounts.
+func (HostMounter) MountRoot(f *os.File) (root, ok bool) {
+	m, rel, ok := servedPath(f)
+	if !ok || rel == "" {
+		return false, false
+	}
+	list := m.hostMountsOf(context.Background())
+	if list == nil {
+		return false, false
+	}
+	for _, hm := range list {
+		if strings.Trim(string(hm.GetPath()), "/") == rel {
+			return true, true
+		}
+	}
+	return false, true
+}
+
 func (h HostMounter) log() *zap.Logger {
 	if h.Log == nil {
 		return zap.NewNop()

@@ -107,6 +107,7 @@ const (
 	entryPidLink  // -> <LocalProc>/<pid>/<name>
 	entryPidMagic // exe, cwd, root
 	entryPidTable // mountinfo, mounts
+	entryPidTasks // task: the threads' directories
 )
 
 // pidEntryKind tells which kind of entry of an offloaded process's
@@ -117,6 +118,8 @@ func pidEntryKind(name string) entryKind {
 		return entryPidMagic
 	case "mountinfo", "mounts":
 		return entryPidTable
+	case "task":
+		return entryPidTasks
 	}
 	return entryPidLink
 }
@@ -354,7 +357,7 @@ func (p *procRoot) selfTarget(ctx context.Context, thread bool) (string, syscall
 // root taken off. A link that leads out of the chroot, or to a file that
 // is gone, is the DPU's magic link itself, which the DPU kernel resolves.
 func (p *procRoot) magicTarget(pid uint32, name string) string {
-	if name == "root" {
+	if path.Base(name) == "root" {
 		return "/"
 	}
 	local := p.localProc + "/" + strconv.FormatUint(uint64(pid), 10) + "/" + name
@@ -485,11 +488,31 @@ func (l *procLink) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrO
 }
 
 // pidDir is the directory of a DPU process that runs in the offload
-// chroot.
+// chroot, or of one of its threads (task/<tid>): the same entries, the
+// thread's own (its mountinfo is the thread's mount table, which
+// /proc/thread-self/mountinfo names).
 type pidDir struct {
 	fs.Inode
 	p   *procRoot
 	pid uint32
+	// sub is "" for the process's directory, "task/<tid>" for a
+	// thread's; the DPU's directory is pidPath(pid, sub).
+	sub string
+	// inoPid and inoPrefix number the entries: the pid and "" for the
+	// process's, the tid and "t/" for a thread's (tids are unique too).
+	inoPid    uint32
+	inoPrefix string
+}
+
+// rel is entry name of d as a path beneath its process's directory.
+func (d *pidDir) rel(name string) string {
+	if d.sub == "" {
+		return name
+	}
+	if name == "" {
+		return d.sub
+	}
+	return d.sub + "/" + name
 }
 
 var (
@@ -529,7 +552,7 @@ func (p *procRoot) newPidDir(ctx context.Context, parent *fs.Inode, pid uint32, 
 	if e := p.fillPidDir(pid, ino, &out.Attr); e != 0 {
 		return nil, e
 	}
-	return parent.NewInode(ctx, &pidDir{p: p, pid: pid}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
+	return parent.NewInode(ctx, &pidDir{p: p, pid: pid, inoPid: pid}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
 }
 
 // Getattr reports the directory; the directory of a pid whose process
@@ -539,6 +562,14 @@ func (d *pidDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut
 	if !d.p.offloaded(d.pid) {
 		return syscall.ESTALE
 	}
+	if d.sub != "" {
+		var st unix.Stat_t
+		if err := unix.Lstat(d.p.pidPath(d.pid, d.sub), &st); err != nil {
+			return syscall.ESTALE
+		}
+		statAttr(&st, d.StableAttr().Ino, syscall.S_IFDIR|0o555, &out.Attr)
+		return 0
+	}
 	return d.p.fillPidDir(d.pid, d.StableAttr().Ino, &out.Attr)
 }
 
@@ -546,22 +577,28 @@ func (d *pidDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut
 // of the process has.
 func (d *pidDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
 	var st unix.Stat_t
-	if err := unix.Lstat(d.p.pidPath(d.pid, name), &st); err != nil {
+	if err := unix.Lstat(d.p.pidPath(d.pid, d.rel(name)), &st); err != nil {
 		return nil, syscall.ENOENT
 	}
-	x, ok := d.p.pidEntryIno(d.pid, name)
+	x, ok := d.p.pidEntryIno(d.inoPid, d.inoPrefix+name)
 	if !ok {
 		return nil, syscall.ENOENT
 	}
 	ino := d.p.m.inos.ino(localDev, x)
 	out.SetEntryTimeout(selfEntryTimeout)
 	kind := pidEntryKind(name)
-	if kind == entryPidTable {
+	switch {
+	case kind == entryPidTable:
 		statAttr(&st, ino, syscall.S_IFREG|0o444, &out.Attr)
-		t := &pidTable{p: d.p, pid: d.pid, mounts: name == "mounts"}
+		t := &pidTable{p: d.p, pid: d.pid, name: d.rel(name), mounts: name == "mounts"}
 		return d.NewInode(ctx, t, fs.StableAttr{Mode: syscall.S_IFREG, Ino: ino}), 0
+	case kind == entryPidTasks && d.sub == "":
+		statAttr(&st, ino, syscall.S_IFDIR|0o555, &out.Attr)
+		return d.NewInode(ctx, &taskDir{p: d.p, pid: d.pid}, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
+	case kind == entryPidTasks:
+		kind = entryPidLink
 	}
-	l := &procLink{p: d.p, kind: kind, pid: d.pid, name: name}
+	l := &procLink{p: d.p, kind: kind, pid: d.pid, name: d.rel(name)}
 	t, _ := l.target(ctx)
 	d.p.fillLink(t, ino, st.Uid, st.Gid, &out.Attr)
 	return d.NewInode(ctx, l, fs.StableAttr{Mode: syscall.S_IFLNK, Ino: ino}), 0
@@ -569,7 +606,7 @@ func (d *pidDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 
 // Readdir lists the names of the DPU's directory of the process.
 func (d *pidDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	f, err := os.Open(d.p.pidPath(d.pid, ""))
+	f, err := os.Open(d.p.pidPath(d.pid, d.sub))
 	if err != nil {
 		return nil, syscall.ENOENT
 	}
@@ -581,24 +618,102 @@ func (d *pidDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 	slices.Sort(names)
 	entries := make([]fuse.DirEntry, 0, len(names))
 	for _, name := range names {
-		x, ok := d.p.pidEntryIno(d.pid, name)
+		x, ok := d.p.pidEntryIno(d.inoPid, d.inoPrefix+name)
 		if !ok {
 			continue
 		}
 		mode := uint32(syscall.S_IFLNK)
-		if pidEntryKind(name) == entryPidTable {
+		switch pidEntryKind(name) {
+		case entryPidTable:
 			mode = syscall.S_IFREG
+		case entryPidTasks:
+			if d.sub == "" {
+				mode = syscall.S_IFDIR
+			}
 		}
 		entries = append(entries, fuse.DirEntry{Name: name, Mode: mode, Ino: d.p.m.inos.ino(localDev, x)})
 	}
 	return fs.NewListDirStream(entries), 0
 }
 
-// pidTable is the mountinfo or mounts file of an offloaded process.
+// taskDir is the task directory of an offloaded process: a directory of
+// each of its threads, as pidDir makes them.
+type taskDir struct {
+	fs.Inode
+	p   *procRoot
+	pid uint32
+}
+
+var (
+	_ fs.NodeLookuper  = (*taskDir)(nil)
+	_ fs.NodeReaddirer = (*taskDir)(nil)
+	_ fs.NodeGetattrer = (*taskDir)(nil)
+)
+
+func (d *taskDir) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	var st unix.Stat_t
+	if !d.p.offloaded(d.pid) || unix.Lstat(d.p.pidPath(d.pid, "task"), &st) != nil {
+		return syscall.ESTALE
+	}
+	statAttr(&st, d.StableAttr().Ino, syscall.S_IFDIR|0o555, &out.Attr)
+	return 0
+}
+
+// Lookup answers a thread of the process.
+func (d *taskDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	tid, ok := parsePid(name)
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	var st unix.Stat_t
+	sub := "task/" + name
+	if err := unix.Lstat(d.p.pidPath(d.pid, sub), &st); err != nil {
+		return nil, syscall.ENOENT
+	}
+	x, ok := d.p.pidEntryIno(tid, "t/")
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	ino := d.p.m.inos.ino(localDev, x)
+	statAttr(&st, ino, syscall.S_IFDIR|0o555, &out.Attr)
+	t := &pidDir{p: d.p, pid: d.pid, sub: sub, inoPid: tid, inoPrefix: "t/"}
+	return d.NewInode(ctx, t, fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino}), 0
+}
+
+// Readdir lists the process's threads.
+func (d *taskDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
+	f, err := os.Open(d.p.pidPath(d.pid, "task"))
+	if err != nil {
+		return nil, syscall.ENOENT
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil && len(names) == 0 {
+		return nil, syscall.ENOENT
+	}
+	slices.Sort(names)
+	entries := make([]fuse.DirEntry, 0, len(names))
+	for _, name := range names {
+		tid, ok := parsePid(name)
+		if !ok {
+			continue
+		}
+		if x, ok := d.p.pidEntryIno(tid, "t/"); ok {
+			entries = append(entries, fuse.DirEntry{Name: name, Mode: syscall.S_IFDIR, Ino: d.p.m.inos.ino(localDev, x)})
+		}
+	}
+	return fs.NewListDirStream(entries), 0
+}
+
+// pidTable is the mountinfo or mounts file of an offloaded process or
+// of one of its threads.
 type pidTable struct {
 	fs.Inode
-	p      *procRoot
-	pid    uint32
+	p   *procRoot
+	pid uint32
+	// name is the file beneath the process's directory ("mountinfo",
+	// "task/<tid>/mounts").
+	name   string
 	mounts bool
 }
 
@@ -609,12 +724,8 @@ var (
 
 // Getattr reports the file as the DPU's: size 0, as proc's files are.
 func (t *pidTable) Getattr(ctx context.Context, f fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
-	name := "mountinfo"
-	if t.mounts {
-		name = "mounts"
-	}
 	var st unix.Stat_t
-	if err := unix.Lstat(t.p.pidPath(t.pid, name), &st); err != nil {
+	if err := unix.Lstat(t.p.pidPath(t.pid, t.name), &st); err != nil {
 		return syscall.ENOENT
 	}
 	statAttr(&st, t.StableAttr().Ino, syscall.S_IFREG|0o444, &out.Attr)
@@ -627,17 +738,18 @@ func (t *pidTable) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint3
 	if flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EACCES
 	}
-	data, e := t.p.tableView(ctx, t.pid, t.mounts)
+	data, e := t.p.tableView(ctx, t.pid, path.Join(path.Dir(t.name), "mountinfo"), t.mounts)
 	if e != 0 {
 		return nil, 0, e
 	}
 	return &bytesHandle{data: data}, fuse.FOPEN_DIRECT_IO, 0
 }
 
-// tableView returns the view of the mount table of offloaded process pid
-// (mountview.go): its mountinfo file, or its mounts file.
-func (p *procRoot) tableView(ctx context.Context, pid uint32, asMounts bool) ([]byte, syscall.Errno) {
-	data, err := os.ReadFile(p.pidPath(pid, "mountinfo"))
+// tableView returns the view of the mount table in the mountinfo file
+// (beneath the directory of offloaded process pid) as mountview.go makes
+// it: as a mountinfo file, or as a mounts file.
+func (p *procRoot) tableView(ctx context.Context, pid uint32, mountinfoFile string, asMounts bool) ([]byte, syscall.Errno) {
+	data, err := os.ReadFile(p.pidPath(pid, mountinfoFile))
 	if err != nil {
 		if e, ok := qfs.ToErrno(err); ok {
 			return nil, e

@@ -46,6 +46,8 @@ type probeReport struct {
 	OomScoreAdj           string
 	NetSame               bool
 	Mountinfo, Mounts     string
+	ThreadMountinfo       string // /proc/thread-self/mountinfo, as moby/sys/mountinfo reads it
+	TaskListed            bool   // the thread's directory is listed in /proc/self/task
 	Reexec                string
 	Errors                []string
 	SelfListed, PidListed bool
@@ -150,6 +152,18 @@ func probe() probeReport {
 		r.Tid = unix.Gettid()
 		if r.ThreadSelf, err = os.Readlink("/proc/thread-self"); err != nil {
 			fail("readlink /proc/thread-self", err)
+		}
+		if b, err := os.ReadFile("/proc/thread-self/mountinfo"); err != nil {
+			fail("read /proc/thread-self/mountinfo", err)
+		} else {
+			r.ThreadMountinfo = string(b)
+		}
+		if names, err := os.ReadDir("/proc/self/task"); err != nil {
+			fail("list /proc/self/task", err)
+		} else {
+			for _, n := range names {
+				r.TaskListed = r.TaskListed || (n.Name() == strconv.Itoa(r.Tid) && n.IsDir())
+			}
 		}
 	}()
 	<-done
@@ -362,6 +376,12 @@ func TestProcChroot(t *testing.T) {
 		if !ok || m.FSType != h.FSType || m.SuperOptions != h.SuperOptions || m.Source != h.Source {
 			t.Errorf("%s in the view: %+v (listed %v); the host has %s %s %s", h.MountPoint, m, ok, h.FSType, h.Source, h.SuperOptions)
 		}
+	}
+	if r.ThreadMountinfo != r.Mountinfo {
+		t.Errorf("/proc/thread-self/mountinfo is not the view of /proc/self/mountinfo:\n%s", r.ThreadMountinfo)
+	}
+	if !r.TaskListed {
+		t.Errorf("/proc/self/task does not list the thread %d as a directory", r.Tid)
 	}
 	if t.Failed() {
 		t.Logf("the probe's mountinfo:\n%s", r.Mountinfo)

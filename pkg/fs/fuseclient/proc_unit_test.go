@@ -351,19 +351,19 @@ func TestProcMountTable(t *testing.T) {
 		"1073741824 25 0:50 / /sys/fs/cgroup/cpu rw,nosuid,nodev,noexec,relatime shared:5 - cgroup cgroup rw,cpu\n" +
 		"26 20 0:77 / /other rw - fuse.qtfs q " + fuseSuper + "\n"
 	for i := 0; i < 5; i++ {
-		got, e := p.tableView(callerCtx(300), 300, false)
+		got, e := p.tableView(callerCtx(300), 300, "mountinfo", false)
 		if e != 0 || string(got) != want {
 			t.Fatalf("mountinfo: %v\n%s\nwant:\n%s", e, got, want)
 		}
 	}
-	got, e := p.tableView(callerCtx(300), 300, true)
+	got, e := p.tableView(callerCtx(300), 300, "mountinfo", true)
 	if e != 0 || !strings.Contains(string(got), "\ncgroup /sys/fs/cgroup/cpu cgroup rw,nosuid,nodev,noexec,relatime,cpu 0 0\n") {
 		t.Errorf("mounts: %v\n%s", e, got)
 	}
 	if c.calls != 1 {
 		t.Errorf("6 reads: %d Mounts RPCs, want 1", c.calls)
 	}
-	if _, e := p.tableView(callerCtx(300), 999, false); e != syscall.ENOENT {
+	if _, e := p.tableView(callerCtx(300), 999, "mountinfo", false); e != syscall.ENOENT {
 		t.Errorf("mount table of a process that is gone: %v, want ENOENT", e)
 	}
 }
