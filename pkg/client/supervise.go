@@ -95,7 +95,9 @@ func (s *supervisors) take(c *net.UnixConn) error {
 	sv := supervise.Serve(fd, supervise.Options{
 		Statfs:  fuseclient.HostStatfs,
 		Mounter: fuseclient.HostMounter{Log: s.log},
-		Logger:  s.log,
+		// kubelet kills host pids it read from the host's cgroups.
+		ConfineSignals: true,
+		Logger:         s.log,
 	})
 	s.mu.Lock()
 	s.live[sv] = struct{}{}

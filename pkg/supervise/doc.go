@@ -23,8 +23,20 @@
 // open_tree, move_mount, ...) fails with ENOSYS without a notification:
 // its programs fall back to mount(2), as on kernels before 5.2.
 //
+// With ConfineSignals, kill(2) and pidfd_open(2) of a pid that is not a
+// process in the caller's own root fail with ESRCH: to a program in the
+// offload chroot a number names the host's process (its /proc is the
+// host's but for the chroot's own processes), and kubelet kills the pids
+// left in a pod's host cgroup; on the DPU the same number would be a
+// stranger.
+//
+// statx(2) is notified only as mount-utils' mount-point probe
+// (AT_FDCWD, AT_STATX_DONT_SYNC, an empty mask): it answers the kernel's
+// statx with STATX_ATTR_MOUNT_ROOT as the Mounter says (a tmpfs kubelet
+// mounted on the host is a mount root there, not on the DPU).
+//
 // The filter notifies only the calls it names (statfs, fstatfs, mount,
-// umount2); every
+// umount2, kill, pidfd_open, the statx probe); every
 // other syscall runs at full speed, decided by a few BPF instructions
 // (openat and the like are never notified). A call of another
 // architecture than the supervisor's runs as it is.

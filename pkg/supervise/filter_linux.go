@@ -39,7 +39,7 @@ func nativeArch() (uint32, error) {
 }
 
 // notified are the syscalls the filter sends to the supervisor.
-var notified = []uint32{unix.SYS_STATFS, unix.SYS_FSTATFS, unix.SYS_MOUNT, unix.SYS_UMOUNT2}
+var notified = []uint32{unix.SYS_STATFS, unix.SYS_FSTATFS, unix.SYS_MOUNT, unix.SYS_UMOUNT2, unix.SYS_KILL, unix.SYS_PIDFD_OPEN}
 
 // noNewMountAPI are the calls of the new mount API (Linux 5.2), which
 // fail with ENOSYS under the filter without a notification: a mount made

@@ -27,6 +27,8 @@ func TestMain(m *testing.M) {
 		os.Exit(syscallLoop())
 	case os.Getenv("SUPERVISE_PROG") == "mount":
 		os.Exit(mountProg())
+	case os.Getenv("SUPERVISE_PROG") == "signal":
+		os.Exit(signalProg())
 	case os.Getenv("SUPERVISE_PROG") != "":
 		os.Exit(prog())
 	case os.Getenv("SUPERVISE_LAUNCH") != "":
@@ -231,6 +233,9 @@ func TestFilterNotifiesOnlyItsCalls(t *testing.T) {
 		{"open_tree", unix.SYS_OPEN_TREE, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS), nil},
 		{"move_mount", unix.SYS_MOVE_MOUNT, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS), nil},
 		{"mount_setattr", unix.SYS_MOUNT_SETATTR, arch, unix.SECCOMP_RET_ERRNO | uint32(unix.ENOSYS), nil},
+		{"kill", unix.SYS_KILL, arch, unix.SECCOMP_RET_USER_NOTIF, nil},
+		{"pidfd_open", unix.SYS_PIDFD_OPEN, arch, unix.SECCOMP_RET_USER_NOTIF, nil},
+		{"tgkill (the Go runtime's preemption)", unix.SYS_TGKILL, arch, unix.SECCOMP_RET_ALLOW, nil},
 		{"openat", unix.SYS_OPENAT, arch, unix.SECCOMP_RET_ALLOW, nil},
 		{"read", unix.SYS_READ, arch, unix.SECCOMP_RET_ALLOW, nil},
 		{"statfs of another architecture", unix.SYS_STATFS, arch ^ 1, unix.SECCOMP_RET_ALLOW, nil},

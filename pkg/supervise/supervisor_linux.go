@@ -30,6 +30,9 @@ type Options struct {
 	// Mounter carries out mount(2) and umount2(2) of the targets it
 	// serves; nil lets every such call run as it is.
 	Mounter Mounter
+	// ConfineSignals answers kill(2) and pidfd_open(2) of a pid outside
+	// the caller's root with ESRCH (signal_linux.go).
+	ConfineSignals bool
 	// Logger receives the supervisor's logs; nil logs nothing.
 	Logger *zap.Logger
 }
@@ -55,6 +58,7 @@ type Supervisor struct {
 	// mountNS is the supervisor's mount namespace: only calls made in it
 	// go to the Mounter.
 	mountNS  unix.Stat_t
+	pidNS    unix.Stat_t
 	restarts restarts
 
 	mu      sync.Mutex
@@ -72,6 +76,10 @@ func Serve(listener int, opts Options) *Supervisor {
 		// Without it no caller is taken for one of this namespace.
 		s.log.Warn("supervise: no mount namespace of its own: mounts run as they are", zap.Error(err))
 		s.opts.Mounter = nil
+	}
+	if err := unix.Stat("/proc/self/ns/pid", &s.pidNS); err != nil {
+		s.log.Warn("supervise: no pid namespace of its own: signals run as they are", zap.Error(err))
+		s.opts.ConfineSignals = false
 	}
 	go s.loop()
 	return s
@@ -141,6 +149,10 @@ func (s *Supervisor) answer(n *notif) {
 	switch n.Data.Nr {
 	case unix.SYS_STATFS, unix.SYS_FSTATFS:
 		if !s.statfs(n, &resp) {
+			resp.Flags = unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE
+		}
+	case unix.SYS_KILL, unix.SYS_PIDFD_OPEN:
+		if !s.opts.ConfineSignals || !s.signal(n, &resp) {
 			resp.Flags = unix.SECCOMP_USER_NOTIF_FLAG_CONTINUE
 		}
 	case unix.SYS_STATX:

@@ -102,7 +102,8 @@ mounts: [/proc, /sys/fs/cgroup]
 // DPU sees their contents through qtfs, and umount(8) removes them on the
 // host. A type the server does not allow is refused, a bind of a DPU
 // directory onto a qtfs path fails with EXDEV, and a mount on the DPU's
-// own tmpfs stays on the DPU.
+// own tmpfs stays on the DPU. Signals stay in the chroot: kill of a DPU
+// process outside it fails (ESRCH), kill of one of its own works.
 func TestSupervisedMounts(t *testing.T) {
 	needMachine(t)
 	x := hostDir(t) // the export; the chroot mounts it at the same path
@@ -146,6 +147,10 @@ mounts: [/proc, %[5]s]
 		return st.Dev
 	}
 	exportDev := devOf(x)
+	runPid, err := d.sh("pgrep -x qtfs-client")
+	if err != nil {
+		t.Fatalf("the run daemon's pid on the DPU: %v %s", err, runPid)
+	}
 
 	out, err := supervised(`set -e; X=` + x + `
 mount -t tmpfs -o size=1m,mode=755 tmpfs $X/tmp
@@ -160,12 +165,15 @@ touch $X/bindro/new 2>/dev/null && echo "read-only bind: writable" || echo "read
 mount -t proc proc $X/procm 2>&1 && echo "proc: mounted" || echo "proc: refused"
 mount --bind /etc $X/bindetc 2>&1 && echo "bind of /etc: mounted" || echo "bind of /etc: refused"
 mkdir -p /tmp/own && mount -t tmpfs tmpfs /tmp/own && echo "own: $(stat -f -c %T /tmp/own)"
+kill -0 ` + strings.TrimSpace(runPid) + ` 2>/dev/null && echo "kill of a DPU process outside the chroot: delivered" || echo "kill of a DPU process outside the chroot: refused"
+sleep 30 & kill $! && echo "kill of a process of the chroot: delivered"
 `)
 	t.Logf("supervised mounts:\n%s", out)
 	if err != nil {
 		t.Fatalf("qtfs-client exec: %v\n%s\nrun:\n%s", err, out, run.p.output())
 	}
-	for _, want := range []string{"merged: from the lower layer", "bound: bound", "read-only bind: read-only", "proc: refused", "bind of /etc: refused", "own: tmpfs"} {
+	for _, want := range []string{"merged: from the lower layer", "bound: bound", "read-only bind: read-only", "proc: refused", "bind of /etc: refused", "own: tmpfs",
+		"kill of a DPU process outside the chroot: refused", "kill of a process of the chroot: delivered"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the DPU's output lacks %q", want)
 		}
