@@ -252,7 +252,7 @@ func TestOffloadKubelet(t *testing.T) {
 			t.Fatalf("%v %s", err, out)
 		}
 		for i := 0; ; i++ {
-			out, _ := o.crictl("pods", "-q")
+			out, _ := o.crictl("pods", "-q", "--state", "ready") // stopped; kubelet's GC removes it within a minute
 			if strings.TrimSpace(out) == "" && len(k.pods(t)) == 0 {
 				break
 			}
@@ -261,7 +261,7 @@ func TestOffloadKubelet(t *testing.T) {
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
-		for i := 0; len(hostMountsAt(vols+"mem")) > 0 || dirExists("/var/lib/kubelet/pods/"+uid); i++ {
+		for i := 0; len(hostMountsAt(vols+"mem")) > 0 || dirExists("/var/lib/kubelet/pods/"+uid+"/volumes"); i++ {
 			if i > 300 {
 				t.Fatalf("the pod's volumes are still on the host: %v", hostMountsAt(vols+"mem"))
 			}
