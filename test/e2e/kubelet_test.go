@@ -118,13 +118,22 @@ func (k *offloadedKubelet) pods(t testing.TB) []kubeletPod {
 	if err != nil {
 		t.Fatalf("kubelet /pods: %v", err)
 	}
+	pods, err := decodePods([]byte(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pods
+}
+
+// decodePods decodes kubelet's /pods.
+func decodePods(b []byte) ([]kubeletPod, error) {
 	var list struct {
 		Items []kubeletPod `json:"items"`
 	}
-	if err := json.Unmarshal([]byte(out), &list); err != nil {
-		t.Fatalf("kubelet /pods: %v\n%s", err, out)
+	if err := json.Unmarshal(b, &list); err != nil {
+		return nil, fmt.Errorf("kubelet /pods: %v\n%s", err, b)
 	}
-	return list.Items
+	return list.Items, nil
 }
 
 // waitPod waits until ok says yes of the pod named name in /pods.
