@@ -96,28 +96,39 @@ func newCRIOffload(t testing.TB) *criOffload {
 	return o
 }
 
-// startContainerd starts containerd with the CRI plugin as the offload
-// wants it (see deploy/README.md): its streaming server on the host's
-// address of the link, the cgroupfs driver; and, on a machine whose root
-// lacks CAP_SYS_RESOURCE (this one), restrict_oom_score_adj, without
-// which runc fails every pod sandbox natively: CRI asks for
-// oom_score_adj -998, which only CAP_SYS_RESOURCE may set ("can't get
-// final child's PID from pipe: EOF"). The pause and container images are
-// imported from archives the test makes (there is no registry).
+// startContainerd starts the host's containerd (startCRIContainerd) in
+// the host's network namespace, its streaming server on the host's
+// address of the link the DPU reaches.
 func (o *criOffload) startContainerd(t testing.TB) {
 	t.Helper()
-	dir := hostDir(t)
-	port := freeTCPPort(t)
+	stream := fmt.Sprintf("stream_server_address = %q\n  stream_server_port = \"%d\"", o.net.HostIP, freeTCPPort(t))
+	o.cd = startCRIContainerd(t, o.tools, hostDir(t), criSock, "", stream, o.net.Host)
+}
+
+// startCRIContainerd starts containerd with the CRI plugin as the offload
+// wants it (see deploy/README.md), listening on sock: the cgroupfs
+// driver, and stream (the streaming server's settings, "" for the
+// default); base is the top of its config (root, state, the sockets; ""
+// for the defaults), netns the network namespace it runs in ("" for this
+// one). On a machine whose root lacks CAP_SYS_RESOURCE (this one) it sets
+// restrict_oom_score_adj, without which runc fails every pod sandbox
+// natively: CRI asks for oom_score_adj -998, which only CAP_SYS_RESOURCE
+// may set ("can't get final child's PID from pipe: EOF"). The pause and
+// container images are imported from archives the test makes (there is
+// no registry). What a test leaves (pods, shims, mounts) is removed before
+// containerd stops.
+func startCRIContainerd(t testing.TB, tools, dir, sock, base, stream, netns string) *proc {
+	t.Helper()
 	restrict := "false"
 	if !hasCap(unix.CAP_SYS_RESOURCE) {
 		restrict = "true"
 	}
 	cfg := filepath.Join(dir, "config.toml")
 	writeFile(t, cfg, fmt.Sprintf(`version = 2
+%[1]s
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = %[1]q
-  stream_server_address = %[2]q
-  stream_server_port = "%[3]d"
+  sandbox_image = %[2]q
+  %[3]s
   restrict_oom_score_adj = %[4]s
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
@@ -126,37 +137,43 @@ func (o *criOffload) startContainerd(t testing.TB) {
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "%[5]s/cni-bin"
     conf_dir = "%[5]s/cni-conf"
-`, criPauseImage, o.net.HostIP, port, restrict, dir))
-	o.cd = start(t, "nsenter", "--net=/run/netns/"+o.net.Host, "--", "containerd", "--config", cfg, "--log-level", "warn")
+`, base, criPauseImage, stream, restrict, dir))
+	argv := []string{"containerd", "--config", cfg, "--log-level", "warn"}
+	if netns != "" {
+		argv = append([]string{"nsenter", "--net=/run/netns/" + netns, "--"}, argv...)
+	}
+	cd := start(t, argv[0], argv[1:]...)
 	for i := 0; ; i++ {
-		if c, err := net.DialTimeout("unix", criSock, time.Second); err == nil {
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
 			c.Close()
 			break
 		}
 		if i > 300 {
-			t.Fatalf("containerd did not listen on %s:\n%s", criSock, o.cd.output())
+			t.Fatalf("containerd did not listen on %s:\n%s", sock, cd.output())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	// Runs before containerd stops: what a failed test left.
-	t.Cleanup(func() { o.hostCleanup(t) })
+	// Runs before containerd stops.
+	t.Cleanup(func() { criCleanup(t, tools, sock, dir) })
 	layer := busyboxImage(t, dir)
 	for _, img := range []string{
 		ociImage(t, dir, criPauseImage, layer, []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"}, nil),
 		ociImage(t, dir, criImage, layer, nil, []string{"sh"}),
 	} {
-		if out, err := exec.Command("ctr", "--address", criSock, "-n", "k8s.io", "images", "import", img).CombinedOutput(); err != nil {
+		if out, err := exec.Command("ctr", "--address", sock, "-n", "k8s.io", "images", "import", img).CombinedOutput(); err != nil {
 			t.Fatalf("ctr images import: %v\n%s", err, out)
 		}
 	}
+	return cd
 }
 
-// hostCleanup removes the pods crictl on the host still sees, stops the
-// shims of containerd's k8s.io namespace that outlived them and
-// unmounts what they left.
-func (o *criOffload) hostCleanup(t testing.TB) {
-	crictl := filepath.Join(o.tools, "crictl")
-	ep := "unix://" + criSock
+// criCleanup removes the pods crictl on the host still sees through
+// sock, stops the shims of that containerd that outlived them and
+// unmounts what they left beneath /run/containerd, /var/lib/kubelet and
+// dir.
+func criCleanup(t testing.TB, tools, sock, dir string) {
+	crictl := filepath.Join(tools, "crictl")
+	ep := "unix://" + sock
 	if out, _ := exec.Command(crictl, "-r", ep, "pods", "-q").Output(); len(bytes.TrimSpace(out)) > 0 {
 		for _, id := range strings.Fields(string(out)) {
 			exec.Command(crictl, "-r", ep, "stopp", id).Run()
@@ -164,12 +181,12 @@ func (o *criOffload) hostCleanup(t testing.TB) {
 		}
 	}
 	for _, pid := range allPids() {
-		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.Contains(cmd, []byte("-namespace\x00k8s.io\x00")) {
+		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); bytes.Contains(cmd, []byte("-address\x00"+sock+"\x00")) {
 			t.Logf("cleanup: killing shim %d", pid)
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	for _, prefix := range []string{"/run/containerd/", "/var/lib/kubelet/"} {
+	for _, prefix := range []string{"/run/containerd/", "/var/lib/kubelet/", dir + "/"} {
 		ms := hostMountsUnder(prefix)
 		for i := len(ms) - 1; i >= 0; i-- { // the deepest, and the last stacked, first
 			unix.Unmount(ms[i], unix.MNT_DETACH)

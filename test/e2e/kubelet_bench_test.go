@@ -3,16 +3,12 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // nativeKubelet is the same kubelet run on the host itself, beside the
@@ -48,66 +44,12 @@ func startNativeKubelet(b *testing.B, o *criOffload) *nativeKubelet {
 			}
 		}
 	})
-	restrict := "false"
-	if !hasCap(unix.CAP_SYS_RESOURCE) { // as startContainerd says
-		restrict = "true"
-	}
-	writeFile(b, filepath.Join(dir, "containerd.toml"), fmt.Sprintf(`version = 2
-root = "%[1]s/containerd-root"
+	startCRIContainerd(b, o.tools, dir, sock, fmt.Sprintf(`root = "%[1]s/containerd-root"
 state = "%[1]s/containerd-state"
 [grpc]
   address = %[2]q
 [ttrpc]
-  address = "%[2]s.ttrpc"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = %[3]q
-  restrict_oom_score_adj = %[4]s
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-      SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "%[1]s/cni-bin"
-    conf_dir = "%[1]s/cni-conf"
-`, dir, sock, criPauseImage, restrict))
-	cd := start(b, "containerd", "--config", filepath.Join(dir, "containerd.toml"), "--log-level", "warn")
-	for i := 0; ; i++ {
-		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
-			c.Close()
-			break
-		}
-		if i > 300 {
-			b.Fatalf("the native containerd did not listen:\n%s", cd.output())
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	// Runs before containerd stops: the pods and shims left.
-	b.Cleanup(func() {
-		crictl := filepath.Join(o.tools, "crictl")
-		out, _ := exec.Command(crictl, "-r", "unix://"+sock, "pods", "-q").Output()
-		for _, id := range strings.Fields(string(out)) {
-			exec.Command(crictl, "-r", "unix://"+sock, "stopp", id).Run()
-			exec.Command(crictl, "-r", "unix://"+sock, "rmp", "-f", id).Run()
-		}
-		for _, pid := range allPids() {
-			if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmd), "-address\x00"+sock+"\x00") {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-		ms := hostMountsUnder(dir + "/")
-		for i := len(ms) - 1; i >= 0; i-- {
-			unix.Unmount(ms[i], unix.MNT_DETACH)
-		}
-	})
-	layer := busyboxImage(b, dir)
-	for _, img := range []string{
-		ociImage(b, dir, criPauseImage, layer, []string{"/bin/sh", "-c", "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait; done"}, nil),
-		ociImage(b, dir, criImage, layer, nil, []string{"sh"}),
-	} {
-		if out, err := exec.Command("ctr", "--address", sock, "-n", "k8s.io", "images", "import", img).CombinedOutput(); err != nil {
-			b.Fatalf("ctr images import: %v\n%s", err, out)
-		}
-	}
+  address = "%[2]s.ttrpc"`, dir, sock), "", "")
 	for _, c := range []string{"cpu", "cpuacct", "cpuset", "memory", "pids", "systemd", "freezer", "devices", "blkio", "hugetlb", "net_cls", "net_prio", "perf_event", "unified"} {
 		if _, err := os.Stat("/sys/fs/cgroup/" + c); err == nil {
 			os.Mkdir("/sys/fs/cgroup/"+c+cgroupRoot, 0o755)
