@@ -150,7 +150,9 @@ func BenchmarkKubeletPodStart(b *testing.B) {
 	offload := func(name string) time.Duration {
 		return podStart(b, name,
 			func(name, m string) error {
-				out, err := o.d.sh(fmt.Sprintf("cat > %s/%s.yaml.tmp <<'EOF'\n%sEOF\nmv %s/%s.yaml.tmp %s/%s.yaml", manifests, name, m, manifests, name, manifests, name))
+				// Written aside under a hidden name (kubelet skips those)
+				// and renamed: kubelet never reads half a manifest.
+				out, err := o.d.sh(fmt.Sprintf("cat > %[1]s/.%[2]s.yaml <<'EOF'\n%[3]sEOF\nmv %[1]s/.%[2]s.yaml %[1]s/%[2]s.yaml", manifests, name, m))
 				if err != nil {
 					return fmt.Errorf("%v %s", err, out)
 				}
@@ -162,11 +164,11 @@ func BenchmarkKubeletPodStart(b *testing.B) {
 	native := func(name string) time.Duration {
 		return podStart(b, name,
 			func(name, m string) error {
-				p := filepath.Join(nk.manifests, name+".yaml")
-				if err := os.WriteFile(p+".tmp", []byte(m), 0o644); err != nil {
+				tmp := filepath.Join(nk.manifests, "."+name+".yaml")
+				if err := os.WriteFile(tmp, []byte(m), 0o644); err != nil {
 					return err
 				}
-				return os.Rename(p+".tmp", p)
+				return os.Rename(tmp, filepath.Join(nk.manifests, name+".yaml"))
 			},
 			func(name string) error { return os.Remove(filepath.Join(nk.manifests, name+".yaml")) },
 			func() ([]kubeletPod, error) { return nativePods(b) })
