@@ -83,7 +83,11 @@ func (s *Supervisor) mount(n *notif, resp *notifResp) bool {
 		return false
 	}
 	tid := int(n.Pid)
-	if !s.inOwnMountNS(tid) || !hasCapSysAdmin(tid) {
+	if !s.inOwnMountNS(tid) {
+		return false
+	}
+	c := callerCreds(tid)
+	if !c.has(unix.CAP_SYS_ADMIN) {
 		return false
 	}
 	if r, ok := s.restarts.take(n); ok {
@@ -94,11 +98,7 @@ func (s *Supervisor) mount(n *notif, resp *notifResp) bool {
 	if n.Data.Nr == unix.SYS_UMOUNT2 {
 		targetArg = n.Data.Args[0]
 	}
-	p, err := readString(tid, targetArg)
-	if err != nil {
-		return false
-	}
-	target, err := openInCaller(tid, p)
+	target, p, err := openArg(tid, targetArg)
 	if err != nil {
 		return false
 	}
@@ -106,7 +106,6 @@ func (s *Supervisor) mount(n *notif, resp *notifResp) bool {
 	if !s.opts.Mounter.Serves(target) {
 		return false
 	}
-	uid, gid := callerIDs(tid)
 	var files []*os.File // closed when the answer is sent
 	defer func() {
 		for _, f := range files {
@@ -116,20 +115,20 @@ func (s *Supervisor) mount(n *notif, resp *notifResp) bool {
 	var do func() error
 	var what []zap.Field
 	if n.Data.Nr == unix.SYS_UMOUNT2 {
-		c := &UnmountCall{Target: target, Flags: int(n.Data.Args[1]), UID: uid, GID: gid}
-		do = func() error { return s.opts.Mounter.Unmount(c) }
-		what = []zap.Field{zap.String("call", "umount2"), zap.String("target", p), zap.Int("flags", c.Flags)}
+		u := &UnmountCall{Target: target, Flags: int(n.Data.Args[1]), UID: c.uid, GID: c.gid}
+		do = func() error { return s.opts.Mounter.Unmount(u) }
+		what = []zap.Field{zap.String("call", "umount2"), zap.String("target", p), zap.Int("flags", u.Flags)}
 	} else {
-		c, opened, e := decodeMount(tid, n, target)
+		m, opened, e := decodeMount(tid, n, target)
 		files = opened
 		if e != 0 {
 			resp.Error = -int32(e)
 			return idValid(s.fd, n.ID)
 		}
-		c.UID, c.GID = uid, gid
-		do = func() error { return s.opts.Mounter.Mount(c) }
-		what = []zap.Field{zap.String("call", "mount"), zap.String("target", p), zap.String("type", c.FsType),
-			zap.String("flags", "0x"+strconv.FormatUint(c.Flags, 16)), zap.String("options", c.Options)}
+		m.UID, m.GID = c.uid, c.gid
+		do = func() error { return s.opts.Mounter.Mount(m) }
+		what = []zap.Field{zap.String("call", "mount"), zap.String("target", p), zap.String("type", m.FsType),
+			zap.String("flags", "0x"+strconv.FormatUint(m.Flags, 16)), zap.String("options", m.Options)}
 	}
 	// What was read and opened is the caller's only if its call still
 	// waits.
@@ -307,22 +306,6 @@ func (s *Supervisor) inOwnMountNS(tid int) bool {
 	return st.Dev == s.mountNS.Dev && st.Ino == s.mountNS.Ino
 }
 
-// hasCapSysAdmin reports whether thread tid holds CAP_SYS_ADMIN, which
-// mount(2) and umount2(2) need.
-func hasCapSysAdmin(tid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
-	if err != nil {
-		return false
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && caps&(1<<unix.CAP_SYS_ADMIN) != 0
-		}
-	}
-	return false
-}
-
 // restartWindow is how long the answer of a carried-out call whose
 // caller did not take it waits for the call to come again.
 const restartWindow = 30 * time.Second
@@ -391,11 +374,7 @@ func (s *Supervisor) statx(n *notif, resp *notifResp) bool {
 		return false
 	}
 	tid := int(n.Pid)
-	p, err := readString(tid, n.Data.Args[1])
-	if err != nil {
-		return false
-	}
-	f, err := openInCaller(tid, p)
+	f, _, err := openArg(tid, n.Data.Args[1])
 	if err != nil {
 		return false
 	}

@@ -197,10 +197,7 @@ func (s *Supervisor) statfs(n *notif, resp *notifResp) bool {
 	var f *os.File
 	var err error
 	if n.Data.Nr == unix.SYS_STATFS {
-		var p string
-		if p, err = readString(tid, n.Data.Args[0]); err == nil {
-			f, err = openInCaller(tid, p)
-		}
+		f, _, err = openArg(tid, n.Data.Args[0])
 	} else {
 		f, err = os.OpenFile("/proc/"+strconv.Itoa(tid)+"/fd/"+strconv.FormatUint(n.Data.Args[0]&0xffffffff, 10), unix.O_PATH|unix.O_CLOEXEC, 0)
 	}
@@ -216,8 +213,8 @@ func (s *Supervisor) statfs(n *notif, resp *notifResp) bool {
 		return false // the kernel gives the caller the right error
 	}
 	defer f.Close()
-	uid, gid := callerIDs(tid)
-	st, ok, err := s.opts.Statfs(f, uid, gid)
+	c := callerCreds(tid)
+	st, ok, err := s.opts.Statfs(f, c.uid, c.gid)
 	if !ok {
 		return false
 	}
@@ -234,6 +231,17 @@ func (s *Supervisor) statfs(n *notif, resp *notifResp) bool {
 		resp.Error = -int32(unix.EFAULT)
 	}
 	return true
+}
+
+// openArg reads the path at addr of thread tid and opens it as the
+// thread would (openInCaller); it returns the path too, for logs.
+func openArg(tid int, addr uint64) (*os.File, string, error) {
+	p, err := readString(tid, addr)
+	if err != nil {
+		return nil, "", err
+	}
+	f, err := openInCaller(tid, p)
+	return f, p, err
 }
 
 // openInCaller opens p (O_PATH, following symlinks as statfs does) as
@@ -270,25 +278,43 @@ func openInCaller(tid int, p string) (*os.File, error) {
 	return os.NewFile(uintptr(fd), p), nil
 }
 
-// callerIDs returns the effective uid and gid of thread tid (root when
-// they cannot be read).
-func callerIDs(tid int) (uid, gid uint32) {
+// creds are a caller's effective ids and capabilities, from its
+// /proc/<tid>/status.
+type creds struct {
+	uid, gid uint32
+	caps     uint64 // CapEff
+}
+
+// callerCreds reads the creds of thread tid (root's ids and no
+// capabilities when they cannot be read).
+func callerCreds(tid int) creds {
+	var c creds
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(tid) + "/status")
 	if err != nil {
-		return 0, 0
+		return c
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
-		if len(f) < 3 {
+		if len(f) < 2 {
 			continue
 		}
-		v, _ := strconv.ParseUint(f[2], 10, 32)
 		switch f[0] {
-		case "Uid:":
-			uid = uint32(v)
-		case "Gid:":
-			gid = uint32(v)
+		case "Uid:", "Gid:":
+			if len(f) < 3 {
+				continue
+			}
+			v, _ := strconv.ParseUint(f[2], 10, 32) // the effective id
+			if f[0] == "Uid:" {
+				c.uid = uint32(v)
+			} else {
+				c.gid = uint32(v)
+			}
+		case "CapEff:":
+			c.caps, _ = strconv.ParseUint(f[1], 16, 64)
 		}
 	}
-	return uid, gid
+	return c
 }
+
+// has reports whether the caps hold capability cap.
+func (c creds) has(cap int) bool { return c.caps&(1<<cap) != 0 }
