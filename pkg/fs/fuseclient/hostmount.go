@@ -3,10 +3,12 @@ package fuseclient
 import (
 	"context"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"syscall"
 
+	"github.com/hanwen/go-fuse/v2/fs"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
@@ -167,14 +169,11 @@ func servedPath(f *os.File) (m *mountFS, rel string, ok bool) {
 // directory beneath it again) and the mount list of the mountinfo view.
 func (m *mountFS) hostMountChanged(rel string) {
 	m.hostMounts.forget()
-	parent := &m.root.Inode
-	names := strings.Split(rel, "/")
-	for _, name := range names[:len(names)-1] {
-		if parent = parent.GetChild(name); parent == nil {
-			return // the kernel holds nothing of the path
-		}
+	parent := m.cachedInode(path.Dir(rel))
+	if parent == nil {
+		return // the kernel holds nothing of the path
 	}
-	if e := parent.NotifyEntry(names[len(names)-1]); e != 0 && e != syscall.ENOENT {
+	if e := parent.NotifyEntry(path.Base(rel)); e != 0 && e != syscall.ENOENT {
 		m.log.Debug("forget the entry of a host mount's target", zap.String("path", rel), zap.Error(e))
 	}
 }
@@ -186,16 +185,30 @@ func (m *mountFS) hostChangedDir(rel string) {
 	if rel == "" {
 		return
 	}
-	n := &m.root.Inode
-	for _, name := range strings.Split(rel, "/") {
-		if n = n.GetChild(name); n == nil {
-			return
-		}
+	n := m.cachedInode(rel)
+	if n == nil {
+		return
 	}
 	if d, ok := n.Operations().(*node); ok {
 		d.dropListing()
 	}
 	n.NotifyContent(0, 0)
+}
+
+// cachedInode returns the inode of the path rel beneath the mount's root
+// ("" or "." for the root) as the kernel holds it, walking the inodes it
+// knows by name; nil when it holds none there.
+func (m *mountFS) cachedInode(rel string) *fs.Inode {
+	n := &m.root.Inode
+	if rel == "" || rel == "." {
+		return n
+	}
+	for _, name := range strings.Split(rel, "/") {
+		if n = n.GetChild(name); n == nil {
+			return nil
+		}
+	}
+	return n
 }
 
 // forget drops the kept list: the next get fetches it.

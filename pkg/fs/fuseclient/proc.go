@@ -606,16 +606,10 @@ func (d *pidDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*
 
 // Readdir lists the names of the DPU's directory of the process.
 func (d *pidDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	f, err := os.Open(d.p.pidPath(d.pid, d.sub))
-	if err != nil {
-		return nil, syscall.ENOENT
+	names, e := localNames(d.p.pidPath(d.pid, d.sub))
+	if e != 0 {
+		return nil, e
 	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
-	if err != nil && len(names) == 0 {
-		return nil, syscall.ENOENT
-	}
-	slices.Sort(names)
 	entries := make([]fuse.DirEntry, 0, len(names))
 	for _, name := range names {
 		x, ok := d.p.pidEntryIno(d.inoPid, d.inoPrefix+name)
@@ -634,6 +628,22 @@ func (d *pidDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
 		entries = append(entries, fuse.DirEntry{Name: name, Mode: mode, Ino: d.p.m.inos.ino(localDev, x)})
 	}
 	return fs.NewListDirStream(entries), 0
+}
+
+// localNames lists the DPU's directory dir (of a process, or of its
+// threads), sorted; ENOENT once it is gone.
+func localNames(dir string) ([]string, syscall.Errno) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, syscall.ENOENT
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil && len(names) == 0 {
+		return nil, syscall.ENOENT
+	}
+	slices.Sort(names)
+	return names, 0
 }
 
 // taskDir is the task directory of an offloaded process: a directory of
@@ -682,16 +692,10 @@ func (d *taskDir) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 
 // Readdir lists the process's threads.
 func (d *taskDir) Readdir(ctx context.Context) (fs.DirStream, syscall.Errno) {
-	f, err := os.Open(d.p.pidPath(d.pid, "task"))
-	if err != nil {
-		return nil, syscall.ENOENT
+	names, e := localNames(d.p.pidPath(d.pid, "task"))
+	if e != 0 {
+		return nil, e
 	}
-	names, err := f.Readdirnames(-1)
-	f.Close()
-	if err != nil && len(names) == 0 {
-		return nil, syscall.ENOENT
-	}
-	slices.Sort(names)
 	entries := make([]fuse.DirEntry, 0, len(names))
 	for _, name := range names {
 		tid, ok := parsePid(name)
