@@ -186,12 +186,15 @@ func classifyMount(flags uint64) (op hostMountOp, clean, bad uint64) {
 	return op, flags, flags &^ allowed
 }
 
-// mountFlagNames names flags for a log line.
-func mountFlagNames(flags uint64) string {
-	names := []struct {
-		f uint64
-		n string
-	}{
+// flagName names one flag of a flag set.
+type flagName struct {
+	f uint64
+	n string
+}
+
+// mountFlagSet and unmountFlagSet name the flags of mount(2) and umount2(2).
+var (
+	mountFlagSet = []flagName{
 		{unix.MS_RDONLY, "MS_RDONLY"}, {unix.MS_NOSUID, "MS_NOSUID"}, {unix.MS_NODEV, "MS_NODEV"},
 		{unix.MS_NOEXEC, "MS_NOEXEC"}, {unix.MS_SYNCHRONOUS, "MS_SYNCHRONOUS"}, {unix.MS_REMOUNT, "MS_REMOUNT"},
 		{unix.MS_MANDLOCK, "MS_MANDLOCK"}, {unix.MS_DIRSYNC, "MS_DIRSYNC"}, {unix.MS_NOSYMFOLLOW, "MS_NOSYMFOLLOW"},
@@ -202,29 +205,23 @@ func mountFlagNames(flags uint64) string {
 		{unix.MS_KERNMOUNT, "MS_KERNMOUNT"}, {unix.MS_I_VERSION, "MS_I_VERSION"}, {unix.MS_STRICTATIME, "MS_STRICTATIME"},
 		{unix.MS_LAZYTIME, "MS_LAZYTIME"},
 	}
-	var out []string
-	for _, n := range names {
-		if flags&n.f != 0 {
-			out = append(out, n.n)
-			flags &^= n.f
-		}
+	unmountFlagSet = []flagName{
+		{unix.MNT_FORCE, "MNT_FORCE"}, {unix.MNT_DETACH, "MNT_DETACH"}, {unix.MNT_EXPIRE, "MNT_EXPIRE"},
+		{unix.UMOUNT_NOFOLLOW, "UMOUNT_NOFOLLOW"},
 	}
-	if flags != 0 {
-		out = append(out, fmt.Sprintf("%#x", flags))
-	}
-	if len(out) == 0 {
-		return "0"
-	}
-	return strings.Join(out, "|")
-}
+)
+
+// mountFlagNames names mount(2)'s flags for a log line.
+func mountFlagNames(flags uint64) string { return flagNames(flags, mountFlagSet) }
 
 // unmountFlagNames names umount2(2)'s flags for a log line.
-func unmountFlagNames(flags uint32) string {
+func unmountFlagNames(flags uint32) string { return flagNames(uint64(flags), unmountFlagSet) }
+
+// flagNames names the flags of set in flags, "A|B|0x..." with the bits
+// it has no name for; "0" for none.
+func flagNames(flags uint64, set []flagName) string {
 	var out []string
-	for _, n := range []struct {
-		f uint32
-		n string
-	}{{unix.MNT_FORCE, "MNT_FORCE"}, {unix.MNT_DETACH, "MNT_DETACH"}, {unix.MNT_EXPIRE, "MNT_EXPIRE"}, {unix.UMOUNT_NOFOLLOW, "UMOUNT_NOFOLLOW"}} {
+	for _, n := range set {
 		if flags&n.f != 0 {
 			out = append(out, n.n)
 			flags &^= n.f
