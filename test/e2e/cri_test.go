@@ -101,7 +101,7 @@ func newCRIOffload(t testing.TB) *criOffload {
 // address of the link the DPU reaches.
 func (o *criOffload) startContainerd(t testing.TB) {
 	t.Helper()
-	stream := fmt.Sprintf("stream_server_address = %q\n  stream_server_port = \"%d\"", o.net.HostIP, freeTCPPort(t))
+	stream := fmt.Sprintf("stream_server_address = %q\n  stream_server_port = \"%d\"", o.net.HostIP, freePort(t))
 	o.cd = startCRIContainerd(t, o.tools, hostDir(t), criSock, "", stream, o.net.Host)
 }
 
@@ -228,6 +228,22 @@ func (o *criOffload) mustCrictl(t testing.TB, args ...string) string {
 	return out
 }
 
+// criContainerPid is the host pid of a CRI container ("containerd://ID").
+func criContainerPid(t testing.TB, o *criOffload, id string) int {
+	t.Helper()
+	id = strings.TrimPrefix(id, "containerd://")
+	var st struct {
+		Info struct {
+			Pid int `json:"pid"`
+		} `json:"info"`
+	}
+	out := o.mustCrictl(t, "inspect", id)
+	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Info.Pid <= 0 {
+		t.Fatalf("crictl inspect %s: %v\n%s", id, err, out)
+	}
+	return st.Info.Pid
+}
+
 // hostMountsUnder lists the host's mount points beneath prefix.
 func hostMountsUnder(prefix string) []string {
 	b, _ := os.ReadFile("/proc/self/mountinfo")
@@ -254,17 +270,6 @@ func hasCap(c int) bool {
 		}
 	}
 	return false
-}
-
-// freeTCPPort returns a TCP port free on every address now.
-func freeTCPPort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // TestOffloadCRI: crictl in the DPU's chroot drives the host containerd's
@@ -332,20 +337,12 @@ func TestOffloadCRI(t *testing.T) {
 			t.Fatalf("crictl ps: %s", out)
 		}
 		// The container's process is the host's, and not the DPU's.
-		var st struct {
-			Info struct {
-				Pid int `json:"pid"`
-			} `json:"info"`
-		}
-		out := o.mustCrictl(t, "inspect", ctr)
-		if err := json.Unmarshal([]byte(out), &st); err != nil || st.Info.Pid <= 0 {
-			t.Fatalf("crictl inspect: %v\n%s", err, out)
-		}
-		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", st.Info.Pid))
+		pid := criContainerPid(t, o, ctr)
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		if err != nil || string(cmdline) != "sleep\x00600\x00" {
-			t.Fatalf("host process %d: %q, %v", st.Info.Pid, cmdline, err)
+			t.Fatalf("host process %d: %q, %v", pid, cmdline, err)
 		}
-		if out, _ := o.d.sh(fmt.Sprintf("cat /proc/%d/cmdline 2>/dev/null", st.Info.Pid)); strings.Contains(out, "600") {
+		if out, _ := o.d.sh(fmt.Sprintf("cat /proc/%d/cmdline 2>/dev/null", pid)); strings.Contains(out, "600") {
 			t.Fatal("the container's process is a DPU process too")
 		}
 	})

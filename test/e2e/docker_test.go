@@ -282,24 +282,7 @@ func (od *offloadedDocker) tail() string {
 // stop ends dockerd as systemctl stop would (SIGTERM to the main pid).
 func (od *offloadedDocker) stop(t testing.TB) {
 	t.Helper()
-	var pid int
-	for _, c := range childrenOf(od.p.cmd.Process.Pid) {
-		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); strings.HasSuffix(exe, "/dockerd") {
-			pid = c
-		}
-	}
-	if pid == 0 {
-		t.Errorf("cannot find dockerd under nsenter:\n%s", od.tail())
-		return
-	}
-	syscall.Kill(pid, syscall.SIGTERM)
-	select {
-	case <-od.p.done:
-	case <-time.After(60 * time.Second):
-		syscall.Kill(pid, syscall.SIGKILL)
-		<-od.p.done
-		t.Errorf("dockerd did not stop on SIGTERM within a minute:\n%s", od.tail())
-	}
+	stopChild(t, od.p, "dockerd", time.Minute)
 }
 
 // hostPid is the pid of a container's process as containerd reports it,

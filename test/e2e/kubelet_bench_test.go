@@ -134,17 +134,7 @@ func podStart(b *testing.B, name string, write func(name, manifest string) error
 //	go test -run '^$' -bench KubeletPodStart -benchtime 10x ./test/e2e/
 func BenchmarkKubeletPodStart(b *testing.B) {
 	o := newCRIOffload(b)
-	cfg, err := os.ReadFile(filepath.Join(moduleRoot(b), "deploy/config/kubelet.yaml"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	writeFile(b, "/etc/qtfs/kubelet.yaml", replaceLines(b, "kubelet.yaml", string(cfg), [][2]string{
-		{"staticPodPath: /etc/kubernetes/manifests", "staticPodPath: /tmp/manifests"},
-	}))
-	manifests := filepath.Join(o.root, "tmp", "manifests")
-	if out, err := o.d.sh("mkdir -p " + manifests); err != nil {
-		b.Fatalf("%v %s", err, out)
-	}
+	manifests := o.installKubeletConfig(b)
 	k := startKubelet(b, b, o)
 	nk := startNativeKubelet(b, o)
 	offload := func(name string) time.Duration {

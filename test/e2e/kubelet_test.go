@@ -22,6 +22,25 @@ type offloadedKubelet struct {
 	p *proc
 }
 
+// installKubeletConfig installs deploy/config/kubelet.yaml as the unit
+// reads it, its static pods in the chroot's /tmp/manifests (made), and
+// returns that directory as this process names it.
+func (o *criOffload) installKubeletConfig(t testing.TB) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(moduleRoot(t), "deploy/config/kubelet.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, "/etc/qtfs/kubelet.yaml", replaceLines(t, "kubelet.yaml", string(b), [][2]string{
+		{"staticPodPath: /etc/kubernetes/manifests", "staticPodPath: /tmp/manifests"},
+	}))
+	manifests := filepath.Join(o.root, "tmp", "manifests")
+	if out, err := o.d.sh("mkdir -p " + manifests); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	return manifests
+}
+
 // startKubelet starts kubelet as the unit does, with the kubelet binary
 // of the kube tools, and waits for its /healthz.
 func startKubelet(t, life testing.TB, o *criOffload) *offloadedKubelet {
@@ -70,28 +89,10 @@ func (k *offloadedKubelet) get(url string) (string, error) {
 	return string(out), err
 }
 
-// stop ends kubelet with SIGTERM (it is nsenter's child in the DPU's pid
-// namespace).
+// stop ends kubelet as systemctl stop would.
 func (k *offloadedKubelet) stop(t testing.TB) {
 	t.Helper()
-	var pid int
-	for _, c := range childrenOf(k.p.cmd.Process.Pid) {
-		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); strings.HasSuffix(exe, "/kubelet") {
-			pid = c
-		}
-	}
-	if pid == 0 {
-		t.Errorf("cannot find kubelet under nsenter:\n%s", k.p.output())
-		return
-	}
-	syscall.Kill(pid, syscall.SIGTERM)
-	select {
-	case <-k.p.done:
-	case <-time.After(30 * time.Second):
-		syscall.Kill(pid, syscall.SIGKILL)
-		<-k.p.done
-		t.Errorf("kubelet did not stop on SIGTERM within 30 s")
-	}
+	stopChild(t, k.p, "kubelet", 30*time.Second)
 }
 
 // kubeletPod is what kubelet's /pods says of a pod.
@@ -194,17 +195,7 @@ spec:
 // host, and kubelet restarts cleanly.
 func TestOffloadKubelet(t *testing.T) {
 	o := newCRIOffload(t)
-	b, err := os.ReadFile(filepath.Join(moduleRoot(t), "deploy/config/kubelet.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeFile(t, "/etc/qtfs/kubelet.yaml", replaceLines(t, "kubelet.yaml", string(b), [][2]string{
-		{"staticPodPath: /etc/kubernetes/manifests", "staticPodPath: /tmp/manifests"},
-	}))
-	manifests := filepath.Join(o.root, "tmp", "manifests")
-	if out, err := o.d.sh("mkdir -p " + manifests); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
+	manifests := o.installKubeletConfig(t)
 	top := t
 	k := startKubelet(t, top, o)
 
@@ -287,22 +278,6 @@ func TestOffloadKubelet(t *testing.T) {
 			t.Fatalf("still mounted: %v", left)
 		}
 	})
-}
-
-// criContainerPid is the host pid of a CRI container ("containerd://ID").
-func criContainerPid(t testing.TB, o *criOffload, id string) int {
-	t.Helper()
-	id = strings.TrimPrefix(id, "containerd://")
-	var st struct {
-		Info struct {
-			Pid int `json:"pid"`
-		} `json:"info"`
-	}
-	out := o.mustCrictl(t, "inspect", id)
-	if err := json.Unmarshal([]byte(out), &st); err != nil || st.Info.Pid <= 0 {
-		t.Fatalf("crictl inspect %s: %v\n%s", id, err, out)
-	}
-	return st.Info.Pid
 }
 
 // hostMountsAt lists the host's mounts whose mount point is p.

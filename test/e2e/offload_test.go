@@ -59,6 +59,32 @@ func newOffDPU(t testing.TB, netns string) *offDPU {
 	return d
 }
 
+// stopChild stops the daemon that runs under p (nsenter, which runs it
+// in the DPU's pid namespace) as systemctl stop would: SIGTERM to the
+// child whose executable is named exe, SIGKILL once grace has passed.
+// Not finding it, or its outliving grace, fails t.
+func stopChild(t testing.TB, p *proc, exe string, grace time.Duration) {
+	t.Helper()
+	var pid int
+	for _, c := range childrenOf(p.cmd.Process.Pid) {
+		if e, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", c)); strings.HasSuffix(e, "/"+exe) {
+			pid = c
+		}
+	}
+	if pid == 0 {
+		t.Errorf("cannot find %s under nsenter:\n%s", exe, tail(p.output(), 80))
+		return
+	}
+	syscall.Kill(pid, syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(grace):
+		syscall.Kill(pid, syscall.SIGKILL)
+		<-p.done
+		t.Errorf("%s did not stop on SIGTERM within %v:\n%s", exe, grace, tail(p.output(), 80))
+	}
+}
+
 // childrenOf lists the pids whose parent is pid.
 func childrenOf(pid int) []int {
 	ents, _ := os.ReadDir("/proc")

@@ -93,10 +93,11 @@ func percentile(ds []time.Duration, p int) time.Duration {
 }
 
 // freePort returns a TCP port free on 127.0.0.1 now.
-func freePort(b *testing.B) int {
+func freePort(t testing.TB) int {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		b.Fatal(err)
+		t.Fatal(err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port

@@ -11,6 +11,28 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// supervisedRunConfig writes the config of a qtfs-client run of e's
+// server whose chroot binds the DPU's system directories read-only and
+// mounts /proc and mount (at their host paths), and returns the chroot's
+// root and the config's path.
+func supervisedRunConfig(t testing.TB, e *env, mount string) (root, config string) {
+	t.Helper()
+	root = filepath.Join(hostDir(t), "root")
+	config = filepath.Join(e.pki, "client.yaml")
+	writeFile(t, config, fmt.Sprintf(`server: %[1]s
+tls_cert: %[2]s/client.pem
+tls_key: %[2]s/client-key.pem
+tls_ca: %[2]s/ca.pem
+runtime_dir: %[3]s
+log_format: console
+root: %[4]s
+binds: ["/usr:ro", "/bin:ro", "/sbin:ro", "/lib:ro", "/lib64:ro,optional", "/etc:ro"]
+tmpfs: ["/run", "/tmp:1777"]
+mounts: [/proc, %[5]s]
+`, e.uri, e.pki, t.TempDir(), root, mount))
+	return root, config
+}
+
 // TestSupervisedStatfs: a program started with `qtfs-client exec` in the
 // offload chroot, the DPU in its own namespaces, sees the host's
 // filesystem types in statfs(2) of the qtfs mounts (cgroup2 for the
@@ -30,19 +52,7 @@ func TestSupervisedStatfs(t *testing.T) {
 	}
 	e := newEnvWith(t, nil, "/proc", "/sys/fs/cgroup")
 	d := newOffDPU(t, e.net.DPU)
-	root := filepath.Join(hostDir(t), "root")
-	config := filepath.Join(e.pki, "client.yaml")
-	writeFile(t, config, fmt.Sprintf(`server: %[1]s
-tls_cert: %[2]s/client.pem
-tls_key: %[2]s/client-key.pem
-tls_ca: %[2]s/ca.pem
-runtime_dir: %[3]s
-log_format: console
-root: %[4]s
-binds: ["/usr:ro", "/bin:ro", "/sbin:ro", "/lib:ro", "/lib64:ro,optional", "/etc:ro"]
-tmpfs: ["/run", "/tmp:1777"]
-mounts: [/proc, /sys/fs/cgroup]
-`, e.uri, e.pki, t.TempDir(), root))
+	root, config := supervisedRunConfig(t, e, "/sys/fs/cgroup")
 	run := d.startRun(t, config)
 
 	var paths []string
@@ -121,19 +131,7 @@ func TestSupervisedMounts(t *testing.T) {
 	})
 	e := newEnvWith(t, []string{"--mount-allow", "overlay", "--mount-allow", "tmpfs", "--mount-allow", "bind"}, "/proc", x)
 	d := newOffDPU(t, e.net.DPU)
-	root := filepath.Join(hostDir(t), "root")
-	config := filepath.Join(e.pki, "client.yaml")
-	writeFile(t, config, fmt.Sprintf(`server: %[1]s
-tls_cert: %[2]s/client.pem
-tls_key: %[2]s/client-key.pem
-tls_ca: %[2]s/ca.pem
-runtime_dir: %[3]s
-log_format: console
-root: %[4]s
-binds: ["/usr:ro", "/bin:ro", "/sbin:ro", "/lib:ro", "/lib64:ro,optional", "/etc:ro"]
-tmpfs: ["/run", "/tmp:1777"]
-mounts: [/proc, %[5]s]
-`, e.uri, e.pki, t.TempDir(), root, x))
+	_, config := supervisedRunConfig(t, e, x)
 	run := d.startRun(t, config)
 	supervised := func(script string) (string, error) {
 		out, err := d.cmd(bin("qtfs-client"), "exec", "--config", config, "--", "/bin/sh", "-c", script).CombinedOutput()
